@@ -1,0 +1,240 @@
+"""A Flax NNX UNet denoiser whose modules and parameters follow diffusers' `UNet2DModel`.
+
+The names (conv_in, time_embedding.linear_1, down_blocks.{i}.resnets.{j}.conv1, mid_block.attentions.0.to_q,
+up_blocks.{i}.upsamplers.0.conv, conv_norm_out, conv_out, ...) and the block layout (skip connections from conv_in,
+every resnet and every downsampler; `num_res_blocks + 1` resnets per up block; up_blocks[0] at the lowest
+resolution) match diffusers, so an exporter only transposes kernels. Layout is NHWC.
+
+`__call__` returns `(output, features)`: `features` is the last up block's output before the output norm/conv,
+the per-position representation that a training-only context head may read.
+"""
+
+from collections.abc import Sequence
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+NORM_EPS = 1e-5  # diffusers UNet2DModel's norm_eps
+
+
+def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
+  """Sinusoidal embedding as diffusers' `Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)`."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+  angles = t.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+class TimestepEmbedding(nnx.Module):
+
+  def __init__(self, in_dim: int, dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.linear_1 = nnx.Linear(in_dim, dim, dtype=dtype, rngs=rngs)
+    self.linear_2 = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    return self.linear_2(nnx.silu(self.linear_1(x)))
+
+
+def _conv(cin, cout, rngs, dtype, kernel=3, stride=1):
+  pad = kernel // 2
+  return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
+                  dtype=dtype, rngs=rngs)
+
+
+def _norm(channels, groups, rngs, dtype):
+  return nnx.GroupNorm(channels, num_groups=groups, epsilon=NORM_EPS, dtype=dtype, rngs=rngs)
+
+
+class ResnetBlock2D(nnx.Module):
+
+  def __init__(self, cin: int, cout: int, temb_dim: int, *, groups: int, dropout: float, rngs: nnx.Rngs,
+               dtype=jnp.float32):
+    self.norm1 = _norm(cin, groups, rngs, dtype)
+    self.conv1 = _conv(cin, cout, rngs, dtype)
+    self.time_emb_proj = nnx.Linear(temb_dim, cout, dtype=dtype, rngs=rngs)
+    self.norm2 = _norm(cout, groups, rngs, dtype)
+    self.dropout = nnx.Dropout(dropout)
+    self.conv2 = _conv(cout, cout, rngs, dtype)
+    self.conv_shortcut = _conv(cin, cout, rngs, dtype, kernel=1) if cin != cout else None
+
+  def __call__(self, x, temb, rngs=None):
+    h = self.conv1(nnx.silu(self.norm1(x)))
+    h = h + self.time_emb_proj(nnx.silu(temb))[:, None, None, :]
+    # Dropout runs only when the caller hands an rng, i.e. at train time; sampling passes none.
+    h = self.conv2(self.dropout(nnx.silu(self.norm2(h)), deterministic=rngs is None, rngs=rngs))
+    if self.conv_shortcut is not None:
+      x = self.conv_shortcut(x)
+    return x + h
+
+
+class Attention(nnx.Module):
+  """Spatial self-attention with a residual connection, as diffusers' `Attention` in UNet2DModel."""
+
+  def __init__(self, channels: int, *, heads: int, groups: int, rngs: nnx.Rngs, dtype=jnp.float32):
+    if channels % heads:
+      raise ValueError(f"attention channels {channels} not divisible by num_heads {heads}")
+    self.heads = heads
+    self.group_norm = _norm(channels, groups, rngs, dtype)
+    self.to_q = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
+    self.to_k = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
+    self.to_v = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
+    self.to_out = nnx.List([nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)])
+
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    tokens = self.group_norm(x).reshape(b, h * w, c)
+    split = lambda t: t.reshape(b, h * w, self.heads, c // self.heads)
+    q, k, v = split(self.to_q(tokens)), split(self.to_k(tokens)), split(self.to_v(tokens))
+    out = jax.nn.dot_product_attention(q, k, v).reshape(b, h * w, c)
+    return x + self.to_out[0](out).reshape(b, h, w, c)
+
+
+class Downsample2D(nnx.Module):
+
+  def __init__(self, channels, *, rngs, dtype=jnp.float32):
+    self.conv = _conv(channels, channels, rngs, dtype, stride=2)
+
+  def __call__(self, x):
+    return self.conv(x)
+
+
+class Upsample2D(nnx.Module):
+
+  def __init__(self, channels, *, rngs, dtype=jnp.float32):
+    self.conv = _conv(channels, channels, rngs, dtype)
+
+  def __call__(self, x):
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # nearest neighbour, as F.interpolate(scale_factor=2)
+    return self.conv(x)
+
+
+class DownBlock(nnx.Module):
+  """DownBlock2D, or AttnDownBlock2D when `attention` is set."""
+
+  def __init__(self, cin, cout, temb_dim, *, num_layers, attention, add_downsample, heads, groups, dropout, rngs,
+               dtype=jnp.float32):
+    self.resnets = nnx.List([
+        ResnetBlock2D(cin if i == 0 else cout, cout, temb_dim, groups=groups, dropout=dropout, rngs=rngs, dtype=dtype)
+        for i in range(num_layers)])
+    self.attentions = nnx.List([Attention(cout, heads=heads, groups=groups, rngs=rngs, dtype=dtype)
+                                for _ in range(num_layers)]) if attention else None
+    self.downsamplers = nnx.List([Downsample2D(cout, rngs=rngs, dtype=dtype)]) if add_downsample else None
+
+  def __call__(self, x, temb, rngs=None):
+    skips = []
+    for i, resnet in enumerate(self.resnets):
+      x = resnet(x, temb, rngs)
+      if self.attentions is not None:
+        x = self.attentions[i](x)
+      skips.append(x)
+    if self.downsamplers is not None:
+      x = self.downsamplers[0](x)
+      skips.append(x)
+    return x, skips
+
+
+class UpBlock(nnx.Module):
+  """UpBlock2D, or AttnUpBlock2D when `attention` is set; each resnet consumes one skip connection."""
+
+  def __init__(self, skip_channels: Sequence[int], cin, cout, temb_dim, *, attention, add_upsample, heads, groups,
+               dropout, rngs, dtype=jnp.float32):
+    ins = [cin] + [cout] * (len(skip_channels) - 1)
+    self.resnets = nnx.List([
+        ResnetBlock2D(c + s, cout, temb_dim, groups=groups, dropout=dropout, rngs=rngs, dtype=dtype)
+        for c, s in zip(ins, skip_channels)])
+    self.attentions = nnx.List([Attention(cout, heads=heads, groups=groups, rngs=rngs, dtype=dtype)
+                                for _ in skip_channels]) if attention else None
+    self.upsamplers = nnx.List([Upsample2D(cout, rngs=rngs, dtype=dtype)]) if add_upsample else None
+
+  def __call__(self, x, skips, temb, rngs=None):
+    for i, resnet in enumerate(self.resnets):
+      x = resnet(jnp.concatenate([x, skips.pop()], axis=-1), temb, rngs)
+      if self.attentions is not None:
+        x = self.attentions[i](x)
+    if self.upsamplers is not None:
+      x = self.upsamplers[0](x)
+    return x
+
+
+class MidBlock(nnx.Module):
+  """UNetMidBlock2D: resnet, attention, resnet."""
+
+  def __init__(self, channels, temb_dim, *, heads, groups, dropout, rngs, dtype=jnp.float32):
+    block = lambda: ResnetBlock2D(channels, channels, temb_dim, groups=groups, dropout=dropout, rngs=rngs, dtype=dtype)
+    self.resnets = nnx.List([block(), block()])
+    self.attentions = nnx.List([Attention(channels, heads=heads, groups=groups, rngs=rngs, dtype=dtype)])
+
+  def __call__(self, x, temb, rngs=None):
+    return self.resnets[1](self.attentions[0](self.resnets[0](x, temb, rngs)), temb, rngs)
+
+
+class UNet(nnx.Module):
+  """UNet2DModel-shaped denoiser: `(x [B,H,W,C], t [B], labels [B] | None) -> (out [B,H,W,C], features)`."""
+
+  def __init__(self, *, image_size: int, in_channels: int, channels: int, channel_mults: Sequence[int],
+               num_res_blocks: int, attention_resolutions: Sequence[int], num_heads: int, num_groups: int,
+               dropout: float = 0.0, num_classes: int = 0, out_channels: int | None = None,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    widths = [channels * m for m in channel_mults]
+    temb_dim = 4 * channels
+    common = dict(heads=num_heads, groups=num_groups, dropout=dropout, rngs=rngs, dtype=dtype)
+    self.temb_in_dim = channels
+    self.feature_dim = widths[0]
+
+    self.conv_in = _conv(in_channels, widths[0], rngs, dtype)
+    self.time_embedding = TimestepEmbedding(channels, temb_dim, rngs=rngs, dtype=dtype)
+    # One extra row: the null class, so a conditional model can also be run (and trained) unconditionally.
+    self.class_embedding = nnx.Embed(num_classes + 1, temb_dim, rngs=rngs) if num_classes else None
+
+    down, skip_channels, resolution, cin = [], [widths[0]], image_size, widths[0]
+    for level, cout in enumerate(widths):
+      last = level == len(widths) - 1
+      down.append(DownBlock(cin, cout, temb_dim, num_layers=num_res_blocks,
+                            attention=resolution in attention_resolutions, add_downsample=not last, **common))
+      skip_channels += [cout] * num_res_blocks + ([] if last else [cout])
+      resolution, cin = (resolution if last else resolution // 2), cout
+    self.down_blocks = nnx.List(down)
+    self.mid_block = MidBlock(widths[-1], temb_dim, **common)
+
+    up = []
+    for level, cout in enumerate(reversed(widths)):
+      last = level == len(widths) - 1
+      skips = [skip_channels.pop() for _ in range(num_res_blocks + 1)]
+      up.append(UpBlock(skips, cin, cout, temb_dim, attention=resolution in attention_resolutions,
+                        add_upsample=not last, **common))
+      resolution, cin = (resolution if last else resolution * 2), cout
+    self.up_blocks = nnx.List(up)
+
+    self.conv_norm_out = _norm(widths[0], num_groups, rngs, dtype)
+    self.conv_out = _conv(widths[0], out_channels or in_channels, rngs, dtype)
+
+  def __call__(self, x, t, labels=None, rngs: nnx.Rngs | None = None):
+    """`rngs` (with a `dropout` stream) turns dropout on; without it the network is deterministic."""
+    temb = self.time_embedding(timestep_embedding(t, self.temb_in_dim))
+    if self.class_embedding is not None:
+      null = self.class_embedding.num_embeddings - 1
+      labels = jnp.full(x.shape[:1], null, jnp.int32) if labels is None else labels
+      temb = temb + self.class_embedding(labels)
+    h = self.conv_in(x)
+    skips = [h]
+    for block in self.down_blocks:
+      h, block_skips = block(h, temb, rngs)
+      skips += block_skips
+    h = self.mid_block(h, temb, rngs)
+    for block in self.up_blocks:
+      h = block(h, skips, temb, rngs)
+    features = h
+    out = self.conv_out(nnx.silu(self.conv_norm_out(h)))
+    return out.astype(jnp.float32), features
+
+
+def unet_from_config(config, *, rngs: nnx.Rngs) -> UNet:
+  m, d = config.model, config.data
+  return UNet(image_size=d.image_size, in_channels=d.channels, channels=m.channels,
+              channel_mults=tuple(m.channel_mults), num_res_blocks=m.num_res_blocks,
+              attention_resolutions=tuple(m.attention_resolutions), num_heads=m.num_heads,
+              num_groups=m.num_groups, dropout=m.dropout,
+              num_classes=d.num_classes if m.class_conditional else 0,
+              dtype=jnp.dtype(m.dtype), rngs=rngs)

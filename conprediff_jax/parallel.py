@@ -1,0 +1,81 @@
+"""Device mesh, shardings and multi-host start-up.
+
+The mesh has (at least) the axes `data` and `fsdp`. Batches are split over both; every parameter-shaped array
+(parameters, EMA, optimiser moments) is split over `fsdp` along its largest dimension that divides evenly, and
+replicated when none does. One rule for every array keeps optimiser state aligned with its parameters.
+"""
+
+import math
+import os
+
+from absl import logging
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")
+FSDP_AXIS = "fsdp"
+# Arrays smaller than this stay replicated: splitting them costs more in collectives than it saves in memory.
+MIN_SHARDED_SIZE = 2**14
+
+
+def maybe_initialize_distributed() -> None:
+  """Joins a multi-host job when the launcher asked for one (see launch/); a no-op on one host."""
+  if os.environ.get("CONPREDIFF_MULTIHOST") == "1":
+    jax.distributed.initialize()  # reads coordinator/process ids from the TPU, SLURM or JAX_* environment
+    logging.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
+                 jax.local_device_count(), jax.device_count())
+
+
+def resolve_mesh_shape(shape, num_devices: int) -> tuple[int, ...]:
+  """Replaces one -1 in `shape` by what is left of `num_devices`; checks that the product matches."""
+  shape = tuple(int(s) for s in shape)
+  if shape.count(-1) > 1:
+    raise ValueError(f"config.mesh.shape {shape} may contain at most one -1")
+  known = math.prod(s for s in shape if s != -1)
+  if known <= 0 or num_devices % known:
+    raise ValueError(f"config.mesh.shape {shape} does not fit {num_devices} devices")
+  shape = tuple(num_devices // known if s == -1 else s for s in shape)
+  if math.prod(shape) != num_devices:
+    raise ValueError(f"config.mesh.shape {shape} needs {math.prod(shape)} devices, {num_devices} are present")
+  return shape
+
+
+def make_mesh(shape, axes, devices=None) -> jax.sharding.Mesh:
+  devices = jax.devices() if devices is None else devices
+  shape = resolve_mesh_shape(shape, len(devices))
+  if not set(BATCH_AXES) <= set(axes):
+    raise ValueError(f"config.mesh.axes {tuple(axes)} must include {BATCH_AXES}")
+  # Auto axes: shardings are chosen by the compiler from the in/out shardings we give jit.
+  return jax.make_mesh(shape, tuple(axes), axis_types=(jax.sharding.AxisType.Auto,) * len(axes),
+                       devices=devices)
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
+  """Shards the largest evenly divisible dimension over `fsdp`; replicates small or indivisible arrays."""
+  if fsdp_size == 1 or math.prod(shape) < MIN_SHARDED_SIZE:
+    return P()
+  for dim in np.argsort(shape, kind="stable")[::-1]:
+    if shape[dim] % fsdp_size == 0:
+      spec = [None] * len(shape)
+      spec[dim] = FSDP_AXIS
+      return P(*spec)
+  return P()
+
+
+def state_shardings(mesh, abstract_state):
+  """NamedShardings for every leaf of a (shape-only) train state."""
+  size = mesh.shape[FSDP_AXIS]
+  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(tuple(x.shape), size)), abstract_state)
+
+
+def data_parallel_size(mesh) -> int:
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)

@@ -1,0 +1,321 @@
+"""One trainer for every denoiser: build, shard, restore, step, log, checkpoint, sample.
+
+The compiled step is a pure function of arrays, `(state, batch, base_key) -> (state, metrics)`: NNX modules are
+split into a static graph definition and plain parameter dicts at the jit boundary, and every random number is
+derived from (seed, step), so a resumed run computes exactly what an uninterrupted one would have.
+
+Train state (a plain pytree, saved whole by Orbax):
+  step         int32 scalar, the number of updates applied
+  params       {"denoiser": ..., "context": ...}   "context" only while config.context.weight > 0
+  ema          the denoiser's parameters, exponentially averaged (what sampling and export read)
+  opt_state    optax state over `params`
+  nonfinite    int32, consecutive steps whose loss or gradient was not finite (those updates are skipped)
+"""
+
+import dataclasses
+import functools
+import os
+import signal
+import time
+from typing import Any, Callable
+
+from absl import logging
+from clu import parameter_overview
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from conprediff_jax import checkpointing
+from conprediff_jax import data as data_lib
+from conprediff_jax import images as images_lib
+from conprediff_jax import parallel
+from conprediff_jax import sampling
+from conprediff_jax.diffusion.gaussian import GaussianDiffusion
+from conprediff_jax.metric_writers import MetricWriter, read_jsonl
+from conprediff_jax.models.unet import unet_from_config
+
+MODELS: dict[str, Callable[..., nnx.Module]] = {"unet": unet_from_config}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Experiment: the denoiser, the optional context head, the diffusion and the optimiser, all static.
+# ------------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  config: ml_collections.ConfigDict
+  diffusion: GaussianDiffusion
+  denoiser_def: nnx.GraphDef
+  head_def: nnx.GraphDef | None
+  context_loss: Callable[..., jax.Array] | None  # (head, features, targets, key) -> scalar
+  tx: optax.GradientTransformation
+
+
+def build_denoiser(config, key) -> nnx.Module:
+  name = config.model.name
+  if name not in MODELS:
+    raise ValueError(f"config.model.name must be one of {sorted(MODELS)}, got {name!r}")
+  return MODELS[name](config, rngs=nnx.Rngs(key))
+
+
+def build_context_head(config, feature_dim: int, key) -> nnx.Module:
+  # Imported here: the context package is a training-time plug-in that nothing at inference imports.
+  from conprediff_jax import context  # pylint: disable=g-import-not-at-top
+  c = config.context
+  return context.ContextDecoder(feature_dim, config.data.channels, num_strides=len(c.strides),
+                                num_samples=c.num_samples, hidden_dim=c.hidden_dim, rngs=nnx.Rngs(key))
+
+
+def make_context_loss(config) -> Callable[..., jax.Array]:
+  from conprediff_jax import context  # pylint: disable=g-import-not-at-top
+  c = config.context
+  options = {"sorted": dict(num_projections=c.num_projections),
+             "sinkhorn": dict(epsilon=c.epsilon, iterations=c.sinkhorn_iterations),
+             "exact": {}}
+  if c.solver not in options:
+    raise ValueError(f"config.context.solver must be one of {sorted(options)}, got {c.solver!r}")
+  return functools.partial(context.context_loss, strides=tuple(c.strides), solver=c.solver, **options[c.solver])
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  t = config.train
+  schedule = optax.join_schedules(
+      [optax.linear_schedule(0.0, t.learning_rate, max(t.warmup_steps, 1)), optax.constant_schedule(t.learning_rate)],
+      [max(t.warmup_steps, 1)])
+  return optax.chain(optax.clip_by_global_norm(t.grad_clip),
+                     optax.adamw(schedule, b1=0.9, b2=0.99, weight_decay=t.weight_decay))
+
+
+def make_experiment(config) -> Experiment:
+  denoiser = nnx.eval_shape(lambda: build_denoiser(config, jax.random.key(0)))
+  denoiser_def = nnx.graphdef(denoiser)
+  head_def, context_loss = None, None
+  if config.context.weight > 0:
+    head = nnx.eval_shape(lambda: build_context_head(config, denoiser.feature_dim, jax.random.key(0)))
+    head_def, context_loss = nnx.graphdef(head), make_context_loss(config)
+  return Experiment(config, GaussianDiffusion.from_config(config), denoiser_def, head_def, context_loss,
+                    make_optimizer(config))
+
+
+def param_count(tree) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# State and the update step.
+# ------------------------------------------------------------------------------------------------------------------
+def init_state(exp: Experiment, key: jax.Array) -> dict[str, Any]:
+  k_denoiser, k_head = jax.random.split(key)
+  denoiser = build_denoiser(exp.config, k_denoiser)
+  params = {"denoiser": nnx.state(denoiser, nnx.Param).to_pure_dict()}
+  if exp.head_def is not None:
+    head = build_context_head(exp.config, denoiser.feature_dim, k_head)
+    params["context"] = nnx.state(head, nnx.Param).to_pure_dict()
+  return {"step": jnp.zeros((), jnp.int32), "params": params, "ema": params["denoiser"],
+          "opt_state": exp.tx.init(params), "nonfinite": jnp.zeros((), jnp.int32)}
+
+
+def train_step(exp: Experiment, state, batch, base_key):
+  config, step = exp.config, state["step"]
+  k_point, k_context = jax.random.split(jax.random.fold_in(base_key, step))
+
+  def loss_fn(params):
+    denoiser = nnx.merge(exp.denoiser_def, params["denoiser"])
+    point, features, targets = exp.diffusion.loss(denoiser, batch, k_point, dropout=config.model.dropout > 0)
+    metrics = {"loss_point": point}
+    total = point
+    if exp.head_def is not None:
+      head = nnx.merge(exp.head_def, params["context"])
+      context = exp.context_loss(head, features, jax.lax.stop_gradient(targets), k_context)
+      total = total + config.context.weight * context
+      metrics["loss_context"] = context
+    return total, {"loss": total, **metrics}
+
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = exp.tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  decay = jnp.minimum(config.train.ema_decay, (1.0 + step) / (10.0 + step))  # short warm-up of the average
+  ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema"], params["denoiser"])
+
+  # A non-finite loss or gradient leaves parameters, moments and EMA as they were; the step still advances.
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = {
+      "step": step + 1,
+      "params": keep(params, state["params"]),
+      "ema": keep(ema, state["ema"]),
+      "opt_state": keep(opt_state, state["opt_state"]),
+      "nonfinite": jnp.where(finite, 0, state["nonfinite"] + 1).astype(jnp.int32),
+  }
+  return new_state, {**metrics, "grad_norm": grad_norm, "nonfinite": new_state["nonfinite"]}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Set-up shared by training and sampling: mesh, shardings, checkpoint restore.
+# ------------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Run:
+  exp: Experiment
+  mesh: jax.sharding.Mesh
+  abstract_state: Any
+  shardings: Any
+  manager: Any
+
+
+def setup(config, workdir: str) -> Run:
+  mesh = parallel.make_mesh(config.mesh.shape, config.mesh.axes)
+  exp = make_experiment(config)
+  abstract_state = jax.eval_shape(functools.partial(init_state, exp), jax.random.key(config.seed))
+  shardings = parallel.state_shardings(mesh, abstract_state)
+  manager = checkpointing.open_manager(os.path.join(workdir, "checkpoints"),
+                                       max_to_keep=config.checkpoint.max_to_keep)
+  return Run(exp, mesh, abstract_state, shardings, manager)
+
+
+def restore_or_init(run: Run, seed: int):
+  latest = run.manager.latest_step()
+  if latest is not None:
+    logging.info("restoring checkpoint at step %d", latest)
+    return checkpointing.restore(run.manager, latest, run.abstract_state, run.shardings)
+  init = jax.jit(functools.partial(init_state, run.exp), out_shardings=run.shardings)
+  return init(jax.random.key(seed))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Samples.
+# ------------------------------------------------------------------------------------------------------------------
+def write_samples(run: Run, ema_params, workdir: str, step: int, writer: MetricWriter | None = None) -> np.ndarray:
+  """Samples from the EMA denoiser into samples.png / samples.npz (uint8 [N, H, W, C]); returns them."""
+  config = run.exp.config
+  sample_fn = sampling.make_sample_fn(config, run.exp.denoiser_def, run.exp.diffusion, run.mesh,
+                                      run.shardings["ema"])
+  key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)
+  images = images_lib.to_uint8(jax.device_get(sample_fn(ema_params, key)))
+  if jax.process_index() == 0:
+    images_lib.save_grid(os.path.join(workdir, "samples.png"), images)
+    np.savez(os.path.join(workdir, "samples.npz"), images=images)
+    if writer is not None:
+      writer.images(step, "samples", images_lib.grid(images))
+  return images
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The loop.
+# ------------------------------------------------------------------------------------------------------------------
+class _StopRequest:
+  """Turns SIGTERM/SIGINT into a flag that the loop checks between steps."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def train(config, workdir: str) -> dict[str, Any]:
+  """Trains to config.train.steps (resuming from the workdir), checkpoints, then writes samples."""
+  os.makedirs(workdir, exist_ok=True)
+  run = setup(config, workdir)
+  exp, t = run.exp, config.train
+  batch_sharding = parallel.batch_sharding(run.mesh)
+  source = data_lib.make_source(config.data)
+  batches = data_lib.Batches(source, global_batch_size=t.batch_size, seed=config.seed, sharding=batch_sharding)
+  writer = MetricWriter(workdir)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  with jax.set_mesh(run.mesh):
+    state = restore_or_init(run, config.seed)
+    start = int(jax.device_get(state["step"]))
+    if jax.process_index() == 0:
+      logging.info("parameters:\n%s", parameter_overview.get_parameter_overview(
+          jax.tree.map(np.asarray, _string_keys(state["params"]))))
+      logging.info("denoiser parameters: %d (what sampling and export use)", param_count(state["ema"]))
+    step_fn = jax.jit(functools.partial(train_step, exp),
+                      in_shardings=(run.shardings, batch_sharding, parallel.replicated(run.mesh)),
+                      out_shardings=(run.shardings, parallel.replicated(run.mesh)), donate_argnums=0)
+    base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+
+    stop_reason, pending = None, []
+    bar = tqdm(total=t.steps, initial=start, unit="step", dynamic_ncols=True, disable=jax.process_index() != 0)
+    tick, tick_step = time.perf_counter(), start
+    with _StopRequest() as stop:
+      for step in range(start, t.steps):
+        state, metrics = step_fn(state, batches.get(step), base_key)
+        pending.append(metrics)
+        bar.update(1)
+        done = step + 1
+        if step == start:  # the first step includes compilation: keep it out of images/s
+          jax.block_until_ready(metrics)
+          tick, tick_step = time.perf_counter(), done
+        if done % t.log_every == 0 or done == t.steps:
+          host = jax.device_get(pending)
+          means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+          means["nonfinite"] = int(host[-1]["nonfinite"])  # a run length, not an average
+          pending = []
+          now = time.perf_counter()
+          if done > tick_step:
+            means["images_per_sec"] = (done - tick_step) * t.batch_size / (now - tick)
+          tick, tick_step = now, done
+          writer.scalars(done, means)
+          bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{means.get('images_per_sec', 0):.0f}")
+          if means["nonfinite"] >= t.max_nonfinite_steps:
+            stop_reason = f"{means['nonfinite']} consecutive non-finite losses or gradients (updates were skipped)"
+        if done % config.checkpoint.every_steps == 0 or done == t.steps or stop.signal or stop_reason:
+          checkpointing.save(run.manager, done, state, force=True)
+        if stop.signal:
+          stop_reason = f"received {stop.signal}"
+        if stop_reason:
+          break
+    bar.close()
+    batches.close()
+    run.manager.wait_until_finished()
+    skipped = getattr(source, "skipped", [])
+    if skipped:
+      logging.warning("skipped %d unreadable or malformed images, e.g. %s (%s)", len(skipped), *skipped[0])
+
+    if stop_reason:
+      logging.warning("stopped at step %d: %s; checkpoint saved in %s", done, stop_reason, workdir)
+      writer.close()
+      return {"step": done, "stopped": stop_reason}
+    history = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    if jax.process_index() == 0 and history:
+      images_lib.save_loss_plot(os.path.join(workdir, "loss.png"), [h["step"] for h in history],
+                                [h["loss"] for h in history])
+    write_samples(run, state["ema"], workdir, t.steps, writer)
+  writer.close()
+  return {"step": t.steps, "stopped": None}
+
+
+def sample(config, workdir: str) -> np.ndarray:
+  """Writes samples from the EMA parameters of the workdir's latest checkpoint."""
+  run = setup(config, workdir)
+  step = run.manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (--mode=train)")
+  with jax.set_mesh(run.mesh):
+    state = checkpointing.restore(run.manager, step, run.abstract_state, run.shardings)
+    return write_samples(run, state["ema"], workdir, step)
+
+
+def _string_keys(tree):
+  """clu's overview wants string keys; NNX lists give int keys."""
+  if isinstance(tree, dict):
+    return {str(k): _string_keys(v) for k, v in tree.items()}
+  return tree
