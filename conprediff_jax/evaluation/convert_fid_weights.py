@@ -1,0 +1,64 @@
+"""Converts pytorch-fid's published FID Inception weights (.pth) to the .safetensors file our loader reads.
+
+    python -m conprediff_jax.evaluation.convert_fid_weights pt_inception-2015-12-05-6726825d.pth fid_inception.safetensors
+
+Run once, by hand, with torch installed (CPU wheel is enough). It checks that the .pth's SHA-256 starts with the
+8 hex digits in its published name (the torch-hub convention), keeps the tensor names unchanged, and prints the
+SHA-256 of the output: pass that as `expected_sha256` to `InceptionFeatures` to pin the weights.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from conprediff_jax.evaluation.checksums import sha256_file
+
+PUBLISHED_NAME = "pt_inception-2015-12-05-6726825d.pth"
+PUBLISHED_SHA256_PREFIX = "6726825d"
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, *,
+            expected_sha256_prefix: str | None = PUBLISHED_SHA256_PREFIX) -> str:
+  """Writes every tensor of the state dict at `src` to `dst` (.safetensors); returns the SHA-256 of `dst`."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+
+  digest = sha256_file(src)
+  if expected_sha256_prefix is not None and not digest.startswith(expected_sha256_prefix):
+    raise ValueError(f"{src}: SHA-256 {digest} does not start with {expected_sha256_prefix} "
+                     f"(expected pytorch-fid's {PUBLISHED_NAME})")
+  # The only torch.load in the package: a one-off manual conversion of a checksummed file, and
+  # weights_only=True restricts the unpickler to tensors and plain containers. Loading at run time reads the
+  # .safetensors output instead, never a pickle.
+  state = torch.load(os.fspath(src), map_location="cpu", weights_only=True)
+  if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+    state = state["state_dict"]
+  if not isinstance(state, dict):
+    raise ValueError(f"{src}: expected a state dict, got {type(state).__name__}")
+  tensors = {
+      name: np.ascontiguousarray(t.detach().cpu().numpy())
+      for name, t in state.items()
+      if isinstance(t, torch.Tensor) and not name.endswith("num_batches_tracked")  # Training counters only.
+  }
+  save_file(tensors, os.fspath(dst), metadata={"source": os.path.basename(os.fspath(src)), "source_sha256": digest})
+  return sha256_file(dst)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("src", help=f"the pytorch-fid weights, {PUBLISHED_NAME}")
+  parser.add_argument("dst", help="output .safetensors path")
+  args = parser.parse_args(argv)
+  try:
+    digest = convert(args.src, args.dst)
+  except Exception as e:  # pylint: disable=broad-except  # A one-off CLI: one line, no traceback.
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {args.dst}\nsha256 {digest}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,82 @@
+"""FD-digits: the cached classifier is accurate and its Frechet distance orders real < blurred < noise."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+import scipy.ndimage
+
+from conprediff_jax.data.digits import load_digits
+from conprediff_jax.evaluation import digits_metric
+from conprediff_jax.evaluation.digits_metric import DigitsMetric
+
+SIZE = 16  # The embedded default's image size.
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("digits_cache")
+
+
+@pytest.fixture(scope="module")
+def metric(cache):
+  return DigitsMetric.load_or_train(cache, SIZE, seed=0)
+
+
+def test_classifier_accurate_on_held_out_split(metric):
+  images, labels = metric.held_out()
+  assert len(images) == 359
+  accuracy = metric.accuracy(images, labels)
+  print(f"\ndigits classifier held-out accuracy at {SIZE}px: {accuracy:.4f}")
+  assert accuracy == pytest.approx(metric.test_accuracy)
+  assert accuracy > 0.95
+  predicted = metric.classify(images[:7])
+  assert predicted.dtype == np.int32 and predicted.shape == (7,)
+
+
+def test_cache_is_reused(metric, cache):
+  path = os.path.join(cache, f"digits_classifier_{SIZE}px_seed0.npz")
+  stamp = os.stat(path).st_mtime_ns
+  start = time.perf_counter()
+  again = DigitsMetric.load_or_train(cache, SIZE, seed=0)
+  assert time.perf_counter() - start < 5.0
+  assert os.stat(path).st_mtime_ns == stamp  # Loaded, not retrained.
+  images = load_digits(SIZE)[0][:20]
+  np.testing.assert_array_equal(again.features(images), metric.features(images))
+  assert again.test_accuracy == metric.test_accuracy
+
+
+def test_unusable_cache_is_rejected(metric, cache, tmp_path):
+  junk = tmp_path / "junk.npz"
+  junk.write_bytes(b"not an npz")
+  with pytest.raises(ValueError, match="unreadable"):
+    digits_metric._load(str(junk), SIZE, 0)  # pylint: disable=protected-access
+  good = os.path.join(cache, f"digits_classifier_{SIZE}px_seed0.npz")
+  with pytest.raises(ValueError, match="made for"):
+    digits_metric._load(good, SIZE, 1)  # pylint: disable=protected-access
+
+
+def test_fd_orders_real_blurred_noise(metric):
+  images, _ = load_digits(SIZE)
+  perm = np.random.default_rng(0).permutation(len(images))
+  half_a, half_b = images[perm[:len(images) // 2]], images[perm[len(images) // 2:]]
+  reference = metric.statistics(half_a)
+  blurred = scipy.ndimage.gaussian_filter(half_b, sigma=(0, 1.0, 1.0, 0))
+  noise = np.random.default_rng(1).uniform(-1, 1, size=half_b.shape).astype(np.float32)
+  fd_real = metric.fd(half_b, reference)
+  fd_blurred = metric.fd(blurred, reference)
+  fd_noise = metric.fd(noise, reference)
+  print(f"\nFD-digits vs the other half: real {fd_real:.2f}, blurred {fd_blurred:.2f}, noise {fd_noise:.2f}; "
+        f"real half vs all real {metric.fd(half_b):.2f}")
+  assert 0 <= fd_real < fd_blurred < fd_noise
+  assert fd_blurred > 3 * fd_real and fd_noise > 3 * fd_blurred
+
+
+def test_features_shape_and_input_checks(metric):
+  feats = metric.features(np.zeros((3, SIZE, SIZE, 1), np.float32))
+  assert feats.shape == (3, digits_metric.FEATURE_DIM) and feats.dtype == np.float64
+  with pytest.raises(ValueError, match=r"\[N, 16, 16, 1\]"):
+    metric.features(np.zeros((3, 8, 8, 1), np.float32))
+  with pytest.raises(ValueError, match="labels"):
+    metric.accuracy(np.zeros((3, SIZE, SIZE, 1), np.float32), np.zeros(4))
