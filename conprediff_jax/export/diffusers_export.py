@@ -1,0 +1,293 @@
+"""Export of the EMA denoiser as a diffusers `DDIMPipeline` folder, written without torch.
+
+    out = export_from_workdir(config, workdir)   # -> <workdir>/export
+    # PyTorch side:  DDIMPipeline.from_pretrained(out)(num_inference_steps=50, use_clipped_model_output=True)
+
+The folder holds `model_index.json`, `unet/config.json` + `unet/diffusion_pytorch_model.safetensors` and
+`scheduler/scheduler_config.json`. Our UNet mirrors diffusers' `UNet2DModel` module for module, so the weights
+only change names and layouts: conv kernels HWIO -> OIHW, linear kernels (in, out) -> (out, in), GroupNorm
+`scale` -> `weight`, `embedding` -> `weight`.
+
+What differs from our own sampler (`conprediff_jax.diffusion.samplers`):
+- `DDIMScheduler` with `timestep_spacing="linspace"` evaluates the network at our timesteps (except that for
+  `steps=1` it uses t=0 where we use T-1, and that float rounding of exact .5 ties can move a timestep by one),
+  but it steps from `t` to `t - T // steps` rather than to the next timestep of the sequence, so the abar_prev
+  of its intermediate steps is taken that many timesteps away from ours (T = 1,000): 1 at 50 steps, at most 2
+  from 50 to 1,000 steps, 11 at 10 steps, 83 at 4 steps (749 instead of 666). The samplers coincide when
+  steps == T, and the last step lands on x0 in both.
+- our sampler re-derives eps from the clipped x0; pass `use_clipped_model_output=True` to the pipeline for that.
+  `eta` (config.sample.eta) is a pipeline call argument too; config.sample.sampler="ddpm" is not exported.
+- `DDIMPipeline` takes no class labels: a class-conditional UNet is exported (call it with `class_labels`, whose
+  last index, `num_classes`, is the null class) but the pipeline alone cannot drive it.
+
+This module imports neither torch nor the training-only `conprediff_jax.context`.
+"""
+
+from collections.abc import Mapping
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from conprediff_jax.models.unet import NORM_EPS
+
+# The diffusers release whose UNet2DModel / DDIMScheduler layout this exporter was checked against (tests).
+DIFFUSERS_VERSION = "0.42.1"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction"}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Configs.
+# ------------------------------------------------------------------------------------------------------------------
+def unet2d_config(config) -> dict[str, Any]:
+  """`UNet2DModel(**unet2d_config(config))` builds the network our `config.model` describes."""
+  m, d = config.model, config.data
+  if m.name != "unet":
+    raise ValueError(f"diffusers export supports config.model.name='unet', got {m.name!r}")
+  mults = tuple(m.channel_mults)
+  if mults[0] != 1:
+    # diffusers embeds t with block_out_channels[0] sinusoids; ours uses model.channels.
+    raise ValueError(f"diffusers export needs config.model.channel_mults[0] == 1, got {mults}")
+  widths = [m.channels * k for k in mults]
+  attention = [d.image_size // 2**level in tuple(m.attention_resolutions) for level in range(len(widths))]
+  # diffusers fixes the head *width* for the whole UNet; we fix the head *count*: equal only at one width.
+  attention_widths = {w for w, a in zip(widths, attention) if a} | {widths[-1]}  # the mid block always attends
+  if len(attention_widths) > 1:
+    raise ValueError(f"diffusers export needs every attention layer (mid block included) at one width, got "
+                     f"{sorted(attention_widths)}: change config.model.attention_resolutions or channel_mults")
+  width = attention_widths.pop()
+  if width % m.num_heads:
+    raise ValueError(f"attention width {width} not divisible by config.model.num_heads {m.num_heads}")
+  return {
+      "sample_size": d.image_size,
+      "in_channels": d.channels,
+      "out_channels": d.channels,
+      "center_input_sample": False,
+      "time_embedding_type": "positional",
+      "time_embedding_dim": None,  # 4 * block_out_channels[0], as ours
+      "freq_shift": 0,
+      "flip_sin_to_cos": True,
+      "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attention],
+      "mid_block_type": "UNetMidBlock2D",
+      "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)],
+      "block_out_channels": widths,
+      "layers_per_block": m.num_res_blocks,
+      "mid_block_scale_factor": 1,
+      "downsample_padding": 1,
+      "downsample_type": "conv",
+      "upsample_type": "conv",
+      "dropout": float(m.dropout),
+      "act_fn": "silu",
+      "attention_head_dim": width // m.num_heads,
+      "norm_num_groups": m.num_groups,
+      "attn_norm_num_groups": None,
+      "norm_eps": NORM_EPS,
+      "resnet_time_scale_shift": "default",
+      "add_attention": True,
+      "class_embed_type": None,
+      # Our embedding has one extra, last row: the null class.
+      "num_class_embeds": d.num_classes + 1 if m.class_conditional else None,
+      "num_train_timesteps": None,
+  }
+
+
+def scheduler_config(config) -> dict[str, Any]:
+  """`DDIMScheduler(**scheduler_config(config))` has our alphas_cumprod, prediction type and x0 clipping."""
+  # Imported here: only this function needs the schedule definitions.
+  from conprediff_jax.diffusion import gaussian  # pylint: disable=g-import-not-at-top
+  diff = config.diffusion
+  if diff.prediction not in PREDICTION_TYPES:
+    raise ValueError(f"config.diffusion.prediction must be one of {sorted(PREDICTION_TYPES)}, got {diff.prediction!r}")
+  num_timesteps = int(diff.timesteps)
+  if diff.schedule == "cosine":
+    # Same alpha_bar (s = 0.008) and max_beta (0.999); beta_start/end are unused by this schedule.
+    schedule = {"beta_schedule": "squaredcos_cap_v2", "beta_start": 0.0001, "beta_end": 0.02}
+  elif diff.schedule == "linear":
+    betas = gaussian.linear_betas(num_timesteps)  # endpoints rescaled by 1000 / T
+    schedule = {"beta_schedule": "linear", "beta_start": float(betas[0]), "beta_end": float(betas[-1])}
+  else:
+    raise ValueError(f"diffusers export supports schedules 'cosine' and 'linear', got {diff.schedule!r}")
+  return {
+      "num_train_timesteps": num_timesteps,
+      **schedule,
+      "trained_betas": None,
+      "clip_sample": True,  # our sampler clips x0 to [-1, 1]
+      "clip_sample_range": 1.0,
+      "set_alpha_to_one": True,  # the last step lands on x0, as ours (abar_prev = 1)
+      "steps_offset": 0,
+      "prediction_type": PREDICTION_TYPES[diff.prediction],
+      "thresholding": False,  # so the next two are unused; written so the file lists every option
+      "dynamic_thresholding_ratio": 0.995,
+      "sample_max_value": 1.0,
+      "timestep_spacing": "linspace",  # the model sees our timesteps; see the module docstring for the step size
+      "rescale_betas_zero_snr": False,
+  }
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Weights.
+# ------------------------------------------------------------------------------------------------------------------
+def diffusers_state_dict_shapes(unet_config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+  """Every tensor name and shape of `UNet2DModel(**unet_config).state_dict()`, derived without torch.
+
+  An independent reading of diffusers' layout, so that a renaming slip in our UNet or in the exporter fails here
+  rather than in a user's `load_state_dict`.
+  """
+  c = unet_config
+  widths = list(c["block_out_channels"])
+  temb, layers, last = 4 * widths[0], c["layers_per_block"], len(widths) - 1
+  shapes: dict[str, tuple[int, ...]] = {}
+
+  def affine(name, cin, cout, kernel=None):
+    shapes[f"{name}.weight"] = (cout, cin) if kernel is None else (cout, cin, kernel, kernel)
+    shapes[f"{name}.bias"] = (cout,)
+
+  def norm(name, channels):
+    shapes[f"{name}.weight"] = shapes[f"{name}.bias"] = (channels,)
+
+  def resnet(name, cin, cout):
+    norm(f"{name}.norm1", cin)
+    affine(f"{name}.conv1", cin, cout, 3)
+    affine(f"{name}.time_emb_proj", temb, cout)
+    norm(f"{name}.norm2", cout)
+    affine(f"{name}.conv2", cout, cout, 3)
+    if cin != cout:
+      affine(f"{name}.conv_shortcut", cin, cout, 1)
+
+  def attention(name, channels):
+    norm(f"{name}.group_norm", channels)
+    for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+      affine(f"{name}.{proj}", channels, channels)
+
+  affine("conv_in", c["in_channels"], widths[0], 3)
+  affine("time_embedding.linear_1", widths[0], temb)
+  affine("time_embedding.linear_2", temb, temb)
+  if c["num_class_embeds"]:
+    shapes["class_embedding.weight"] = (c["num_class_embeds"], temb)
+  cout = widths[0]
+  for i, kind in enumerate(c["down_block_types"]):
+    cin, cout = cout, widths[i]
+    for j in range(layers):
+      resnet(f"down_blocks.{i}.resnets.{j}", cin if j == 0 else cout, cout)
+      if kind.startswith("Attn"):
+        attention(f"down_blocks.{i}.attentions.{j}", cout)
+    if i < last:
+      affine(f"down_blocks.{i}.downsamplers.0.conv", cout, cout, 3)
+  for j in range(2):
+    resnet(f"mid_block.resnets.{j}", widths[-1], widths[-1])
+  attention("mid_block.attentions.0", widths[-1])
+  reversed_widths = widths[::-1]
+  previous = reversed_widths[0]
+  for i, kind in enumerate(c["up_block_types"]):
+    cout, skip_in = reversed_widths[i], reversed_widths[min(i + 1, last)]
+    for j in range(layers + 1):
+      skip = skip_in if j == layers else cout
+      resnet(f"up_blocks.{i}.resnets.{j}", (previous if j == 0 else cout) + skip, cout)
+      if kind.startswith("Attn"):
+        attention(f"up_blocks.{i}.attentions.{j}", cout)
+    if i < last:
+      affine(f"up_blocks.{i}.upsamplers.0.conv", cout, cout, 3)
+    previous = cout
+  norm("conv_norm_out", widths[0])
+  affine("conv_out", widths[0], c["out_channels"], 3)
+  return shapes
+
+
+def _to_torch_layout(leaf_name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
+  if leaf_name == "kernel" and value.ndim == 4:
+    return "weight", value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+  if leaf_name == "kernel" and value.ndim == 2:
+    return "weight", value.T  # (in, out) -> (out, in)
+  if leaf_name in ("scale", "embedding"):
+    return "weight", value
+  if leaf_name == "bias":
+    return "bias", value
+  raise ValueError(f"no diffusers equivalent for a parameter named {leaf_name!r} of shape {value.shape}")
+
+
+def to_diffusers_state_dict(params: Mapping, unet_config: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+  """Our denoiser's pure-dict parameters -> diffusers `UNet2DModel` state dict (float32, C-contiguous NumPy).
+
+  With `unet_config`, the names and shapes must be exactly those of `diffusers_state_dict_shapes(unet_config)`.
+  """
+  out: dict[str, np.ndarray] = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+    # np.array copies: np.asarray of a jax.Array is read-only, and torch wants writable, contiguous buffers.
+    suffix, value = _to_torch_layout(keys[-1], np.array(jax.device_get(leaf), dtype=np.float32))
+    name = ".".join(keys[:-1] + [suffix])
+    if name in out:
+      raise ValueError(f"two parameters map to the diffusers name {name!r}")
+    out[name] = np.ascontiguousarray(value)
+  if unet_config is not None:
+    expected = diffusers_state_dict_shapes(unet_config)
+    missing, extra = sorted(expected.keys() - out.keys()), sorted(out.keys() - expected.keys())
+    wrong = sorted(f"{k}: {out[k].shape} != {expected[k]}" for k in expected.keys() & out.keys()
+                   if tuple(out[k].shape) != expected[k])
+    if missing or extra or wrong:
+      raise ValueError(f"parameters do not fit diffusers' UNet2DModel layout:\n  missing: {missing}\n"
+                       f"  unexpected: {extra}\n  wrong shapes: {wrong}")
+  return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The pipeline folder.
+# ------------------------------------------------------------------------------------------------------------------
+def _write_json(path: str, content: Mapping[str, Any]) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(content, f, indent=2, sort_keys=True)
+    f.write("\n")
+
+
+def export_pipeline(config, ema_params: Mapping, out_dir: str) -> str:
+  """Writes a `DDIMPipeline.from_pretrained`-loadable folder from the denoiser's (EMA) parameters; returns it."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top  # export-only dependency
+  unet = unet2d_config(config)
+  scheduler = scheduler_config(config)
+  state_dict = to_diffusers_state_dict(ema_params, unet)
+  stamp = lambda cls: {"_class_name": cls, "_diffusers_version": DIFFUSERS_VERSION}
+  os.makedirs(os.path.join(out_dir, "unet"), exist_ok=True)
+  save_file(state_dict, os.path.join(out_dir, "unet", WEIGHTS_NAME), metadata={"format": "pt"})
+  _write_json(os.path.join(out_dir, "unet", "config.json"), {**stamp("UNet2DModel"), **unet})
+  _write_json(os.path.join(out_dir, "scheduler", "scheduler_config.json"), {**stamp("DDIMScheduler"), **scheduler})
+  _write_json(os.path.join(out_dir, "model_index.json"),
+              {**stamp("DDIMPipeline"), "unet": ["diffusers", "UNet2DModel"],
+               "scheduler": ["diffusers", "DDIMScheduler"]})
+  return out_dir
+
+
+def abstract_denoiser_params(config):
+  """ShapeDtypeStructs of the denoiser's parameters (the EMA tree), built without the context head."""
+  from conprediff_jax.models import abstract_denoiser  # pylint: disable=g-import-not-at-top
+  return abstract_denoiser(config)[2]
+
+
+def export_from_workdir(config, workdir: str, out_dir: str | None = None) -> str:
+  """Exports the EMA parameters of the workdir's latest checkpoint to `out_dir` (default `<workdir>/export`).
+
+  Every process takes part in the restore; process 0 writes the folder. Returns the folder.
+  """
+  from conprediff_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(checkpoints):
+    raise FileNotFoundError(f"no checkpoint in {checkpoints}: train first (--mode=train)")
+  manager = checkpointing.open_manager(checkpoints, max_to_keep=config.checkpoint.max_to_keep)
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {checkpoints}: train first (--mode=train)")
+    abstract = abstract_denoiser_params(config)
+    # Replicated, so that every process holds whole arrays to convert.
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("devices",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    ema = checkpointing.restore_ema(manager, step, abstract, jax.tree.map(lambda _: replicated, abstract))
+  finally:
+    manager.close()
+  out_dir = out_dir or os.path.join(workdir, "export")
+  if jax.process_index() == 0:
+    export_pipeline(config, ema, out_dir)
+  return out_dir

@@ -1,0 +1,199 @@
+"""diffusers export: our UNet and diffusers' UNet2DModel agree on the exported weights, the scheduler has our
+schedule, DDIMPipeline loads offline and reproduces our DDIM sampler, and restore_ema reads the EMA alone."""
+
+import functools
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is imported: nothing may be downloaded
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+from configs import smoke  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conprediff_jax import checkpointing, models, train  # pylint: disable=wrong-import-position
+from conprediff_jax.diffusion import samplers  # pylint: disable=wrong-import-position
+from conprediff_jax.diffusion.gaussian import GaussianDiffusion  # pylint: disable=wrong-import-position
+from conprediff_jax.export import diffusers_export as export  # pylint: disable=wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(*, class_conditional=False, rgb_two_blocks=False, three_levels=False):
+  """8x8, 8 channels, mults (1, 2), one res block, 2-head attention at 4x4, grey; or the variants named."""
+  config = smoke.get_config()
+  config.data.image_size, config.data.channels = 8, 1
+  m = config.model
+  m.channels, m.channel_mults, m.num_res_blocks = 8, (1, 2), 1
+  m.attention_resolutions, m.num_heads, m.num_groups = (4,), 2, 4
+  m.class_conditional = class_conditional
+  if rgb_two_blocks:
+    config.data.channels, m.num_res_blocks = 3, 2
+  if three_levels:  # attention in two down and two up blocks
+    m.channel_mults, m.attention_resolutions = (1, 2, 2), (4, 2)
+  return config
+
+
+def _random_params(config, seed: int):
+  """Parameters of the denoiser's shapes drawn in NumPy (no per-shape compiles): kernels ~ N(0, 1/fan_in), and
+  biases, norm scales (around 1) and embeddings all off their init, so no zero bias or unit scale hides a slip."""
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name, shape = path[-1].key, leaf.shape
+    if name == "kernel":
+      return rng.normal(0.0, 1.0 / np.sqrt(np.prod(shape[:-1])), shape)
+    return (1.0 if name == "scale" else 0.0) + 0.2 * rng.normal(size=shape)
+
+  abstract = export.abstract_denoiser_params(config)
+  return jax.tree_util.tree_map_with_path(lambda p, x: draw(p, x).astype(np.float32), abstract)
+
+
+def _denoiser_fn(config):
+  """Jitted `(params, x, t, labels) -> output` of our UNet: one compile instead of op-by-op dispatch."""
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.build_denoiser(config, jax.random.key(0))))
+  return jax.jit(lambda params, x, t, labels=None: nnx.merge(graphdef, params)(x, t, labels)[0])
+
+
+def _nchw(x: np.ndarray):
+  return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def _load_unet(config, params, out_dir):
+  """Exports, loads with diffusers and checks the layout: every tensor present once, same shapes, same count."""
+  export.export_pipeline(config, params, str(out_dir))
+  unet, info = diffusers.UNet2DModel.from_pretrained(str(out_dir), subfolder="unet", output_loading_info=True,
+                                                     low_cpu_mem_usage=False)
+  assert not any(info.values()), info  # no missing, unexpected or mismatched tensors
+  assert sum(p.numel() for p in unet.parameters()) == train.param_count(params)
+  assert export.diffusers_state_dict_shapes(export.unet2d_config(config)) == {
+      k: tuple(v.shape) for k, v in unet.state_dict().items()}
+  return unet.eval()
+
+
+def test_three_level_layout_loads_into_diffusers(tmp_path):
+  config = _config(three_levels=True)
+  assert export.unet2d_config(config)["down_block_types"] == ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"]
+  _load_unet(config, _random_params(config, seed=0), tmp_path)
+
+
+@pytest.mark.parametrize("variant", ["plain", "class_conditional", "rgb_two_blocks"])
+def test_unet_matches_diffusers(tmp_path, variant):
+  config = _config(class_conditional=variant == "class_conditional", rgb_two_blocks=variant == "rgb_two_blocks")
+  params = _random_params(config, seed=0)
+  unet = _load_unet(config, params, tmp_path)
+
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(3, 8, 8, config.data.channels)).astype(np.float32)
+  t = rng.integers(0, 1000, size=3)
+  labels = rng.integers(0, config.data.num_classes + 1, size=3) if config.model.class_conditional else None  # +null
+  ours = np.asarray(_denoiser_fn(config)(params, x, jnp.asarray(t, jnp.int32),
+                                         None if labels is None else jnp.asarray(labels, jnp.int32)))
+  with torch.no_grad():
+    theirs = unet(_nchw(x), torch.from_numpy(t),
+                  class_labels=None if labels is None else torch.from_numpy(labels)).sample.numpy()
+  diff = np.abs(ours - theirs.transpose(0, 2, 3, 1)).max()
+  print(f"{variant}: max |ours - diffusers| = {diff:.2e} (outputs up to {np.abs(ours).max():.2f})")
+  assert diff < 1e-4
+
+
+@pytest.mark.parametrize("schedule,timesteps,prediction", [("cosine", 1000, "eps"), ("linear", 1000, "v"),
+                                                           ("linear", 250, "eps")])
+def test_scheduler_has_our_schedule(schedule, timesteps, prediction):
+  config = _config()
+  config.diffusion.schedule, config.diffusion.timesteps, config.diffusion.prediction = schedule, timesteps, prediction
+  scheduler = diffusers.DDIMScheduler.from_config(export.scheduler_config(config))
+  np.testing.assert_allclose(scheduler.alphas_cumprod.numpy(), GaussianDiffusion.from_config(config).alphas_cumprod,
+                             atol=1e-6)
+  assert scheduler.config.prediction_type == {"eps": "epsilon", "v": "v_prediction"}[prediction]
+  scheduler.set_timesteps(50)
+  np.testing.assert_array_equal(scheduler.timesteps.numpy(), samplers.timestep_sequence(timesteps, 50))
+
+
+def test_pipeline_loads_offline_and_reproduces_our_ddim(tmp_path):
+  # With steps == T, diffusers' step to t - T // steps is our step to the next timestep: the samplers coincide.
+  config = _config()
+  config.diffusion.timesteps, config.diffusion.prediction = 10, "v"
+  params = _random_params(config, seed=2)
+  export.export_pipeline(config, params, str(tmp_path))
+  pipe = diffusers.DDIMPipeline.from_pretrained(str(tmp_path), low_cpu_mem_usage=False)
+  pipe.set_progress_bar_config(disable=True)
+
+  quick = pipe(batch_size=2, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0))
+  assert quick.images.shape == (2, 8, 8, 1) and np.isfinite(quick.images).all()
+
+  images = pipe(batch_size=2, num_inference_steps=10, eta=0.0, use_clipped_model_output=True, output_type="np",
+                generator=torch.Generator().manual_seed(0)).images
+  x_T = torch.randn((2, 1, 8, 8), generator=torch.Generator().manual_seed(0)).numpy().transpose(0, 2, 3, 1)
+  denoiser = _denoiser_fn(config)
+  ours = samplers.sample(lambda x, t: denoiser(params, x, t), GaussianDiffusion.from_config(config), jax.random.key(0),
+                         x_T.shape, sampler="ddim", steps=10, eta=0.0, x_T=jnp.asarray(x_T))
+  np.testing.assert_allclose(images, np.clip(np.asarray(ours) / 2 + 0.5, 0, 1), atol=1e-4)
+
+
+def test_unet2d_config_refuses_what_diffusers_cannot_express():
+  config = _config()
+  config.model.channel_mults = (2, 2)
+  with pytest.raises(ValueError, match="channel_mults"):
+    export.unet2d_config(config)
+  config = _config()
+  config.model.attention_resolutions = (8,)  # width 8 here, 16 in the mid block: diffusers fixes the head width
+  with pytest.raises(ValueError, match="one width"):
+    export.unet2d_config(config)
+
+
+def test_restore_ema_skips_context_head_and_optimizer(tmp_path):
+  config = _config()
+  assert config.context.weight > 0
+  # The real train-state layout (context head, optax state), filled with random values instead of compiled inits.
+  abstract_state = jax.eval_shape(functools.partial(train.init_state, train.make_experiment(config)),
+                                  jax.random.key(0))
+  assert "context" in abstract_state["params"]
+  rng = np.random.default_rng(3)
+  state = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(x.dtype), abstract_state)
+  manager = checkpointing.open_manager(str(tmp_path / "checkpoints"), max_to_keep=2)
+  checkpointing.save(manager, 7, state, force=True)
+
+  abstract = abstract_state["ema"]  # export_from_workdir below builds it with abstract_denoiser_params
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  shardings = jax.tree.map(lambda _: device, abstract)
+  fresh = checkpointing.open_manager(str(tmp_path / "checkpoints"), max_to_keep=2)
+  for m in (manager, fresh):  # the manager that saved (StandardSave handler bound) and a new one
+    restored = checkpointing.restore_ema(m, 7, abstract, shardings)
+    assert jax.tree.structure(restored) == jax.tree.structure(state["ema"])
+    jax.tree.map(np.testing.assert_array_equal, restored, state["ema"])
+
+  # A config that builds another model (here class-conditional) fails loudly instead of half-restoring.
+  cond = {**abstract, "class_embedding": {"embedding": jax.ShapeDtypeStruct((11, 32), jnp.float32)}}
+  with pytest.raises(ValueError, match="class_embedding"):
+    checkpointing.restore_ema(fresh, 7, cond, jax.tree.map(lambda _: device, cond))
+  manager.close()
+  fresh.close()
+
+  out = export.export_from_workdir(config, str(tmp_path))
+  assert out == str(tmp_path / "export")
+  unet = diffusers.UNet2DModel.from_pretrained(out, subfolder="unet", low_cpu_mem_usage=False)
+  expected = export.to_diffusers_state_dict(state["ema"])
+  for name, value in unet.state_dict().items():
+    np.testing.assert_array_equal(value.numpy(), expected[name])
+
+
+def test_export_imports_neither_torch_nor_context(tmp_path):
+  code = (
+      "import sys\n"
+      "import jax, numpy as np\n"
+      "from configs import smoke\n"
+      "from conprediff_jax.export import diffusers_export as export\n"
+      "config = smoke.get_config()\n"
+      "params = jax.tree.map(lambda x: np.ones(x.shape, x.dtype), export.abstract_denoiser_params(config))\n"
+      "export.export_pipeline(config, params, sys.argv[1])\n"
+      "bad = [m for m in sys.modules if m in ('torch', 'diffusers') or m.startswith('conprediff_jax.context')]\n"
+      "assert not bad, bad\n")
+  subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, check=True, timeout=120)
+  assert os.path.exists(tmp_path / "unet" / export.WEIGHTS_NAME)
