@@ -59,7 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.grad_clip = 1.0
   config.train.ema_decay = 0.999
   config.train.log_every = 50
-  config.train.max_nonfinite_steps = 10  # stop (keeping the last good checkpoint) after this many in a row
+  # Non-finite loss or gradient: that update is always skipped (and counted in `skipped_steps`); after this many
+  # in a row the run stops with a message, its last checkpoint holding the last good parameters. 0: never stop.
+  config.train.max_nonfinite_steps = 10
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 500

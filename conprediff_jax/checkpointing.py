@@ -4,6 +4,10 @@ Restores always go through an abstract target that carries the current run's sha
 on one mesh shape restores onto another.
 """
 
+import os
+import shutil
+
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
@@ -25,3 +29,66 @@ def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = Fals
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, shardings):
   target = abstract_with_shardings(abstract_state, shardings)
   return manager.restore(step, args=ocp.args.StandardRestore(target))
+
+
+def quarantine(manager: ocp.CheckpointManager, step: int) -> str:
+  """Moves an unreadable step out of the manager's sight (never deletes it) and returns where it went."""
+  source = os.path.join(str(manager.directory), str(step))
+  target = os.path.join(os.path.dirname(str(manager.directory).rstrip("/")), "corrupt_checkpoints", str(step))
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.exists(target):
+      shutil.rmtree(target)  # an older quarantined copy of the same step number
+    shutil.move(source, target)
+  manager.reload()
+  return target
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, shardings):
+  """Restores the newest readable checkpoint, or returns None when there is none.
+
+  A step that fails to restore (truncated files, a half-written directory) is moved to
+  `corrupt_checkpoints/` with a warning naming it, and the next older one is tried. Nothing is deleted, so
+  the last good checkpoint always survives, and a later save of the same step number cannot collide.
+  """
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return restore(manager, step, abstract_state, shardings)
+    except Exception as error:  # pylint: disable=broad-except  # any unreadable step: fall back to an older one
+      moved = quarantine(manager, step)
+      message = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+      logging.warning("checkpoint step %d is unreadable (%s); moved it to %s and trying an older one",
+                      step, message, moved)
+  return None
+
+
+def restore_ema(manager: ocp.CheckpointManager, step: int, abstract_ema, ema_shardings):
+  """Restores only `state["ema"]` of the train state saved at `step`: the denoiser's averaged parameters.
+
+  Sampling, evaluation and export need nothing else, so they need not know the optimiser state or the
+  training-only context head's structure. Orbax binds one handler per item to a manager, and `manager` (which
+  saves with StandardSave) refuses the PyTreeRestore a partial read needs, so the read goes through a second,
+  read-only manager on the same directory.
+  """
+  manager.wait_until_finished()  # the step may still be in flight
+  paths = lambda tree: {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+                        for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  reader = ocp.CheckpointManager(
+      manager.directory, item_handlers=ocp.PyTreeCheckpointHandler(),
+      options=ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False))
+  try:
+    stored = reader.item_metadata(step)
+    if stored is None or "ema" not in stored.tree:
+      raise ValueError(f"checkpoint {manager.directory}/{step} holds no 'ema' subtree")
+    # partial_restore silently drops stored keys missing from the target and returns the target's abstract leaves
+    # for keys missing on disk, so the two key sets are compared first.
+    want, have = paths(abstract_ema), paths(stored.tree["ema"])
+    if want != have:
+      raise ValueError(f"the EMA parameters at step {step} do not fit the model the config builds: "
+                       f"missing {sorted(want - have)[:8]}, unexpected {sorted(have - want)[:8]}")
+    target = {"ema": abstract_with_shardings(abstract_ema, ema_shardings)}
+    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                  partial_restore=True)
+    return reader.restore(step, args=args)["ema"]
+  finally:
+    reader.close()

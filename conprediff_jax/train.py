@@ -36,9 +36,7 @@ from conprediff_jax import parallel
 from conprediff_jax import sampling
 from conprediff_jax.diffusion.gaussian import GaussianDiffusion
 from conprediff_jax.metric_writers import MetricWriter, read_jsonl
-from conprediff_jax.models.unet import unet_from_config
-
-MODELS: dict[str, Callable[..., nnx.Module]] = {"unet": unet_from_config}
+from conprediff_jax.models import abstract_denoiser, build_denoiser
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -52,13 +50,6 @@ class Experiment:
   head_def: nnx.GraphDef | None
   context_loss: Callable[..., jax.Array] | None  # (head, features, targets, key) -> scalar
   tx: optax.GradientTransformation
-
-
-def build_denoiser(config, key) -> nnx.Module:
-  name = config.model.name
-  if name not in MODELS:
-    raise ValueError(f"config.model.name must be one of {sorted(MODELS)}, got {name!r}")
-  return MODELS[name](config, rngs=nnx.Rngs(key))
 
 
 def build_context_head(config, feature_dim: int, key) -> nnx.Module:
@@ -90,8 +81,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def make_experiment(config) -> Experiment:
-  denoiser = nnx.eval_shape(lambda: build_denoiser(config, jax.random.key(0)))
-  denoiser_def = nnx.graphdef(denoiser)
+  denoiser, denoiser_def, _ = abstract_denoiser(config)
   head_def, context_loss = None, None
   if config.context.weight > 0:
     head = nnx.eval_shape(lambda: build_context_head(config, denoiser.feature_dim, jax.random.key(0)))
@@ -177,10 +167,10 @@ def setup(config, workdir: str) -> Run:
 
 
 def restore_or_init(run: Run, seed: int):
-  latest = run.manager.latest_step()
-  if latest is not None:
-    logging.info("restoring checkpoint at step %d", latest)
-    return checkpointing.restore(run.manager, latest, run.abstract_state, run.shardings)
+  state = checkpointing.restore_latest(run.manager, run.abstract_state, run.shardings)
+  if state is not None:
+    logging.info("resumed from the checkpoint at step %d", int(jax.device_get(state["step"])))
+    return state
   init = jax.jit(functools.partial(init_state, run.exp), out_shardings=run.shardings)
   return init(jax.random.key(seed))
 
@@ -188,11 +178,11 @@ def restore_or_init(run: Run, seed: int):
 # ------------------------------------------------------------------------------------------------------------------
 # Samples.
 # ------------------------------------------------------------------------------------------------------------------
-def write_samples(run: Run, ema_params, workdir: str, step: int, writer: MetricWriter | None = None) -> np.ndarray:
+def write_samples(config, denoiser_def, mesh, ema_shardings, ema_params, workdir: str, step: int,
+                  writer: MetricWriter | None = None) -> np.ndarray:
   """Samples from the EMA denoiser into samples.png / samples.npz (uint8 [N, H, W, C]); returns them."""
-  config = run.exp.config
-  sample_fn = sampling.make_sample_fn(config, run.exp.denoiser_def, run.exp.diffusion, run.mesh,
-                                      run.shardings["ema"])
+  sample_fn = sampling.make_sample_fn(config, denoiser_def, GaussianDiffusion.from_config(config), mesh,
+                                      ema_shardings)
   key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)
   images = images_lib.to_uint8(jax.device_get(sample_fn(ema_params, key)))
   if jax.process_index() == 0:
@@ -268,6 +258,7 @@ def train(config, workdir: str) -> dict[str, Any]:
           host = jax.device_get(pending)
           means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
           means["nonfinite"] = int(host[-1]["nonfinite"])  # a run length, not an average
+          means["skipped_steps"] = sum(int(m["nonfinite"] > 0) for m in host)
           pending = []
           now = time.perf_counter()
           if done > tick_step:
@@ -275,7 +266,7 @@ def train(config, workdir: str) -> dict[str, Any]:
           tick, tick_step = now, done
           writer.scalars(done, means)
           bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{means.get('images_per_sec', 0):.0f}")
-          if means["nonfinite"] >= t.max_nonfinite_steps:
+          if 0 < t.max_nonfinite_steps <= means["nonfinite"]:
             stop_reason = f"{means['nonfinite']} consecutive non-finite losses or gradients (updates were skipped)"
         if done % config.checkpoint.every_steps == 0 or done == t.steps or stop.signal or stop_reason:
           checkpointing.save(run.manager, done, state, force=True)
@@ -298,20 +289,24 @@ def train(config, workdir: str) -> dict[str, Any]:
     if jax.process_index() == 0 and history:
       images_lib.save_loss_plot(os.path.join(workdir, "loss.png"), [h["step"] for h in history],
                                 [h["loss"] for h in history])
-    write_samples(run, state["ema"], workdir, t.steps, writer)
+    write_samples(config, exp.denoiser_def, run.mesh, run.shardings["ema"], state["ema"], workdir, t.steps, writer)
   writer.close()
   return {"step": t.steps, "stopped": None}
 
 
 def sample(config, workdir: str) -> np.ndarray:
-  """Writes samples from the EMA parameters of the workdir's latest checkpoint."""
-  run = setup(config, workdir)
-  step = run.manager.latest_step()
+  """Writes samples from the EMA parameters of the workdir's latest checkpoint (no optimiser, no context head)."""
+  mesh = parallel.make_mesh(config.mesh.shape, config.mesh.axes)
+  _, denoiser_def, abstract_ema = abstract_denoiser(config)
+  shardings = parallel.state_shardings(mesh, abstract_ema)
+  manager = checkpointing.open_manager(os.path.join(workdir, "checkpoints"),
+                                       max_to_keep=config.checkpoint.max_to_keep)
+  step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (--mode=train)")
-  with jax.set_mesh(run.mesh):
-    state = checkpointing.restore(run.manager, step, run.abstract_state, run.shardings)
-    return write_samples(run, state["ema"], workdir, step)
+  with jax.set_mesh(mesh):
+    ema = checkpointing.restore_ema(manager, step, abstract_ema, shardings)
+    return write_samples(config, denoiser_def, mesh, shardings, ema, workdir, step)
 
 
 def _string_keys(tree):

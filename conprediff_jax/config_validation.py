@@ -1,0 +1,291 @@
+"""Checks a config before anything is built or compiled, so a bad setting costs seconds, not a failed compile.
+
+    validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
+
+raises the first problem found as a `ConfigError` whose message is one line, `config.<key>: <what is wrong>;
+<the fix>`; main.py prints it as `error: ...` and exits with status 2. The checks, in order:
+
+1. schema: every key of configs/default.py is present with a value of the default's type (ints pass for floats,
+   tuples and lists are interchangeable) and there are no other keys;
+2. names that must be in a registry (CHOICES), numeric bounds (BOUNDS);
+3. rules across keys (RULES): UNet shapes, context strides, sampling steps, data location, files named by keys;
+4. the mesh against the devices present, and the global batch against the mesh and the processes.
+
+Only the mesh check imports jax (through parallel.py, whose shape arithmetic it reuses); main.py has jax loaded by
+then to count devices. Nothing here traces or compiles.
+"""
+
+import difflib
+import functools
+import importlib.util
+import math
+import os
+from collections.abc import Callable
+
+import ml_collections
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
+
+# Registry names by key. Spelled out rather than imported: the registries live in modules that load jax, flax or
+# ott-jax, and tests/test_config_validation.py checks that these match them.
+CHOICES: dict[str, tuple] = {
+    "data.name": ("digits", "folder", "tfds"),             # data/registry.py SOURCES
+    "data.channels": (1, 3),                               # data/imaging.py target_mode
+    "model.name": ("unet",),                               # train.py MODELS
+    "model.dtype": ("bfloat16", "float32"),
+    "diffusion.schedule": ("cosine", "linear"),            # diffusion/gaussian.py SCHEDULES
+    "diffusion.prediction": ("eps", "v"),                  # diffusion/gaussian.py GaussianDiffusion
+    "context.solver": ("exact", "sinkhorn", "sorted"),     # context/wasserstein.py SOLVERS
+    "sample.sampler": ("ddim", "ddpm"),                    # diffusion/samplers.py SAMPLERS
+}
+
+# Numeric bounds by key: (test, the requirement in words).
+_POSITIVE = (lambda v: v > 0, "> 0")
+_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+_FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
+BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "data.image_size": _POSITIVE,
+    "data.num_classes": _NON_NEGATIVE,
+    "model.channels": _POSITIVE,
+    "model.num_res_blocks": _POSITIVE,
+    "model.num_heads": _POSITIVE,
+    "model.num_groups": _POSITIVE,
+    "model.dropout": _FRACTION,
+    "diffusion.timesteps": _POSITIVE,
+    "context.weight": _NON_NEGATIVE,
+    "context.num_samples": _POSITIVE,
+    "context.epsilon": _POSITIVE,
+    "context.sinkhorn_iterations": _POSITIVE,
+    "context.num_projections": _NON_NEGATIVE,
+    "context.hidden_dim": _POSITIVE,
+    "train.steps": _POSITIVE,
+    "train.batch_size": _POSITIVE,
+    "train.learning_rate": _POSITIVE,
+    "train.warmup_steps": _NON_NEGATIVE,
+    "train.weight_decay": _NON_NEGATIVE,
+    "train.grad_clip": _POSITIVE,  # optax clips to this norm: 0 would zero every update
+    "train.ema_decay": _FRACTION,
+    "train.log_every": _POSITIVE,
+    "train.max_nonfinite_steps": _NON_NEGATIVE,  # 0: never stop
+    "checkpoint.every_steps": _POSITIVE,
+    "checkpoint.max_to_keep": _POSITIVE,
+    "sample.num_images": _POSITIVE,
+    "sample.steps": _POSITIVE,
+    "sample.eta": _NON_NEGATIVE,
+}
+
+# A string key whose name ends so names a file (e.g. weights) that must exist when it is set.
+PATH_SUFFIXES = ("_path", "_file", "_weights")
+
+
+class ConfigError(ValueError):
+  """A config problem, as one line: `config.<key>: <what is wrong>; <the fix>`."""
+
+  def __init__(self, key: str, problem: str, fix: str):
+    self.key = key
+    super().__init__(" ".join(f"config.{key}: {problem}; {fix}".splitlines()))
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int = 1,
+             schema: ml_collections.ConfigDict | None = None) -> None:
+  """Raises ConfigError for the first problem in `config`; `schema` defaults to configs/default.py."""
+  _check_schema(config, default_schema() if schema is None else schema, "")
+  for key, choices in CHOICES.items():
+    value = _get(config, key)
+    if value not in choices:
+      raise ConfigError(key, f"{value!r} is not one of {list(choices)}", _suggest(value, choices, "pick one of them"))
+  for key, (test, requirement) in BOUNDS.items():
+    value = _get(config, key)
+    if not (math.isfinite(value) and test(value)):
+      raise ConfigError(key, f"{value!r} is not {requirement}", f"set a value {requirement}")
+  for rule in RULES:
+    rule(config)
+  _check_mesh_and_batch(config, num_devices, process_count)
+
+
+@functools.cache
+def default_schema() -> ml_collections.FrozenConfigDict:
+  """configs/default.py, loaded by path (as main.py does) so that no `configs` package need be importable."""
+  spec = importlib.util.spec_from_file_location("_conprediff_default_config", _DEFAULT_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return ml_collections.FrozenConfigDict(module.get_config())
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Schema: keys and types.
+# ------------------------------------------------------------------------------------------------------------------
+# What a value may be, by the type of the schema's default.
+_ACCEPTS = {int: (int,), float: (int, float), tuple: (tuple, list), list: (tuple, list)}
+
+
+def _fits(value, default) -> bool:
+  if default is None:
+    return True
+  # bool is an int subclass: refuse True where a number goes, and 1 where a flag goes.
+  return (isinstance(value, _ACCEPTS.get(type(default), (type(default),)))
+          and isinstance(value, bool) == isinstance(default, bool))
+
+
+def _is_section(value) -> bool:
+  return isinstance(value, (ml_collections.ConfigDict, dict))
+
+
+def _check_schema(config, schema, prefix: str) -> None:
+  for key in config.keys():
+    if key not in schema:
+      raise ConfigError(prefix + key, "is not a config key",
+                        "remove it, or " + _suggest(key, list(schema.keys()), f"use one of {list(schema.keys())}"))
+  for key, default in schema.items():
+    path = prefix + key
+    if key not in config:
+      raise ConfigError(path, "is missing", f"add it (configs/default.py sets {_show(default)})")
+    value = config[key]
+    if _is_section(default):
+      if not _is_section(value):
+        raise ConfigError(path, f"is {value!r}, not a section of keys", f"set its keys instead, e.g. {path}.<key>")
+      _check_schema(value, default, path + ".")
+    elif not _fits(value, default):
+      raise ConfigError(path, f"{value!r} is {_kind(value)}, not {_kind(default)}", f"set {_kind(default)} like "
+                        f"{_show(default)}")
+    elif isinstance(default, (tuple, list)) and default:
+      wrong = [v for v in value if not _fits(v, default[0])]
+      if wrong:
+        raise ConfigError(path, f"holds {wrong[0]!r}, which is {_kind(wrong[0])}, not {_kind(default[0])}",
+                          f"give a tuple of {type(default[0]).__name__}s like {_show(default)}")
+
+
+def _kind(value) -> str:
+  name = type(value).__name__
+  return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def _show(value) -> str:
+  return repr(value.to_dict() if _is_section(value) and hasattr(value, "to_dict") else value)
+
+
+def _suggest(value, options, otherwise: str) -> str:
+  close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
+  return f"did you mean {close[0]!r}?" if close else otherwise
+
+
+def _get(config, dotted: str):
+  for key in dotted.split("."):
+    config = config[key]
+  return config
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Rules across keys.
+# ------------------------------------------------------------------------------------------------------------------
+def _check_unet(config) -> None:
+  """The shapes unet.py builds: every level halves the grid, GroupNorm and attention split the widths."""
+  m, size = config.model, config.data.image_size
+  mults = tuple(m.channel_mults)
+  if not mults or min(mults) < 1:
+    raise ConfigError("model.channel_mults", f"{mults} is not a non-empty tuple of positive ints",
+                      "give one multiplier per level, e.g. (1, 2, 2)")
+  factor = 2 ** (len(mults) - 1)
+  if size % factor:
+    raise ConfigError("data.image_size", f"{size} is not divisible by {factor}, the UNet's downsampling over "
+                      f"{len(mults)} levels (config.model.channel_mults)",
+                      f"use a multiple of {factor}, or fewer levels")
+  if m.channels % 2:
+    raise ConfigError("model.channels", f"{m.channels} is odd, but the sinusoidal timestep embedding is "
+                      "sin/cos pairs of this width", "use an even width")
+  widths = [m.channels * k for k in mults]
+  if math.gcd(*widths) % m.num_groups:
+    raise ConfigError("model.num_groups", f"{m.num_groups} does not divide the channel widths {widths} "
+                      "(config.model.channels x channel_mults)", f"use a divisor of {math.gcd(*widths)}")
+  levels = [size // 2**i for i in range(len(mults))]
+  unused = [r for r in m.attention_resolutions if r not in levels]
+  if unused:
+    raise ConfigError("model.attention_resolutions", f"{unused} match no UNet level (the levels are {levels}), "
+                      "so no attention would be added there", f"use sizes from {levels}, or () for none")
+  # The mid block always attends at the last width.
+  attended = sorted({w for w, r in zip(widths, levels) if r in m.attention_resolutions} | {widths[-1]})
+  if math.gcd(*attended) % m.num_heads:
+    raise ConfigError("model.num_heads", f"{m.num_heads} does not divide the attention widths {attended}",
+                      f"use a divisor of {math.gcd(*attended)}")
+  if m.class_conditional and config.data.num_classes < 1:
+    raise ConfigError("data.num_classes", f"{config.data.num_classes} with config.model.class_conditional=True",
+                      "set the number of classes, or class_conditional=False")
+
+
+def _check_context(config) -> None:
+  """Neighbourhood strides on the denoiser's full-resolution feature grid."""
+  strides, size = tuple(config.context.strides), config.data.image_size
+  if not strides:
+    raise ConfigError("context.strides", "is empty", "give at least one stride, e.g. (1, 2, 3), or set "
+                      "config.context.weight=0 to turn the context loss off")
+  if min(strides) < 1:
+    raise ConfigError("context.strides", f"{strides} holds non-positive strides", "use strides >= 1")
+  if max(strides) >= size:
+    raise ConfigError("context.strides", f"{strides} reaches outside the {size}x{size} grid "
+                      "(config.data.image_size): every neighbour at that stride would be masked",
+                      f"use strides below {size}")
+
+
+def _check_sampling(config) -> None:
+  steps, timesteps = config.sample.steps, config.diffusion.timesteps
+  if steps > timesteps:
+    raise ConfigError("sample.steps", f"{steps} exceeds config.diffusion.timesteps={timesteps}",
+                      f"use at most {timesteps}")
+
+
+def _check_data(config) -> None:
+  """What a source reads from disk; the sources themselves check the contents when they open."""
+  d = config.data
+  if d.name == "tfds" and not d.tfds_name:
+    raise ConfigError("data.tfds_name", "is empty with config.data.name='tfds'",
+                      "set a prepared TFDS dataset, e.g. 'celeb_a_hq/256'")
+  if d.name in ("tfds", "folder") and not os.path.isdir(os.path.expanduser(d.data_dir)):
+    what = "the TFDS data_dir holding the prepared dataset" if d.name == "tfds" else "a folder of images"
+    problem = "is empty" if not d.data_dir else f"{d.data_dir!r} is not an existing directory"
+    raise ConfigError("data.data_dir", f"{problem} (config.data.name={d.name!r})", f"point it at {what}")
+
+
+def _check_paths(config, prefix: str = "") -> None:
+  for key, value in config.items():
+    if _is_section(value):
+      _check_paths(value, f"{prefix}{key}.")
+    elif (key.endswith(PATH_SUFFIXES) and isinstance(value, str) and value
+          and not os.path.exists(os.path.expanduser(value))):
+      raise ConfigError(prefix + key, f"{value!r} does not exist", "point it at the file, or leave it empty")
+
+
+RULES: tuple[Callable[[ml_collections.ConfigDict], None], ...] = (
+    _check_unet, _check_context, _check_sampling, _check_data, _check_paths)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Mesh and batch against the devices and processes present.
+# ------------------------------------------------------------------------------------------------------------------
+def _check_mesh_and_batch(config, num_devices: int, process_count: int) -> None:
+  from conprediff_jax import parallel  # pylint: disable=g-import-not-at-top  # loads jax; see the docstring
+
+  shape, axes = tuple(config.mesh.shape), tuple(config.mesh.axes)
+  if len(shape) != len(axes):
+    raise ConfigError("mesh.shape", f"{shape} has {len(shape)} sizes for the {len(axes)} axes {axes} "
+                      "(config.mesh.axes)", "give one size per axis")
+  missing = [a for a in parallel.BATCH_AXES if a not in axes]
+  if missing or len(set(axes)) != len(axes):
+    raise ConfigError("mesh.axes", f"{axes} must name each of {parallel.BATCH_AXES} once", "e.g. ('data', 'fsdp')")
+  if any(s != -1 and s < 1 for s in shape):
+    raise ConfigError("mesh.shape", f"{shape} holds sizes other than positive ints and -1",
+                      "use positive sizes, and -1 for all remaining devices")
+  try:
+    resolved = parallel.resolve_mesh_shape(shape, num_devices)
+  except ValueError:
+    raise ConfigError("mesh.shape", f"{shape} does not fit the {num_devices} device(s) present",
+                      f"use sizes whose product is {num_devices}, or one -1 for all remaining devices, "
+                      "e.g. (-1, 1)") from None
+  batch = config.train.batch_size
+  split = math.prod(resolved[axes.index(a)] for a in parallel.BATCH_AXES)
+  if batch % split:
+    raise ConfigError("train.batch_size", f"{batch} (global) does not split over the {split}-way data "
+                      f"parallelism of the mesh {dict(zip(axes, resolved))}",
+                      f"use a multiple of {split}, e.g. {split * math.ceil(batch / split)}")
+  if batch % process_count:
+    raise ConfigError("train.batch_size", f"{batch} (global) does not split over the {process_count} processes",
+                      f"use a multiple of {process_count}")

@@ -1,0 +1,188 @@
+"""Config validation: malformed configs and flags give one line naming the key, exit 2, and no traceback.
+
+Most cases call `validate` in-process (microseconds each); a few go through the real CLI, which answers in a
+second or two because everything it rejects is rejected before the trainer is imported or anything compiles.
+"""
+
+import importlib
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from conprediff_jax import config_validation
+from conprediff_jax.config_validation import ConfigError, validate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DELETE = object()
+MISSING_DIR = "/nonexistent/conprediff/data"
+
+
+def smoke(**changes):
+  """configs/smoke.py as a plain ConfigDict with `changes` ({"a.b": value | DELETE}) applied.
+
+  Going through a dict sidesteps ConfigDict's own type safety, so any value can be planted, as a config file could.
+  """
+  from configs import smoke as smoke_config  # pylint: disable=g-import-not-at-top
+  tree = smoke_config.get_config().to_dict()
+  for dotted, value in changes.items():
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+      node = node[key]
+    if value is DELETE:
+      del node[leaf]
+    else:
+      node[leaf] = value
+  return ml_collections.ConfigDict(tree)
+
+
+# (changes to configs/smoke.py, the key the error must name, devices, processes)
+MALFORMED = {
+    "unknown top-level key": ({"trian": {"steps": 3}}, "trian", 1, 1),
+    "unknown nested key": ({"train.stepz": 3}, "train.stepz", 1, 1),
+    "missing key": ({"train.steps": DELETE}, "train.steps", 1, 1),
+    "str for int": ({"train.steps": "10"}, "train.steps", 1, 1),
+    "float for int": ({"train.batch_size": 8.0}, "train.batch_size", 1, 1),
+    "bool for int": ({"train.batch_size": True}, "train.batch_size", 1, 1),
+    "int for bool": ({"model.class_conditional": 1}, "model.class_conditional", 1, 1),
+    "bad element type": ({"model.channel_mults": (1, "2")}, "model.channel_mults", 1, 1),
+    "scalar for section": ({"model": 3}, "model", 1, 1),
+    "unknown data source": ({"data.name": "digitz"}, "data.name", 1, 1),
+    "unknown model": ({"model.name": "dit"}, "model.name", 1, 1),
+    "unknown dtype": ({"model.dtype": "float16"}, "model.dtype", 1, 1),
+    "unknown schedule": ({"diffusion.schedule": "quadratic"}, "diffusion.schedule", 1, 1),
+    "unknown prediction": ({"diffusion.prediction": "x0"}, "diffusion.prediction", 1, 1),
+    "unknown solver": ({"context.solver": "sinkorn"}, "context.solver", 1, 1),
+    "unknown sampler": ({"sample.sampler": "euler"}, "sample.sampler", 1, 1),
+    "unsupported channels": ({"data.channels": 2}, "data.channels", 1, 1),
+    "image size vs downsampling": ({"data.image_size": 9}, "data.image_size", 1, 1),
+    "odd base width": ({"model.channels": 9, "model.num_groups": 3}, "model.channels", 1, 1),
+    "groups do not divide widths": ({"model.num_groups": 3}, "model.num_groups", 1, 1),
+    "heads do not divide widths": ({"model.num_heads": 3}, "model.num_heads", 1, 1),
+    "attention at no level": ({"model.attention_resolutions": (5,)}, "model.attention_resolutions", 1, 1),
+    "empty channel_mults": ({"model.channel_mults": ()}, "model.channel_mults", 1, 1),
+    "no strides": ({"context.strides": ()}, "context.strides", 1, 1),
+    "zero stride": ({"context.strides": (0, 1)}, "context.strides", 1, 1),
+    "stride off the grid": ({"context.strides": (1, 8)}, "context.strides", 1, 1),
+    "zero steps": ({"train.steps": 0}, "train.steps", 1, 1),
+    "negative batch": ({"train.batch_size": -8}, "train.batch_size", 1, 1),
+    "zero learning rate": ({"train.learning_rate": 0.0}, "train.learning_rate", 1, 1),
+    "nan learning rate": ({"train.learning_rate": float("nan")}, "train.learning_rate", 1, 1),
+    "ema_decay of 1": ({"train.ema_decay": 1.0}, "train.ema_decay", 1, 1),
+    "zero every_steps": ({"checkpoint.every_steps": 0}, "checkpoint.every_steps", 1, 1),
+    "zero max_to_keep": ({"checkpoint.max_to_keep": 0}, "checkpoint.max_to_keep", 1, 1),
+    "zero num_images": ({"sample.num_images": 0}, "sample.num_images", 1, 1),
+    "zero sample steps": ({"sample.steps": 0}, "sample.steps", 1, 1),
+    "more sample steps than timesteps": ({"sample.steps": 1001}, "sample.steps", 1, 1),
+    "negative context weight": ({"context.weight": -0.1}, "context.weight", 1, 1),
+    "no context samples": ({"context.num_samples": 0}, "context.num_samples", 1, 1),
+    "zero epsilon": ({"context.epsilon": 0.0}, "context.epsilon", 1, 1),
+    "tfds without a name": ({"data.name": "tfds", "data.data_dir": REPO}, "data.tfds_name", 1, 1),
+    "tfds data_dir missing": ({"data.name": "tfds", "data.tfds_name": "mnist", "data.data_dir": MISSING_DIR},
+                              "data.data_dir", 1, 1),
+    "folder without data_dir": ({"data.name": "folder"}, "data.data_dir", 1, 1),
+    "conditional without classes": ({"model.class_conditional": True, "data.num_classes": 0}, "data.num_classes",
+                                    1, 1),
+    "batch vs data parallelism": ({"train.batch_size": 6}, "train.batch_size", 4, 1),
+    "batch vs data x fsdp": ({"mesh.shape": (2, 4), "train.batch_size": 12}, "train.batch_size", 8, 1),
+    "batch vs processes": ({"train.batch_size": 9, "mesh.shape": (1, 1)}, "train.batch_size", 1, 2),
+    "mesh larger than devices": ({"mesh.shape": (16, 1)}, "mesh.shape", 8, 1),
+    "mesh smaller than devices": ({"mesh.shape": (2, 1)}, "mesh.shape", 8, 1),
+    "two -1 in mesh": ({"mesh.shape": (-1, -1)}, "mesh.shape", 8, 1),
+    "negative mesh size": ({"mesh.shape": (-2, -2)}, "mesh.shape", 4, 1),
+    "mesh shape vs axes": ({"mesh.shape": (-1, 1, 1)}, "mesh.shape", 1, 1),
+    "mesh without fsdp": ({"mesh.axes": ("data", "model")}, "mesh.axes", 1, 1),
+}
+
+
+@pytest.mark.parametrize("changes,key,devices,processes", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_config_is_one_line_naming_the_key(changes, key, devices, processes):
+  with pytest.raises(ConfigError) as error:
+    validate(smoke(**changes), num_devices=devices, process_count=processes)
+  message = str(error.value)
+  assert error.value.key == key, message
+  assert message.startswith(f"config.{key}: ") and "; " in message, message
+  assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["default", "smoke"])
+@pytest.mark.parametrize("devices,processes", [(1, 1), (2, 1), (8, 1), (8, 2)])
+def test_shipped_configs_pass(name, devices, processes):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  validate(config, num_devices=devices, process_count=processes)
+
+
+def test_lenient_where_the_code_is():
+  """Ints stand for floats, lists for tuples; a tfds or folder data_dir that exists passes."""
+  validate(smoke(**{"train.learning_rate": 1, "context.weight": 0, "model.channel_mults": [1, 2],
+                    "mesh.shape": [-1, 1], "data.name": "folder", "data.data_dir": REPO}), num_devices=2)
+  validate(smoke(**{"train.max_nonfinite_steps": 0}), num_devices=1)  # 0: never stop
+
+
+def test_files_named_by_keys_must_exist(tmp_path):
+  schema = smoke(**{"eval": {"inception_weights": ""}})
+  validate(schema, num_devices=1, schema=schema)  # empty: not used
+  weights = tmp_path / "inception.safetensors"
+  weights.write_bytes(b"")
+  validate(smoke(**{"eval": {"inception_weights": str(weights)}}), num_devices=1, schema=schema)
+  with pytest.raises(ConfigError, match=r"^config\.eval\.inception_weights: .* does not exist; "):
+    validate(smoke(**{"eval": {"inception_weights": str(tmp_path / "gone")}}), num_devices=1, schema=schema)
+
+
+def test_choices_match_the_registries():
+  """CHOICES spells the registries out so validation need not import them; this keeps the two in step."""
+  from conprediff_jax import models  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.context import wasserstein  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.data import registry  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.diffusion import gaussian, samplers  # pylint: disable=g-import-not-at-top
+
+  registries = {"data.name": registry.SOURCES, "model.name": models.MODELS, "diffusion.schedule": gaussian.SCHEDULES,
+                "context.solver": wasserstein.SOLVERS, "sample.sampler": samplers.SAMPLERS}
+  for key, names in registries.items():
+    assert sorted(config_validation.CHOICES[key]) == sorted(names), key
+
+
+def test_data_errors_at_startup_are_user_errors_and_others_are_not(tmp_path):
+  from conprediff_jax import main  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.data import registry  # pylint: disable=g-import-not-at-top
+
+  with pytest.raises(ValueError) as error:  # an existing folder without images
+    registry.make_source(smoke(**{"data.name": "folder", "data.data_dir": str(tmp_path)}).data)
+  assert main.is_startup_error(error.value)
+  try:
+    raise ValueError("a bug elsewhere")
+  except ValueError as e:
+    assert not main.is_startup_error(e)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Through the real command line.
+# ------------------------------------------------------------------------------------------------------------------
+CLI = {
+    "unknown override key": (["--config.train.stepz=3"], "--config.train.stepz"),
+    "override of the wrong type": (["--config.train.steps=abc"], "--config.train.steps"),
+    "missing config file": (["--config=missing.py"], "missing.py"),
+    "unknown mode": (["--mode=bogus"], "--mode"),
+    "positional argument": (["extra"], "extra"),
+    "invalid value": (["--config.context.solver=sinkorn"], "config.context.solver"),
+    "mesh too large": (["--config.mesh.shape=(64,1)"], "config.mesh.shape"),
+    # Found by the data source as the run starts: after the model is traced, before anything compiles.
+    "folder without images": (["--config.data.name=folder", "--config.data.data_dir={empty}"],
+                              "config.data.data_dir"),
+}
+
+
+@pytest.mark.parametrize("flags,named", CLI.values(), ids=CLI.keys())
+def test_cli_rejects_in_one_line_with_exit_2(tmp_path, flags, named):
+  (tmp_path / "empty").mkdir()
+  flags = [f.format(empty=tmp_path / "empty") for f in flags]
+  cmd = [sys.executable, "-m", "conprediff_jax.main", "--config=configs/smoke.py", f"--workdir={tmp_path / 'work'}",
+         *flags]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert last.startswith("error: ") and named in last, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
