@@ -18,6 +18,7 @@ then to count devices. Nothing here traces or compiles.
 import difflib
 import functools
 import importlib.util
+import json
 import math
 import os
 from collections.abc import Callable
@@ -289,3 +290,32 @@ def _check_mesh_and_batch(config, num_devices: int, process_count: int) -> None:
   if batch % process_count:
     raise ConfigError("train.batch_size", f"{batch} (global) does not split over the {process_count} processes",
                       f"use a multiple of {process_count}")
+
+
+# A resumed run may change how long it trains, how it logs, checkpoints and samples, and on which mesh it runs
+# (checkpoints restore onto any mesh); any other change means the workdir holds a different experiment.
+RESUMABLE_PREFIXES = ("train.steps", "train.log_every", "train.max_nonfinite_steps", "checkpoint.", "sample.",
+                      "mesh.")
+
+
+def _flatten(tree, prefix=""):
+  if isinstance(tree, dict):
+    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+  return {prefix[:-1]: tree}
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to continue a workdir whose saved config.json differs from `config` in a key that matters."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    saved = _flatten(json.load(f))
+  current = _flatten(json.loads(config.to_json_best_effort()))
+  changed = [k for k in sorted(saved.keys() | current.keys())
+             if saved.get(k) != current.get(k) and not k.startswith(RESUMABLE_PREFIXES)]
+  if changed:
+    key, more = changed[0], f" (and {len(changed) - 1} more keys)" if len(changed) > 1 else ""
+    raise ConfigError(key, f"is {current.get(key)!r}, but the run in --workdir={workdir} was trained with "
+                      f"{saved.get(key)!r}{more}", "use a new --workdir, or pass --allow_config_change to continue "
+                      "that run with this config")

@@ -28,6 +28,8 @@ _DEFAULT_CONFIG = os.path.join(_REPO, "configs", "default.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Training configuration file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/default", "Checkpoints, metrics and samples go here.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool("allow_config_change", False,
+                                         "Continue a workdir that was trained with a different config.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "export"],
                           "train (resumes from the workdir), sample, or export to diffusers.")
 
@@ -100,6 +102,8 @@ def main(argv):
   config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
   try:
     config_validation.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
+    if mode == "train" and not _ALLOW_CONFIG_CHANGE.value:
+      config_validation.check_workdir(config, workdir)
   except config_validation.ConfigError as e:
     fail(str(e))
   logging.set_verbosity(logging.INFO)

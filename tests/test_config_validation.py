@@ -186,3 +186,28 @@ def test_cli_rejects_in_one_line_with_exit_2(tmp_path, flags, named):
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert last.startswith("error: ") and named in last, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
+
+
+def test_workdir_of_another_config_is_refused_but_resumable_changes_pass(tmp_path):
+  config = smoke()
+  (tmp_path / "config.json").write_text(config.to_json_best_effort())
+  config_validation.check_workdir(config, str(tmp_path))  # the same config: fine
+  config.train.steps, config.sample.num_images, config.mesh.shape = 1000, 3, (1, -1)
+  config_validation.check_workdir(config, str(tmp_path))  # train longer, sample differently, other mesh: fine
+  config.model.channels = 16
+  with pytest.raises(ConfigError, match=r"config.model.channels: is 16, but .* trained with 8; use a new --workdir") as e:
+    config_validation.check_workdir(config, str(tmp_path))
+  assert "\n" not in str(e.value)
+
+
+def test_cli_refuses_foreign_workdir_unless_allowed(tmp_path):
+  (tmp_path / "config.json").write_text(smoke().to_json_best_effort())
+  cmd = [sys.executable, "-m", "conprediff_jax.main", "--config=configs/smoke.py", f"--workdir={tmp_path}",
+         "--config.model.channels=16"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: config.model.channels: is 16, but the run in --workdir="), proc.stderr
+  assert "Traceback" not in proc.stderr
+  # --allow_config_change gets past the check (and then trains; --mode=sample shows it without training).
+  proc = subprocess.run(cmd + ["--allow_config_change", "--mode=sample"], cwd=REPO, capture_output=True, text=True,
+                        timeout=120, check=False)
+  assert "--workdir=" not in proc.stderr and "no checkpoint" in proc.stderr.strip().splitlines()[-1]
