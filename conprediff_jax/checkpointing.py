@@ -18,12 +18,20 @@ def open_manager(directory: str, *, max_to_keep: int, save_interval_steps: int =
   return ocp.CheckpointManager(directory, options=options)
 
 
+def open_best_manager(directory: str, *, metric: str, lower_is_better: bool) -> ocp.CheckpointManager:
+  """Keeps the single best checkpoint by an eval metric; Orbax stores the metric with it, so restarts remember."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda metrics: metrics[metric],
+                                         best_mode="min" if lower_is_better else "max",
+                                         enable_async_checkpointing=True, create=True)
+  return ocp.CheckpointManager(directory, options=options)
+
+
 def abstract_with_shardings(abstract_state, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = False) -> bool:
-  return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = False, metrics=None) -> bool:
+  return manager.save(step, args=ocp.args.StandardSave(state), force=force, metrics=metrics)
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, shardings):

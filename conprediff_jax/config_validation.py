@@ -32,12 +32,13 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
 CHOICES: dict[str, tuple] = {
     "data.name": ("digits", "folder", "tfds"),             # data/registry.py SOURCES
     "data.channels": (1, 3),                               # data/imaging.py target_mode
-    "model.name": ("unet",),                               # train.py MODELS
+    "model.name": ("unet",),                               # models/__init__.py MODELS
     "model.dtype": ("bfloat16", "float32"),
     "diffusion.schedule": ("cosine", "linear"),            # diffusion/gaussian.py SCHEDULES
     "diffusion.prediction": ("eps", "v"),                  # diffusion/gaussian.py GaussianDiffusion
     "context.solver": ("exact", "sinkhorn", "sorted"),     # context/wasserstein.py SOLVERS
     "sample.sampler": ("ddim", "ddpm"),                    # diffusion/samplers.py SAMPLERS
+    "eval.metric": ("class_accuracy", "fd_digits", "fid", "kid"),  # evaluate.py LOWER_IS_BETTER
 }
 
 # Numeric bounds by key: (test, the requirement in words).
@@ -73,10 +74,14 @@ BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "sample.num_images": _POSITIVE,
     "sample.steps": _POSITIVE,
     "sample.eta": _NON_NEGATIVE,
+    "eval.every_steps": _NON_NEGATIVE,  # 0: no periodic eval
+    "eval.num_samples": _POSITIVE,
+    "eval.batch_size": _POSITIVE,
+    "eval.reference_samples": _POSITIVE,
 }
 
 # A string key whose name ends so names a file (e.g. weights) that must exist when it is set.
-PATH_SUFFIXES = ("_path", "_file", "_weights")
+PATH_SUFFIXES = ("_path", "_file", "_weights", "_stats")
 
 
 class ConfigError(ValueError):

@@ -1,7 +1,8 @@
 r"""Entry point: `python -m conprediff_jax.main --config=configs/<name>.py --workdir=<dir> --mode=<mode>`.
 
 Modes: `train` (resumes from the workdir, samples at the end), `sample` (samples.png / samples.npz from the
-latest checkpoint's EMA parameters), `export` (a diffusers DDIMPipeline folder in <workdir>/export).
+latest checkpoint's EMA parameters), `eval` (metrics of those parameters into eval_<step>.json), `export`
+(a diffusers DDIMPipeline folder in <workdir>/export).
 
 With no flags it trains configs/default.py (the embedded digits) into workdirs/default. Any config value can be
 overridden from the command line, e.g. `--config.train.steps=200 --config.context.solver=sinkhorn`.
@@ -30,8 +31,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Training c
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/default", "Checkpoints, metrics and samples go here.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool("allow_config_change", False,
                                          "Continue a workdir that was trained with a different config.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "export"],
-                          "train (resumes from the workdir), sample, or export to diffusers.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "export"],
+                          "train (resumes from the workdir), sample, eval, or export to diffusers.")
 
 USAGE_ERROR = 2
 
@@ -72,12 +73,13 @@ def is_startup_error(e: Exception) -> bool:
   """FileNotFoundError/ValueError from opening the data or from finding no checkpoint to sample: user errors."""
   if not isinstance(e, (FileNotFoundError, ValueError)):
     return False
-  from conprediff_jax import train  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import evaluate, train  # pylint: disable=g-import-not-at-top
   from conprediff_jax.data import registry  # pylint: disable=g-import-not-at-top
   from conprediff_jax.export import export_from_workdir  # pylint: disable=g-import-not-at-top
 
   frames = [frame.f_code for frame, _ in traceback.walk_tb(e.__traceback__)]
-  return registry.make_source.__code__ in frames or frames[-1] in (train.sample.__code__, export_from_workdir.__code__)
+  user_facing = (train.sample.__code__, evaluate.evaluate.__code__, export_from_workdir.__code__)
+  return registry.make_source.__code__ in frames or frames[-1] in user_facing
 
 
 def run(config, workdir: str, mode: str):
@@ -89,6 +91,10 @@ def run(config, workdir: str, mode: str):
   if mode == "sample":
     train.sample(config, workdir)
     return {"written": os.path.join(workdir, "samples.png")}
+  if mode == "eval":
+    from conprediff_jax import evaluate  # pylint: disable=g-import-not-at-top
+    metrics = evaluate.evaluate(config, workdir)
+    return {"written": os.path.join(workdir, f"eval_{metrics['step']}.json"), "metrics": metrics}
   from conprediff_jax import export  # pylint: disable=g-import-not-at-top
   return {"written": export.export_from_workdir(config, workdir)}
 
@@ -118,7 +124,7 @@ def main(argv):
   if result.get("stopped"):
     print(f"stopped at step {result['step']}: {result['stopped']}; resume with the same command", file=sys.stderr)
   elif "written" in result:
-    print(f"wrote {result['written']}")
+    print(f"wrote {result['written']}" + (f": {result['metrics']}" if "metrics" in result else ""))
 
 
 if __name__ == "__main__":

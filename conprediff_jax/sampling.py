@@ -1,39 +1,56 @@
 """Jitted sampling from the denoiser's parameters alone.
 
 `make_sample_fn` closes over the denoiser's graph definition and nothing else, so the compiled sampler cannot
-reach a training-only module: its only array inputs are the denoiser parameters and a key.
+reach a training-only module: its only array inputs are the denoiser parameters, a key and optional labels.
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
 from conprediff_jax import parallel
 from conprediff_jax.diffusion import samplers
 from conprediff_jax.diffusion.gaussian import GaussianDiffusion
 
 
-def sample_labels(config, num_images: int):
+def sample_labels(config, num_images: int, offset: int = 0):
   """Class-conditional models sample the classes in turn (0, 1, ..., 0, 1, ...); others take no labels."""
   if not config.model.class_conditional:
     return None
-  return jnp.arange(num_images, dtype=jnp.int32) % config.data.num_classes
+  return (jnp.arange(offset, offset + num_images, dtype=jnp.int32)) % config.data.num_classes
 
 
-def make_sample_fn(config, denoiser_def: nnx.GraphDef, diffusion: GaussianDiffusion, mesh=None,
+def make_sample_fn(config, denoiser_def: nnx.GraphDef, num_images: int | None = None, mesh=None,
                    param_shardings=None):
-  """-> jitted `(denoiser_params, key) -> images float32 [N, H, W, C] in [-1, 1]`."""
+  """-> jitted `(denoiser_params, key, labels | None) -> images float32 [N, H, W, C] in [-1, 1]`."""
   s, d = config.sample, config.data
-  shape = (s.num_images, d.image_size, d.image_size, d.channels)
-  labels = sample_labels(config, s.num_images)
+  num_images = num_images or s.num_images
+  shape = (num_images, d.image_size, d.image_size, d.channels)
+  diffusion = GaussianDiffusion.from_config(config)
 
-  def sample_fn(params, key):
+  def sample_fn(params, key, labels):
     denoiser = nnx.merge(denoiser_def, params)
     apply = lambda x, t: denoiser(x, t, labels)[0]
     return samplers.sample(apply, diffusion, key, shape, sampler=s.sampler, steps=s.steps, eta=s.eta)
 
   if mesh is None:
     return jax.jit(sample_fn)
-  divisible = s.num_images % parallel.data_parallel_size(mesh) == 0
+  divisible = num_images % parallel.data_parallel_size(mesh) == 0
   out = parallel.batch_sharding(mesh) if divisible else parallel.replicated(mesh)
-  return jax.jit(sample_fn, in_shardings=(param_shardings, parallel.replicated(mesh)), out_shardings=out)
+  replicated = parallel.replicated(mesh)
+  return jax.jit(sample_fn, in_shardings=(param_shardings, replicated, replicated), out_shardings=out)
+
+
+def generate(config, sample_fn, params, key, num_images: int, batch_size: int, *, progress: bool = False):
+  """`num_images` samples as uint8-ready floats [N, H, W, C] plus their labels (or None), in fixed-size batches."""
+  batches, labels = [], []
+  for i, start in enumerate(tqdm(range(0, num_images, batch_size), desc="sampling", unit="batch",
+                                 disable=not progress or jax.process_index() != 0)):
+    batch_labels = sample_labels(config, batch_size, offset=start)
+    batches.append(np.asarray(jax.device_get(sample_fn(params, jax.random.fold_in(key, i), batch_labels))))
+    if batch_labels is not None:
+      labels.append(np.asarray(batch_labels))
+  images = np.concatenate(batches)[:num_images]
+  return images, (np.concatenate(labels)[:num_images] if labels else None)

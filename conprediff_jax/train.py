@@ -181,10 +181,10 @@ def restore_or_init(run: Run, seed: int):
 def write_samples(config, denoiser_def, mesh, ema_shardings, ema_params, workdir: str, step: int,
                   writer: MetricWriter | None = None) -> np.ndarray:
   """Samples from the EMA denoiser into samples.png / samples.npz (uint8 [N, H, W, C]); returns them."""
-  sample_fn = sampling.make_sample_fn(config, denoiser_def, GaussianDiffusion.from_config(config), mesh,
-                                      ema_shardings)
+  sample_fn = sampling.make_sample_fn(config, denoiser_def, mesh=mesh, param_shardings=ema_shardings)
   key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)
-  images = images_lib.to_uint8(jax.device_get(sample_fn(ema_params, key)))
+  labels = sampling.sample_labels(config, config.sample.num_images)
+  images = images_lib.to_uint8(jax.device_get(sample_fn(ema_params, key, labels)))
   if jax.process_index() == 0:
     images_lib.save_grid(os.path.join(workdir, "samples.png"), images)
     np.savez(os.path.join(workdir, "samples.npz"), images=images)
@@ -242,6 +242,13 @@ def train(config, workdir: str) -> dict[str, Any]:
                       out_shardings=(run.shardings, parallel.replicated(run.mesh)), donate_argnums=0)
     base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
 
+    evaluator = best = None
+    if config.eval.every_steps:
+      from conprediff_jax import evaluate  # pylint: disable=g-import-not-at-top
+      evaluator = evaluate.Evaluator(config, exp.denoiser_def, run.mesh, run.shardings["ema"], workdir)
+      best = checkpointing.open_best_manager(os.path.join(workdir, "best"), metric=config.eval.metric,
+                                             lower_is_better=evaluate.LOWER_IS_BETTER[config.eval.metric])
+
     stop_reason, pending = None, []
     bar = tqdm(total=t.steps, initial=start, unit="step", dynamic_ncols=True, disable=jax.process_index() != 0)
     tick, tick_step = time.perf_counter(), start
@@ -268,6 +275,15 @@ def train(config, workdir: str) -> dict[str, Any]:
           bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{means.get('images_per_sec', 0):.0f}")
           if 0 < t.max_nonfinite_steps <= means["nonfinite"]:
             stop_reason = f"{means['nonfinite']} consecutive non-finite losses or gradients (updates were skipped)"
+        if evaluator is not None and done % config.eval.every_steps == 0:
+          eval_start = time.perf_counter()
+          scores = evaluator(state["ema"], done)
+          evaluate.write_results(workdir, done, scores)
+          writer.scalars(done, {f"eval/{k}": v for k, v in scores.items()})
+          if config.eval.metric in scores:  # Orbax keeps this step in best/ only if it beats the one there
+            checkpointing.save(best, done, state, force=True, metrics=scores)
+          tick += time.perf_counter() - eval_start  # eval time is not training time
+
         if done % config.checkpoint.every_steps == 0 or done == t.steps or stop.signal or stop_reason:
           checkpointing.save(run.manager, done, state, force=True)
         if stop.signal:
@@ -277,6 +293,8 @@ def train(config, workdir: str) -> dict[str, Any]:
     bar.close()
     batches.close()
     run.manager.wait_until_finished()
+    if best is not None:
+      best.wait_until_finished()
     skipped = getattr(source, "skipped", [])
     if skipped:
       logging.warning("skipped %d unreadable or malformed images, e.g. %s (%s)", len(skipped), *skipped[0])
@@ -285,7 +303,7 @@ def train(config, workdir: str) -> dict[str, Any]:
       logging.warning("stopped at step %d: %s; checkpoint saved in %s", done, stop_reason, workdir)
       writer.close()
       return {"step": done, "stopped": stop_reason}
-    history = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    history = [h for h in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in h]
     if jax.process_index() == 0 and history:
       images_lib.save_loss_plot(os.path.join(workdir, "loss.png"), [h["step"] for h in history],
                                 [h["loss"] for h in history])

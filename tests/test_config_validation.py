@@ -134,13 +134,14 @@ def test_files_named_by_keys_must_exist(tmp_path):
 
 def test_choices_match_the_registries():
   """CHOICES spells the registries out so validation need not import them; this keeps the two in step."""
-  from conprediff_jax import models  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import evaluate, models  # pylint: disable=g-import-not-at-top
   from conprediff_jax.context import wasserstein  # pylint: disable=g-import-not-at-top
   from conprediff_jax.data import registry  # pylint: disable=g-import-not-at-top
   from conprediff_jax.diffusion import gaussian, samplers  # pylint: disable=g-import-not-at-top
 
   registries = {"data.name": registry.SOURCES, "model.name": models.MODELS, "diffusion.schedule": gaussian.SCHEDULES,
-                "context.solver": wasserstein.SOLVERS, "sample.sampler": samplers.SAMPLERS}
+                "context.solver": wasserstein.SOLVERS, "sample.sampler": samplers.SAMPLERS,
+                "eval.metric": evaluate.LOWER_IS_BETTER}
   for key, names in registries.items():
     assert sorted(config_validation.CHOICES[key]) == sorted(names), key
 

@@ -1,0 +1,129 @@
+"""Sample quality of a denoiser's EMA parameters: generate `config.eval.num_samples` images, then score them.
+
+Metrics, by what the run has:
+  fd_digits, class_accuracy  the embedded digits (a classifier trained once, cached in the workdir); no files needed
+  fid, kid                   with config.eval.inception_weights (FID Inception-v3 as safetensors, see README) and
+                             reference statistics: config.eval.reference_stats (.npz with mu, sigma), or computed
+                             once from the training data and cached in the workdir
+"""
+
+import json
+import os
+
+from absl import logging
+import jax
+import numpy as np
+
+from conprediff_jax import checkpointing
+from conprediff_jax import evaluation
+from conprediff_jax import images as images_lib
+from conprediff_jax import parallel
+from conprediff_jax import sampling
+from conprediff_jax.models import abstract_denoiser
+
+LOWER_IS_BETTER = {"fd_digits": True, "fid": True, "kid": True, "class_accuracy": False}
+
+
+class Evaluator:
+  """Built once per run (compiles the sampler once); call it with EMA parameters and a step."""
+
+  def __init__(self, config, denoiser_def, mesh, ema_shardings, workdir: str):
+    self.config, self.workdir = config, workdir
+    batch = config.eval.batch_size
+    self.sample_fn = sampling.make_sample_fn(config, denoiser_def, batch, mesh, ema_shardings)
+    self._digits = None
+    self._inception = None
+
+  def generate(self, ema_params, step: int):
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.config.seed), 2**31 - 2), step)
+    return sampling.generate(self.config, self.sample_fn, ema_params, key, self.config.eval.num_samples,
+                             self.config.eval.batch_size, progress=True)
+
+  def __call__(self, ema_params, step: int) -> dict[str, float]:
+    samples, labels = self.generate(ema_params, step)
+    # Score what would be saved as images: quantised to uint8, as the reference FID implementations do.
+    as_uint8 = images_lib.to_uint8(samples)
+    metrics = {}
+    if self.config.data.name == "digits":
+      metrics.update(self._digits_metrics(as_uint8, labels))
+    if self.config.eval.inception_weights:
+      metrics.update(self._inception_metrics(as_uint8))
+    return metrics
+
+  def _digits_metrics(self, images_uint8, labels) -> dict[str, float]:
+    if self._digits is None:
+      self._digits = evaluation.DigitsMetric.load_or_train(os.path.join(self.workdir, "eval_cache"),
+                                                           self.config.data.image_size, seed=0)
+    images = images_uint8.astype(np.float32) / 127.5 - 1.0
+    out = {"fd_digits": self._digits.fd(images)}
+    if labels is not None:
+      out["class_accuracy"] = self._digits.accuracy(images, labels)
+    return out
+
+  def _inception_metrics(self, images_uint8) -> dict[str, float]:
+    e = self.config.eval
+    if self._inception is None:
+      self._inception = evaluation.InceptionFeatures(e.inception_weights, expected_sha256=e.inception_sha256 or None)
+    features = self._inception.extract_features(images_uint8)
+    mu, sigma = evaluation.feature_statistics(features)
+    ref_mu, ref_sigma, ref_features = self._reference()
+    out = {"fid": evaluation.frechet_distance(mu, sigma, ref_mu, ref_sigma)}
+    if ref_features is not None:
+      size = min(1000, len(features), len(ref_features))
+      out["kid"] = evaluation.kid(features, ref_features, subset_size=size)
+    return out
+
+  def _reference(self):
+    """(mu, sigma, features or None) of the real data: from eval.reference_stats, or computed once and cached."""
+    e = self.config.eval
+    if e.reference_stats:
+      mu, sigma = evaluation.load_statistics(e.reference_stats)
+      return mu, sigma, None
+    cache = os.path.join(self.workdir, "eval_cache", "reference_features.npy")
+    if not os.path.exists(cache):
+      from conprediff_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+      source = data_lib.make_source(self.config.data)
+      count = min(len(source), e.reference_samples)
+      real = source.get_batch(np.arange(count))["image"]
+      features = self._inception.extract_features(images_lib.to_uint8(real))
+      os.makedirs(os.path.dirname(cache), exist_ok=True)
+      np.save(cache, features, allow_pickle=False)
+    features = np.load(cache, allow_pickle=False)
+    mu, sigma = evaluation.feature_statistics(features)
+    return mu, sigma, features
+
+
+def is_better(metric: str, value: float, best: float | None) -> bool:
+  if best is None:
+    return np.isfinite(value)
+  return value < best if LOWER_IS_BETTER[metric] else value > best
+
+
+def write_results(workdir: str, step: int, metrics: dict[str, float]) -> str:
+  path = os.path.join(workdir, f"eval_{step}.json")
+  if jax.process_index() == 0:
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump({"step": step, **metrics}, f, indent=2)
+  return path
+
+
+def evaluate(config, workdir: str) -> dict[str, float]:
+  """--mode=eval: scores the EMA parameters of the workdir's latest checkpoint; writes eval_<step>.json."""
+  from conprediff_jax.metric_writers import MetricWriter  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh(config.mesh.shape, config.mesh.axes)
+  _, denoiser_def, abstract_ema = abstract_denoiser(config)
+  shardings = parallel.state_shardings(mesh, abstract_ema)
+  manager = checkpointing.open_manager(os.path.join(workdir, "checkpoints"),
+                                       max_to_keep=config.checkpoint.max_to_keep)
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (--mode=train)")
+  with jax.set_mesh(mesh):
+    ema = checkpointing.restore_ema(manager, step, abstract_ema, shardings)
+    metrics = Evaluator(config, denoiser_def, mesh, shardings, workdir)(ema, step)
+  path = write_results(workdir, step, metrics)
+  writer = MetricWriter(workdir)
+  writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+  writer.close()
+  logging.info("step %d: %s (written to %s)", step, metrics, path)
+  return {"step": step, **metrics}
