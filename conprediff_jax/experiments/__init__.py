@@ -1,0 +1,1 @@
+"""Experiments built from the trainer and the evaluator (each a `python -m` command)."""
