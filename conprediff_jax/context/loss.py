@@ -1,0 +1,43 @@
+"""The ConPreDiff context loss: mean W2^2 between predicted and true multi-stride neighbourhoods."""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from conprediff_jax.context import decoder as decoder_lib
+from conprediff_jax.context import wasserstein
+# The package re-exports the function under the module's name, so import the function itself.
+from conprediff_jax.context.neighbourhoods import neighbourhoods
+
+
+def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targets: jax.Array,
+                 key: jax.Array, *, strides: Sequence[int], solver: str = "sorted",
+                 **solver_options) -> jax.Array:
+  """mean over (b, i, s) of W2^2(P-hat, P), computed in float32.
+
+  Args:
+    decoder: the context decoder; its strides and target size must match `strides` and `targets`.
+    features: [B, H, W, F] denoiser features h (any float dtype, e.g. bf16).
+    targets: [B, H, W, C] clean signal y; treated as a constant.
+    key: draws the decoder's samples (and the projections of a sliced sorted solver).
+    strides: the neighbourhood strides.
+    solver: a name in wasserstein.SOLVERS; solver_options go to it.
+
+  Returns:
+    scalar float32 loss. P is uniform over a position's in-image neighbours, P-hat uniform over Q samples.
+  """
+  strides = tuple(strides)
+  if decoder.num_strides != len(strides):
+    raise ValueError(f"decoder has {decoder.num_strides} strides, loss got strides={strides}")
+  if decoder.target_dim != targets.shape[-1]:
+    raise ValueError(f"decoder predicts {decoder.target_dim} channels, targets have {targets.shape[-1]}")
+  targets = jax.lax.stop_gradient(targets.astype(jnp.float32))
+  values, mask = neighbourhoods(targets, strides)  # [B,H,W,S,8,C], [B,H,W,S,8]
+  sample_key, solver_key = jax.random.split(key)
+  predictions = decoder(features.astype(jnp.float32), sample_key)  # [B,H,W,S,Q,C]
+  if solver_options.get("num_projections"):
+    solver_options = {"key": solver_key, **solver_options}
+  distances = wasserstein.wasserstein2(predictions, values, y_weights=mask, solver=solver,
+                                       **solver_options)
+  return jnp.mean(distances)

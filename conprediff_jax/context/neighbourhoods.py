@@ -1,0 +1,69 @@
+"""Multi-stride 8-neighbourhoods of every grid position, as one fused pad-and-slice op."""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# The fixed neighbour order: raster order over (dy, dx), the centre left out.
+OFFSETS: tuple[tuple[int, int], ...] = (
+    (-1, -1), (-1, 0), (-1, 1),
+    (0, -1), (0, 1),
+    (1, -1), (1, 0), (1, 1),
+)
+
+
+def validate_strides(strides: Sequence[int], height: int, width: int) -> tuple[int, ...]:
+  """Returns strides as a tuple of ints; raises a one-line ValueError if one cannot fit the grid."""
+  strides = tuple(strides)
+  if not strides:
+    raise ValueError("strides must name at least one stride")
+  for s in strides:
+    if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
+      raise ValueError(f"every stride must be a positive int, got {s!r}")
+    if s >= height or s >= width:
+      raise ValueError(f"stride {s} does not fit a {height}x{width} grid (each stride must be < H and < W)")
+  return tuple(int(s) for s in strides)
+
+
+def neighbour_mask(height: int, width: int, strides: Sequence[int]) -> np.ndarray:
+  """Static bool [H, W, S, 8]: True where the neighbour lies inside the image."""
+  rows = np.arange(height)[:, None, None, None]
+  cols = np.arange(width)[None, :, None, None]
+  scale = np.asarray(strides)[None, None, :, None]
+  dy = np.asarray([o[0] for o in OFFSETS])[None, None, None, :]
+  dx = np.asarray([o[1] for o in OFFSETS])[None, None, None, :]
+  r, c = rows + scale * dy, cols + scale * dx
+  return (r >= 0) & (r < height) & (c >= 0) & (c < width)
+
+
+def neighbourhoods(y: jax.Array, strides: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+  """Gathers the 8 neighbours of every position at every stride.
+
+  Args:
+    y: [..., H, W, C] values on the grid.
+    strides: static strides s; neighbour k of stride s sits at offset s * OFFSETS[k].
+
+  Returns:
+    values [..., H, W, S, 8, C] (0 outside the image, never wrapped) and
+    mask [..., H, W, S, 8] bool (False outside the image).
+  """
+  if y.ndim < 3:
+    raise ValueError(f"neighbourhoods expects [..., H, W, C], got shape {y.shape}")
+  height, width = y.shape[-3], y.shape[-2]
+  strides = validate_strides(strides, height, width)
+  pad = max(strides)
+  lead = y.ndim - 3
+  # Pad once by the largest stride, then every neighbour is a static window: XLA fuses it into one op.
+  padded = jnp.pad(y, [(0, 0)] * lead + [(pad, pad), (pad, pad), (0, 0)])
+  windows = [
+      jax.lax.slice_in_dim(
+          jax.lax.slice_in_dim(padded, pad + s * dy, pad + s * dy + height, axis=lead),
+          pad + s * dx, pad + s * dx + width, axis=lead + 1)
+      for s in strides for dy, dx in OFFSETS
+  ]
+  values = jnp.stack(windows, axis=-2)  # [..., H, W, S*8, C]
+  values = values.reshape(*values.shape[:-2], len(strides), len(OFFSETS), values.shape[-1])
+  mask = jnp.broadcast_to(neighbour_mask(height, width, strides), values.shape[:-1])
+  return values, mask

@@ -1,0 +1,151 @@
+"""ContextDecoder and context_loss: shapes, purity, masking, and that the decoder learns."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from conprediff_jax.context import ContextDecoder
+from conprediff_jax.context import context_loss
+from conprediff_jax.context import wasserstein2
+from conprediff_jax.context.neighbourhoods import OFFSETS
+
+B, H, W, F, C = 2, 5, 6, 8, 3
+STRIDES = (1, 2)
+
+
+def make_decoder(**kwargs) -> ContextDecoder:
+  return ContextDecoder(F, C, num_strides=len(STRIDES), hidden_dim=16, rngs=nnx.Rngs(0), **kwargs)
+
+
+def random_inputs(seed=0):
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  features = jax.random.normal(k1, (B, H, W, F))
+  targets = jax.random.uniform(k2, (B, H, W, C), minval=-1.0, maxval=1.0)
+  return features, targets
+
+
+def test_output_shape_and_explicit_key():
+  decoder = make_decoder()
+  features, _ = random_inputs()
+  out = decoder(features, jax.random.key(1))
+  assert out.shape == (B, H, W, len(STRIDES), 8, C)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(decoder(features, jax.random.key(1))))
+  assert not np.allclose(np.asarray(out), np.asarray(decoder(features, jax.random.key(2))))
+  # Samples differ from one another (sigma > 0), strides use different MLPs.
+  assert not np.allclose(np.asarray(out[..., 0, :]), np.asarray(out[..., 1, :]))
+  assert not np.allclose(np.asarray(out[..., 0, :, :]), np.asarray(out[..., 1, :, :]))
+  other = make_decoder(num_samples=5, latent_dim=4)
+  shape = jax.eval_shape(lambda h, k: other(h, k), features, jax.random.key(0)).shape
+  assert shape == (B, H, W, len(STRIDES), 5, C)
+
+
+def test_state_is_parameters_only():
+  decoder = make_decoder()
+  _, params, rest = nnx.split(decoder, nnx.Param, ...)
+  assert jax.tree.leaves(rest) == []
+  assert decoder.latent_dim == F  # default
+  # A pure function of (params, inputs, key) under jit.
+  graphdef, params = nnx.split(decoder, nnx.Param)
+  features, _ = random_inputs()
+  pure = jax.jit(lambda p, h, k: nnx.merge(graphdef, p)(h, k))
+  np.testing.assert_allclose(np.asarray(pure(params, features, jax.random.key(0))),
+                             np.asarray(decoder(features, jax.random.key(0))), rtol=1e-5, atol=1e-6)
+
+
+def test_log_sigma_is_clipped():
+  decoder = make_decoder()
+  features, _ = random_inputs()
+  out = decoder(features * 1e4, jax.random.key(0))
+  assert np.all(np.isfinite(np.asarray(out)))
+
+
+def test_loss_is_float32_scalar_and_targets_are_constants():
+  decoder = make_decoder()
+  features, targets = random_inputs()
+  loss = context_loss(decoder, features.astype(jnp.bfloat16), targets.astype(jnp.bfloat16),
+                      jax.random.key(0), strides=STRIDES)
+  assert loss.shape == () and loss.dtype == jnp.float32 and float(loss) > 0
+  grad = jax.grad(lambda t: context_loss(decoder, features, t, jax.random.key(0), strides=STRIDES))(targets)
+  assert not np.any(np.asarray(grad))
+
+
+def brute_force_loss(decoder, features, targets, key, strides, solver):
+  """Python loops: each position's true neighbours listed explicitly, no masks at all."""
+  sample_key, _ = jax.random.split(key)
+  predictions = np.asarray(decoder(features, sample_key), np.float64)
+  targets = np.asarray(targets, np.float64)
+  total, count = 0.0, 0
+  for b in range(B):
+    for r in range(H):
+      for c in range(W):
+        for k, s in enumerate(strides):
+          inside = [targets[b, r + s * dy, c + s * dx] for dy, dx in OFFSETS
+                    if 0 <= r + s * dy < H and 0 <= c + s * dx < W]
+          total += float(wasserstein2(predictions[b, r, c, k], np.stack(inside), solver=solver))
+          count += 1
+  return total / count
+
+
+@pytest.mark.parametrize("solver", ["sorted", "exact"])
+def test_loss_matches_brute_force_without_masks(solver):
+  decoder = make_decoder()
+  features, targets = random_inputs(1)
+  key = jax.random.key(3)
+  loss = float(context_loss(decoder, features, targets, key, strides=STRIDES, solver=solver))
+  reference = brute_force_loss(decoder, features, targets, key, STRIDES, solver)
+  assert loss == pytest.approx(reference, rel=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["sorted", "sinkhorn", "exact"])
+def test_masked_neighbours_do_not_influence(solver):
+  rng = np.random.default_rng(0)
+  predictions = rng.uniform(-1, 1, (4, 8, C)).astype(np.float32)
+  neighbours = rng.uniform(-1, 1, (4, 8, C)).astype(np.float32)
+  mask = np.ones((4, 8), bool)
+  mask[0, :5] = mask[1, ::2] = mask[2, 7] = False
+  perturbed = np.where(mask[..., None], neighbours, neighbours + rng.normal(0, 5, neighbours.shape))
+  a = wasserstein2(predictions, neighbours, y_weights=mask, solver=solver)
+  b = wasserstein2(predictions, perturbed.astype(np.float32), y_weights=mask, solver=solver)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+
+def test_mismatched_configuration_raises():
+  decoder = make_decoder()
+  features, targets = random_inputs()
+  with pytest.raises(ValueError, match="strides"):
+    context_loss(decoder, features, targets, jax.random.key(0), strides=(1, 2, 3))
+  with pytest.raises(ValueError, match="channels"):
+    context_loss(decoder, features, targets[..., :1], jax.random.key(0), strides=STRIDES)
+  with pytest.raises(ValueError):
+    context_loss(decoder, features, targets, jax.random.key(0), strides=(1, 5))  # 5 >= H
+
+
+@pytest.mark.parametrize("solver,options", [
+    ("sorted", {"num_projections": 4}),  # sliced: also checks that the loss hands a key to the solver
+    ("sinkhorn", {"epsilon": 0.05, "iterations": 20}),
+])
+def test_decoder_learns_a_fixed_target(solver, options):
+  decoder = make_decoder()
+  features, targets = random_inputs(2)
+  graphdef, params = nnx.split(decoder, nnx.Param)
+  optimizer = optax.adam(1e-2)
+  opt_state = optimizer.init(params)
+
+  @jax.jit
+  def step(params, opt_state, key):
+    def loss_fn(p):
+      return context_loss(nnx.merge(graphdef, p), features, targets, key, strides=STRIDES, solver=solver,
+                          **options)
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  losses = []
+  for i in range(30):
+    params, opt_state, loss = step(params, opt_state, jax.random.key(i))
+    losses.append(float(loss))
+  assert np.all(np.isfinite(losses))
+  assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
