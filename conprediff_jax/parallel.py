@@ -20,10 +20,22 @@ MIN_SHARDED_SIZE = 2**14
 
 
 def maybe_initialize_distributed() -> None:
-  """Joins a multi-host job when the launcher asked for one (see launch/); a no-op on one host."""
-  if os.environ.get("CONPREDIFF_MULTIHOST") == "1":
-    jax.distributed.initialize()  # reads coordinator/process ids from the TPU, SLURM or JAX_* environment
-    logging.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
+  """Joins a multi-host job when the launcher asked for one (see launch/); a no-op on one host.
+
+  TPU pods and SLURM describe the job themselves; elsewhere (e.g. launch/local_multiprocess.sh) the launcher sets
+  CONPREDIFF_COORDINATOR (host:port), CONPREDIFF_NUM_PROCESSES and CONPREDIFF_PROCESS_ID.
+  """
+  if os.environ.get("CONPREDIFF_MULTIHOST") != "1":
+    return
+  if "CONPREDIFF_COORDINATOR" in os.environ:
+    if jax.config.jax_platforms == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process collectives on CPU
+    jax.distributed.initialize(coordinator_address=os.environ["CONPREDIFF_COORDINATOR"],
+                               num_processes=int(os.environ["CONPREDIFF_NUM_PROCESSES"]),
+                               process_id=int(os.environ["CONPREDIFF_PROCESS_ID"]))
+  else:
+    jax.distributed.initialize()
+  logging.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())
 
 
@@ -75,6 +87,14 @@ def state_shardings(mesh, abstract_state):
   """NamedShardings for every leaf of a (shape-only) train state."""
   size = mesh.shape[FSDP_AXIS]
   return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(tuple(x.shape), size)), abstract_state)
+
+
+def to_host(x) -> np.ndarray:
+  """The whole of a global array on every host (an all-gather across processes where it spans several)."""
+  if jax.process_count() == 1 or x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def data_parallel_size(mesh) -> int:

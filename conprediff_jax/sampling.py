@@ -49,7 +49,7 @@ def generate(config, sample_fn, params, key, num_images: int, batch_size: int, *
   for i, start in enumerate(tqdm(range(0, num_images, batch_size), desc="sampling", unit="batch",
                                  disable=not progress or jax.process_index() != 0)):
     batch_labels = sample_labels(config, batch_size, offset=start)
-    batches.append(np.asarray(jax.device_get(sample_fn(params, jax.random.fold_in(key, i), batch_labels))))
+    batches.append(parallel.to_host(sample_fn(params, jax.random.fold_in(key, i), batch_labels)))
     if batch_labels is not None:
       labels.append(np.asarray(batch_labels))
   images = np.concatenate(batches)[:num_images]

@@ -184,7 +184,7 @@ def write_samples(config, denoiser_def, mesh, ema_shardings, ema_params, workdir
   sample_fn = sampling.make_sample_fn(config, denoiser_def, mesh=mesh, param_shardings=ema_shardings)
   key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)
   labels = sampling.sample_labels(config, config.sample.num_images)
-  images = images_lib.to_uint8(jax.device_get(sample_fn(ema_params, key, labels)))
+  images = images_lib.to_uint8(parallel.to_host(sample_fn(ema_params, key, labels)))
   if jax.process_index() == 0:
     images_lib.save_grid(os.path.join(workdir, "samples.png"), images)
     np.savez(os.path.join(workdir, "samples.npz"), images=images)
