@@ -59,6 +59,8 @@ BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "context.epsilon": _POSITIVE,
     "context.sinkhorn_iterations": _POSITIVE,
     "context.num_projections": _NON_NEGATIVE,
+    "context.latent_dim": _NON_NEGATIVE,  # 0: the feature width
+    "context.position_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "context.hidden_dim": _POSITIVE,
     "train.steps": _POSITIVE,
     "train.batch_size": _POSITIVE,

@@ -57,7 +57,8 @@ def build_context_head(config, feature_dim: int, key) -> nnx.Module:
   from conprediff_jax import context  # pylint: disable=g-import-not-at-top
   c = config.context
   return context.ContextDecoder(feature_dim, config.data.channels, num_strides=len(c.strides),
-                                num_samples=c.num_samples, hidden_dim=c.hidden_dim, rngs=nnx.Rngs(key))
+                                num_samples=c.num_samples, latent_dim=c.latent_dim or None,
+                                hidden_dim=c.hidden_dim, rngs=nnx.Rngs(key))
 
 
 def make_context_loss(config) -> Callable[..., jax.Array]:
@@ -68,7 +69,8 @@ def make_context_loss(config) -> Callable[..., jax.Array]:
              "exact": {}}
   if c.solver not in options:
     raise ValueError(f"config.context.solver must be one of {sorted(options)}, got {c.solver!r}")
-  return functools.partial(context.context_loss, strides=tuple(c.strides), solver=c.solver, **options[c.solver])
+  return functools.partial(context.context_loss, strides=tuple(c.strides), solver=c.solver,
+                           position_fraction=c.position_fraction, **options[c.solver])
 
 
 def make_optimizer(config) -> optax.GradientTransformation:

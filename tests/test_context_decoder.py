@@ -149,3 +149,19 @@ def test_decoder_learns_a_fixed_target(solver, options):
     losses.append(float(loss))
   assert np.all(np.isfinite(losses))
   assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+
+
+def test_position_fraction_is_an_unbiased_estimate_of_the_full_loss():
+  """Averaged over draws (of the decoder noise and of the positions), a subsample scores the same mean."""
+  decoder = ContextDecoder(6, 2, num_strides=2, num_samples=4, hidden_dim=8, rngs=nnx.Rngs(0))
+  features = jax.random.normal(jax.random.key(1), (2, 5, 6, 6))
+  targets = jax.random.uniform(jax.random.key(2), (2, 5, 6, 2), minval=-1, maxval=1)
+  loss = lambda fraction: jax.vmap(lambda k: context_loss(decoder, features, targets, k, strides=(1, 2),
+                                                          position_fraction=fraction))
+  keys = jax.random.split(jax.random.key(4), 400)
+  full, quarter = loss(1.0)(keys), loss(0.25)(keys)
+  assert float(jnp.std(quarter)) > 1.5 * float(jnp.std(full))  # it really is a different, noisier estimate
+  stderr = float(jnp.std(quarter)) / 20.0
+  assert abs(float(jnp.mean(quarter)) - float(jnp.mean(full))) < 4 * stderr
+  with pytest.raises(ValueError, match="position_fraction"):
+    context_loss(decoder, features, targets, keys[0], strides=(1, 2), position_fraction=0.0)

@@ -39,6 +39,10 @@ class ContextDecoder(nnx.Module):
     log_sigma = jnp.clip(log_sigma, *LOG_SIGMA_RANGE)
     noise = jax.random.normal(key, mu.shape[:-1] + (self.num_samples, self.latent_dim), mu.dtype)
     z = mu[..., None, :] + jnp.exp(log_sigma)[..., None, :] * noise  # [..., Q, L]
-    hidden = jnp.einsum("...ql,sld->...sqd", z, self.w1[...]) + self.b1[...][:, None, :]
-    hidden = nnx.gelu(hidden)
-    return jnp.einsum("...sqd,sdt->...sqt", hidden, self.w2[...]) + self.b2[...][:, None, :]
+    # Every stride's first layer as one [L, S*D] matmul over all (position, sample) rows: on CPU this was 1.5x
+    # faster than a batched einsum with the stride axis in the middle.
+    s, l, d = self.w1.shape
+    w1 = jnp.transpose(self.w1[...], (1, 0, 2)).reshape(l, s * d)
+    hidden = nnx.gelu(z @ w1 + self.b1[...].reshape(s * d)).reshape(z.shape[:-1] + (s, d))  # [..., Q, S, D]
+    out = jnp.einsum("...sd,sdt->...st", hidden, self.w2[...]) + self.b2[...]  # [..., Q, S, T]
+    return jnp.swapaxes(out, -2, -3)  # [..., S, Q, T]

@@ -13,16 +13,18 @@ from conprediff_jax.context.neighbourhoods import neighbourhoods
 
 def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targets: jax.Array,
                  key: jax.Array, *, strides: Sequence[int], solver: str = "sorted",
-                 **solver_options) -> jax.Array:
+                 position_fraction: float = 1.0, **solver_options) -> jax.Array:
   """mean over (b, i, s) of W2^2(P-hat, P), computed in float32.
 
   Args:
     decoder: the context decoder; its strides and target size must match `strides` and `targets`.
     features: [B, H, W, F] denoiser features h (any float dtype, e.g. bf16).
     targets: [B, H, W, C] clean signal y; treated as a constant.
-    key: draws the decoder's samples (and the projections of a sliced sorted solver).
+    key: draws the decoder's samples, the scored positions, and the projections of a sliced sorted solver.
     strides: the neighbourhood strides.
     solver: a name in wasserstein.SOLVERS; solver_options go to it.
+    position_fraction: score this fraction of the B*H*W positions, drawn uniformly without replacement each
+      call: an unbiased estimate of the same mean at a fraction of the decoder's cost (1.0: every position).
 
   Returns:
     scalar float32 loss. P is uniform over a position's in-image neighbours, P-hat uniform over Q samples.
@@ -32,12 +34,24 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
     raise ValueError(f"decoder has {decoder.num_strides} strides, loss got strides={strides}")
   if decoder.target_dim != targets.shape[-1]:
     raise ValueError(f"decoder predicts {decoder.target_dim} channels, targets have {targets.shape[-1]}")
+  if not 0.0 < position_fraction <= 1.0:
+    raise ValueError(f"position_fraction must be in (0, 1], got {position_fraction}")
   targets = jax.lax.stop_gradient(targets.astype(jnp.float32))
   values, mask = neighbourhoods(targets, strides)  # [B,H,W,S,8,C], [B,H,W,S,8]
-  sample_key, solver_key = jax.random.split(key)
-  predictions = decoder(features.astype(jnp.float32), sample_key)  # [B,H,W,S,Q,C]
+  sample_key, solver_key, position_key = jax.random.split(key, 3)
+  if position_fraction < 1.0:
+    features, values, mask = _random_positions(position_key, position_fraction, features, values, mask)
+  predictions = decoder(features.astype(jnp.float32), sample_key)  # [..., S, Q, C]
   if solver_options.get("num_projections"):
     solver_options = {"key": solver_key, **solver_options}
   distances = wasserstein.wasserstein2(predictions, values, y_weights=mask, solver=solver,
                                        **solver_options)
   return jnp.mean(distances)
+
+
+def _random_positions(key, fraction, features, values, mask):
+  """The same random subset of the B*H*W positions from each array, flattened to one leading axis."""
+  num = features.shape[0] * features.shape[1] * features.shape[2]
+  keep = jax.random.choice(key, num, (max(1, round(fraction * num)),), replace=False)
+  take = lambda x: x.reshape((num,) + x.shape[3:])[keep]
+  return take(features), take(values), take(mask)
