@@ -14,12 +14,9 @@ from absl import logging
 import jax
 import numpy as np
 
-from conprediff_jax import checkpointing
 from conprediff_jax import evaluation
 from conprediff_jax import images as images_lib
-from conprediff_jax import parallel
 from conprediff_jax import sampling
-from conprediff_jax.models import abstract_denoiser
 
 LOWER_IS_BETTER = {"fd_digits": True, "fid": True, "kid": True, "class_accuracy": False}
 
@@ -110,17 +107,10 @@ def write_results(workdir: str, step: int, metrics: dict[str, float]) -> str:
 def evaluate(config, workdir: str) -> dict[str, float]:
   """--mode=eval: scores the EMA parameters of the workdir's latest checkpoint; writes eval_<step>.json."""
   from conprediff_jax.metric_writers import MetricWriter  # pylint: disable=g-import-not-at-top
-  mesh = parallel.make_mesh(config.mesh.shape, config.mesh.axes)
-  _, denoiser_def, abstract_ema = abstract_denoiser(config)
-  shardings = parallel.state_shardings(mesh, abstract_ema)
-  manager = checkpointing.open_manager(os.path.join(workdir, "checkpoints"),
-                                       max_to_keep=config.checkpoint.max_to_keep)
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (--mode=train)")
-  with jax.set_mesh(mesh):
-    ema = checkpointing.restore_ema(manager, step, abstract_ema, shardings)
-    metrics = Evaluator(config, denoiser_def, mesh, shardings, workdir)(ema, step)
+  trained = sampling.load_latest_ema(config, workdir)
+  step = trained.step
+  with jax.set_mesh(trained.mesh):
+    metrics = Evaluator(config, trained.graphdef, trained.mesh, trained.shardings, workdir)(trained.params, step)
   path = write_results(workdir, step, metrics)
   writer = MetricWriter(workdir)
   writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})

@@ -73,13 +73,11 @@ def is_startup_error(e: Exception) -> bool:
   """FileNotFoundError/ValueError from opening the data or from finding no checkpoint to sample: user errors."""
   if not isinstance(e, (FileNotFoundError, ValueError)):
     return False
-  from conprediff_jax import evaluate, train  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import sampling  # pylint: disable=g-import-not-at-top
   from conprediff_jax.data import registry  # pylint: disable=g-import-not-at-top
-  from conprediff_jax.export import export_from_workdir  # pylint: disable=g-import-not-at-top
 
   frames = [frame.f_code for frame, _ in traceback.walk_tb(e.__traceback__)]
-  user_facing = (train.sample.__code__, evaluate.evaluate.__code__, export_from_workdir.__code__)
-  return registry.make_source.__code__ in frames or frames[-1] in user_facing
+  return registry.make_source.__code__ in frames or frames[-1] is sampling.load_latest_ema.__code__
 
 
 def run(config, workdir: str, mode: str):

@@ -4,13 +4,19 @@
 reach a training-only module: its only array inputs are the denoiser parameters, a key and optional labels.
 """
 
+import dataclasses
+import os
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from conprediff_jax import checkpointing
 from conprediff_jax import parallel
+from conprediff_jax.models import abstract_denoiser
 from conprediff_jax.diffusion import samplers
 from conprediff_jax.diffusion.gaussian import GaussianDiffusion
 
@@ -54,3 +60,34 @@ def generate(config, sample_fn, params, key, num_images: int, batch_size: int, *
       labels.append(np.asarray(batch_labels))
   images = np.concatenate(batches)[:num_images]
   return images, (np.concatenate(labels)[:num_images] if labels else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedDenoiser:
+  """A checkpoint's EMA parameters on the config's mesh, with what inference needs to run them."""
+  graphdef: nnx.GraphDef
+  params: Any
+  shardings: Any
+  mesh: jax.sharding.Mesh
+  step: int
+
+
+def load_latest_ema(config, workdir: str) -> TrainedDenoiser:
+  """Restores only the EMA parameters of the workdir's latest checkpoint: no optimiser state, no context head."""
+  directory = os.path.join(workdir, "checkpoints")
+  missing = FileNotFoundError(f"no checkpoint in {directory}: train first (--mode=train)")
+  if not os.path.isdir(directory):
+    raise missing
+  mesh = parallel.make_mesh(config.mesh.shape, config.mesh.axes)
+  _, graphdef, abstract_ema = abstract_denoiser(config)
+  shardings = parallel.state_shardings(mesh, abstract_ema)
+  manager = checkpointing.open_manager(directory, max_to_keep=config.checkpoint.max_to_keep)
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise missing
+    with jax.set_mesh(mesh):
+      params = checkpointing.restore_ema(manager, step, abstract_ema, shardings)
+  finally:
+    manager.close()
+  return TrainedDenoiser(graphdef, params, shardings, mesh, step)

@@ -316,17 +316,10 @@ def train(config, workdir: str) -> dict[str, Any]:
 
 def sample(config, workdir: str) -> np.ndarray:
   """Writes samples from the EMA parameters of the workdir's latest checkpoint (no optimiser, no context head)."""
-  mesh = parallel.make_mesh(config.mesh.shape, config.mesh.axes)
-  _, denoiser_def, abstract_ema = abstract_denoiser(config)
-  shardings = parallel.state_shardings(mesh, abstract_ema)
-  manager = checkpointing.open_manager(os.path.join(workdir, "checkpoints"),
-                                       max_to_keep=config.checkpoint.max_to_keep)
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (--mode=train)")
-  with jax.set_mesh(mesh):
-    ema = checkpointing.restore_ema(manager, step, abstract_ema, shardings)
-    return write_samples(config, denoiser_def, mesh, shardings, ema, workdir, step)
+  trained = sampling.load_latest_ema(config, workdir)
+  with jax.set_mesh(trained.mesh):
+    return write_samples(config, trained.graphdef, trained.mesh, trained.shardings, trained.params, workdir,
+                         trained.step)
 
 
 def _string_keys(tree):

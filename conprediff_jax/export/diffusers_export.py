@@ -271,22 +271,9 @@ def export_from_workdir(config, workdir: str, out_dir: str | None = None) -> str
 
   Every process takes part in the restore; process 0 writes the folder. Returns the folder.
   """
-  from conprediff_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  checkpoints = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(checkpoints):
-    raise FileNotFoundError(f"no checkpoint in {checkpoints}: train first (--mode=train)")
-  manager = checkpointing.open_manager(checkpoints, max_to_keep=config.checkpoint.max_to_keep)
-  try:
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {checkpoints}: train first (--mode=train)")
-    abstract = abstract_denoiser_params(config)
-    # Replicated, so that every process holds whole arrays to convert.
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("devices",))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    ema = checkpointing.restore_ema(manager, step, abstract, jax.tree.map(lambda _: replicated, abstract))
-  finally:
-    manager.close()
+  from conprediff_jax import parallel, sampling  # pylint: disable=g-import-not-at-top
+  trained = sampling.load_latest_ema(config, workdir)
+  ema = jax.tree.map(parallel.to_host, trained.params)  # whole arrays on every process
   out_dir = out_dir or os.path.join(workdir, "export")
   if jax.process_index() == 0:
     export_pipeline(config, ema, out_dir)
