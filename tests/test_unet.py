@@ -1,0 +1,51 @@
+"""UNet behaviour not covered by the diffusers equivalence test (tests/test_export.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from conprediff_jax.models.unet import UNet
+
+TINY = dict(image_size=8, in_channels=2, channels=8, channel_mults=(1, 2), num_res_blocks=1,
+            attention_resolutions=(4,), num_heads=2, num_groups=4)
+
+
+def inputs():
+  x = jax.random.normal(jax.random.key(0), (3, 8, 8, 2))
+  return x, jnp.array([0, 500, 999])
+
+
+def test_shapes_and_features():
+  out, features = UNet(**TINY, rngs=nnx.Rngs(0))(*inputs())
+  assert out.shape == (3, 8, 8, 2) and out.dtype == jnp.float32
+  assert features.shape == (3, 8, 8, 8)  # the last up block's output, at full resolution
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  model = UNet(**TINY, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}
+  out, features = model(*inputs())
+  assert features.dtype == jnp.bfloat16 and out.dtype == jnp.float32
+  reference, _ = UNet(**TINY, rngs=nnx.Rngs(0))(*inputs())
+  assert float(jnp.abs(out - reference).max()) < 0.1 * float(jnp.abs(reference).max())  # same weights, bf16 rounding
+
+
+def test_dropout_only_with_an_rng():
+  model = UNet(**TINY, dropout=0.5, rngs=nnx.Rngs(0))
+  a, _ = model(*inputs())
+  b, _ = model(*inputs())
+  c, _ = model(*inputs(), rngs=nnx.Rngs(dropout=1))
+  np.testing.assert_array_equal(a, b)
+  assert float(jnp.abs(a - c).max()) > 1e-3
+
+
+def test_class_labels_change_the_output_and_none_is_the_null_class():
+  model = UNet(**TINY, num_classes=10, rngs=nnx.Rngs(0))
+  x, t = inputs()
+  with_labels, _ = model(x, t, jnp.array([1, 2, 3]))
+  other, _ = model(x, t, jnp.array([4, 5, 6]))
+  unconditional, _ = model(x, t)
+  null, _ = model(x, t, jnp.full((3,), 10))
+  assert float(jnp.abs(with_labels - other).max()) > 1e-4
+  np.testing.assert_array_equal(unconditional, null)
