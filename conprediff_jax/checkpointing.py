@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 def open_manager(directory: str, *, max_to_keep: int, save_interval_steps: int = 1) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
                                          enable_async_checkpointing=True, create=True)
-  return ocp.CheckpointManager(directory, options=options)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)  # Orbax writes only absolute paths
 
 
 def open_best_manager(directory: str, *, metric: str, lower_is_better: bool) -> ocp.CheckpointManager:
@@ -23,7 +23,7 @@ def open_best_manager(directory: str, *, metric: str, lower_is_better: bool) -> 
   options = ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda metrics: metrics[metric],
                                          best_mode="min" if lower_is_better else "max",
                                          enable_async_checkpointing=True, create=True)
-  return ocp.CheckpointManager(directory, options=options)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
 def abstract_with_shardings(abstract_state, shardings):

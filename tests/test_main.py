@@ -14,11 +14,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_main(workdir, *flags):
-  cmd = [sys.executable, "-m", "conprediff_jax.main", "--config=configs/smoke.py", f"--workdir={workdir}", *flags]
-  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+  """The CLI with a workdir relative to the current directory, as the README's default `workdirs/default` is."""
+  cmd = [sys.executable, "-m", "conprediff_jax.main", f"--config={REPO}/configs/smoke.py", "--workdir=run", *flags]
+  env = dict(os.environ, PYTHONPATH=REPO)
+  return subprocess.run(cmd, cwd=workdir.parent, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
 def test_cli_trains_samples_and_applies_overrides(tmp_path):
+  tmp_path = tmp_path / "run"
   proc = run_main(tmp_path, "--config.train.steps=4", "--config.sample.num_images=5", "--config.seed=7")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "4"]  # every_steps=3, plus the final step
