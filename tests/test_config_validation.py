@@ -123,13 +123,13 @@ def test_lenient_where_the_code_is():
 
 
 def test_files_named_by_keys_must_exist(tmp_path):
-  schema = smoke(**{"eval": {"inception_weights": ""}})
-  validate(schema, num_devices=1, schema=schema)  # empty: not used
+  validate(smoke(**{"eval.inception_weights": ""}), num_devices=1)  # empty: not used
   weights = tmp_path / "inception.safetensors"
   weights.write_bytes(b"")
-  validate(smoke(**{"eval": {"inception_weights": str(weights)}}), num_devices=1, schema=schema)
-  with pytest.raises(ConfigError, match=r"^config\.eval\.inception_weights: .* does not exist; "):
-    validate(smoke(**{"eval": {"inception_weights": str(tmp_path / "gone")}}), num_devices=1, schema=schema)
+  validate(smoke(**{"eval.inception_weights": str(weights)}), num_devices=1)
+  for key in ("eval.inception_weights", "eval.reference_stats"):
+    with pytest.raises(ConfigError, match=rf"^config\.{key.replace('.', '[.]')}: .* does not exist; "):
+      validate(smoke(**{key: str(tmp_path / "gone")}), num_devices=1)
 
 
 def test_choices_match_the_registries():
