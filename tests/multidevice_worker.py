@@ -53,12 +53,12 @@ def sharded_step(context_weight: float):
   init = jax.device_get(make_state(exp, one)[0])
   losses1, state1, _ = run_steps(exp, one, batch)
   losses8, state8, sharded = run_steps(exp, eight, batch)
-  max_abs = lambda tree: max(jax.tree.leaves(jax.tree.map(lambda a: float(np.abs(a).max()), tree)))
+  norm = lambda tree: float(np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(tree))))
   diff = lambda a, b: jax.tree.map(lambda x, y: np.asarray(x, np.float64) - np.asarray(y, np.float64), a, b)
   specs = {str(x.sharding.spec) for x in jax.tree.leaves(sharded)}
   return {"losses1": losses1, "losses8": losses8,
-          "max_param_diff": max_abs(diff(state1["params"], state8["params"])),
-          "max_param_update": max_abs(diff(state1["params"], init["params"])),
+          "param_diff_norm": norm(diff(state1["params"], state8["params"])),
+          "param_update_norm": norm(diff(state1["params"], init["params"])),
           "num_devices": jax.device_count(), "specs": sorted(specs)}
 
 

@@ -27,9 +27,9 @@ def test_train_step_on_8_devices_matches_1_device(context_weight):
   for (loss1, gnorm1), (loss8, gnorm8) in zip(out["losses1"], out["losses8"]):
     assert abs(loss1 - loss8) <= 1e-5 * abs(loss1), (out["losses1"], out["losses8"])
     assert abs(gnorm1 - gnorm8) <= 1e-4 * abs(gnorm1), (out["losses1"], out["losses8"])
-  # Adam turns float rounding in near-zero gradients into sign flips of size ~lr, so parameters are compared
-  # against the size of the update itself.
-  assert out["max_param_diff"] <= 0.05 * out["max_param_update"], out
+  # Adam turns float rounding in near-zero gradients into sign flips of size ~lr in a few entries, so the
+  # parameters are compared as the norm of their difference against the norm of the update itself.
+  assert out["param_diff_norm"] <= 0.01 * out["param_update_norm"], out
 
 
 def test_checkpoint_restores_onto_other_mesh_shapes(tmp_path):
