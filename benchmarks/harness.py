@@ -32,6 +32,16 @@ def parser(description: str, *, repeats: int = 5, warmup: int = 1) -> argparse.A
   return p
 
 
+def add_torch_threads_flag(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--torch-threads", default=str(os.cpu_count()),
+                 help="comma-separated torch.set_num_threads values, each timed as its own peer (the first is "
+                      "the figure)")
+
+
+def torch_threads(args: argparse.Namespace) -> list[int]:
+  return [int(t) for t in args.torch_threads.split(",") if t.strip()]
+
+
 def start(args: argparse.Namespace, title: str) -> dict[str, Any]:
   """Turns on the compilation cache (compiles only; no effect on run times), prints the machine; returns it."""
   import jax  # pylint: disable=g-import-not-at-top

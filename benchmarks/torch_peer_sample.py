@@ -74,12 +74,10 @@ def main():
   p = harness.parser(__doc__.splitlines()[0])
   p.add_argument("--num-images", type=int, default=64)
   p.add_argument("--steps", type=int, default=50)
-  p.add_argument("--torch-threads", default=str(os.cpu_count()),
-                 help="comma-separated torch.set_num_threads values, each timed as its own peer (the first is "
-                      "the figure)")
+  harness.add_torch_threads_flag(p)
   args = p.parse_args()
   harness.start(args, "DDIM sampling images/s: ours vs diffusers DDIMPipeline")
-  threads = [int(t) for t in args.torch_threads.split(",") if t.strip()]
+  threads = harness.torch_threads(args)
 
   config = workloads.make_config("default")
   config.sample.num_images, config.sample.steps, config.sample.sampler = args.num_images, args.steps, "ddim"

@@ -97,13 +97,11 @@ def main():
   p = harness.parser(__doc__.splitlines()[0])
   p.add_argument("--no-torch-compile", action="store_true", help="time the eager peer only")
   workloads.add_config_flags(p, sizes=False)
-  p.add_argument("--torch-threads", default=str(os.cpu_count()),
-                 help="comma-separated torch.set_num_threads values, each timed as its own peer (the first is "
-                      "the figure)")
+  harness.add_torch_threads_flag(p)
   args = p.parse_args()
   harness.start(args, "Train images/s: ours vs PyTorch (diffusers UNet2DModel)")
   import torch  # pylint: disable=g-import-not-at-top
-  threads = [int(t) for t in args.torch_threads.split(",") if t.strip()]
+  threads = harness.torch_threads(args)
   torch.manual_seed(0)
 
   config = workloads.make_config("default", weight=0.0, default_batch=args.default_batch)
