@@ -2,8 +2,9 @@
 
     python -m conprediff_jax.main                      # same as --config=configs/default.py --workdir=workdirs/default
 
-Trains in a few minutes on a 2-core CPU, checkpoints to the workdir, and writes `samples.png` / `samples.npz`
-(64 DDIM samples from the EMA parameters) in which the digits are recognisable.
+Trains 1,500 steps at batch 64 in about 8.5 minutes on a 2-core CPU, checkpoints to the workdir, and writes
+`samples.png` / `samples.npz` (64 DDIM samples from the EMA parameters) in which most digits are clearly
+legible. `--mode=eval` then gives FD-digits of about 15-19 (512 samples; 3 seeds measured, docs/ablation.md).
 """
 
 import ml_collections
