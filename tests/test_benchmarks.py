@@ -1,0 +1,48 @@
+"""The profile benchmark measures what it says: its HLO categories and its inventory of the UNet's convolutions."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from benchmarks import profile_step
+from conprediff_jax import train
+from tests.conftest import tiny_config
+
+
+def _conv(x, w):
+  return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def test_xla_categories_tell_forward_convolutions_weight_gradients_and_matmuls_apart():
+  def loss(w, x, m):
+    return jnp.sum(_conv(x, w) ** 2) + jnp.sum((x.reshape(-1, 8) @ m) ** 2)
+
+  args = (jnp.ones((3, 3, 8, 8)), jnp.ones((4, 16, 16, 8)), jnp.ones((8, 8)))
+  text = jax.jit(jax.grad(loss, argnums=(0, 2))).lower(*args).compile().as_text()
+  names = profile_step.xla_categories(text)
+  found = set(names.values())
+  assert profile_step.CATEGORIES[0] in found and profile_step.CATEGORIES[1] in found
+  assert profile_step.CATEGORIES[2] in found
+  # The weight gradient is the convolution whose output holds the kernel's dimensions (in some order).
+  lines = [line for line in text.splitlines() if " convolution(" in line]
+  assert len(lines) >= 2
+  for line in lines:
+    name = line.split("=")[0].strip().removeprefix("ROOT ").lstrip("%")
+    shape = line.split("=")[1].strip().split("[")[1].split("]")[0]
+    kernel_shaped = sorted(map(int, shape.split(","))) == [3, 3, 8, 8]
+    assert (names[name] == profile_step.CATEGORIES[1]) == kernel_shaped, line
+
+
+def test_forward_convolutions_lists_each_of_the_unets_convolutions_once_per_forward():
+  config = tiny_config()
+  exp = train.make_experiment(config)
+  params = jax.eval_shape(functools.partial(train.init_state, exp), jax.random.key(0))["params"]["denoiser"]
+  size = config.data.image_size
+  found = profile_step.forward_convolutions(exp.denoiser_def, params, (2, size, size, config.data.channels))
+  model = nnx.eval_shape(lambda: nnx.merge(exp.denoiser_def, params))
+  convs = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Conv)]
+  assert sum(found.values()) == len(convs)
+  assert sorted(rhs for (_, rhs, _, _), n in found.items() for _ in range(n)) == sorted(
+      c.kernel.shape for c in convs)
