@@ -47,7 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.context.strides = (1, 2, 3)
   config.context.num_samples = 8     # Q
   config.context.epsilon = 0.05      # sinkhorn entropic regularisation
-  config.context.sinkhorn_iterations = 50
+  # sinkhorn: 19 over-relaxed + 1 plain iteration; nearer the converged cost than the former 50 plain
+  # ones, at 40% of the time (measurements in context/sinkhorn_solver.py).
+  config.context.sinkhorn_iterations = 20
   config.context.num_projections = 0  # sorted: 0 = per coordinate, K > 0 = sliced over K random directions
   # Score this fraction of the batch's positions each step (drawn afresh, without replacement): an unbiased
   # estimate of the same loss at a fraction of the decoder's cost. 1.0 scores every position.

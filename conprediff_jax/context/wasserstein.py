@@ -30,7 +30,8 @@ def wasserstein2(x: jax.Array, y: jax.Array, x_weights: jax.Array | None = None,
       are ignored, even if not finite. A set must keep at least one point.
     y_weights: [..., N], as x_weights.
     solver: "sorted" (per-coordinate 1-D closed form; options num_projections, key), "sinkhorn" (entropic,
-      options epsilon, iterations, lse_mode, debias) or "exact" (SciPy on the host; tests only).
+      options epsilon, iterations, lse_mode, debias, momentum, epsilon_init, epsilon_decay) or "exact"
+      (SciPy on the host; tests only).
     **options: passed to the solver.
 
   Returns:
