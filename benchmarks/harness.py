@@ -75,13 +75,34 @@ def _version(package: str) -> str | None:
     return None
 
 
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+  """The machine's speed in one number: a jitted fp32 `size`^3 matmul, GFLOP/s of the fastest of `repeats` calls.
+
+  2-core CPUs of the same name differ by up to 3x here (an AMD EPYC ~350, an Intel Xeon ~95), which is what
+  makes figures taken on different machines comparable, or not.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  square = jax.jit(lambda x: x @ x)
+  square(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    begin = time.perf_counter()
+    square(a).block_until_ready()
+    best = min(best, time.perf_counter() - begin)
+  return 2 * size**3 / best / 1e9
+
+
 def machine() -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
+  load = round(os.getloadavg()[0], 2)  # read before the probe, which loads the machine itself
   return {
       "cpu": cpu_model(),
       "cores": os.cpu_count(),
-      "load_avg_1min": round(os.getloadavg()[0], 2),
+      "load_avg_1min": load,
+      "matmul_gflops": round(matmul_gflops(), 1),
       "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
       "python": platform.python_version(),
       **{name: _version(name) for name in ("jax", "jaxlib", "flax", "optax", "torch", "diffusers")},
@@ -91,8 +112,8 @@ def machine() -> dict[str, Any]:
 
 def machine_line(m: Mapping[str, Any]) -> str:
   versions = ", ".join(f"{k} {m[k]}" for k in ("jax", "flax", "torch", "diffusers") if m.get(k))
-  return (f"{m['cpu']}, {m['cores']} cores ({m['device']}), load {m['load_avg_1min']} at start; "
-          f"Python {m['python']}, {versions}; {m['date']}")
+  return (f"{m['cpu']}, {m['cores']} cores ({m['device']}), fp32 matmul {m['matmul_gflops']:.0f} GFLOP/s, "
+          f"load {m['load_avg_1min']} at start; Python {m['python']}, {versions}; {m['date']}")
 
 
 # ------------------------------------------------------------------------------------------------------------------

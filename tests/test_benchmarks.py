@@ -46,3 +46,11 @@ def test_forward_convolutions_lists_each_of_the_unets_convolutions_once_per_forw
   assert sum(found.values()) == len(convs)
   assert sorted(rhs for (_, rhs, _, _), n in found.items() for _ in range(n)) == sorted(
       c.kernel.shape for c in convs)
+
+
+def test_machine_line_names_the_cpu_and_its_matmul_speed():
+  from benchmarks import harness  # pylint: disable=g-import-not-at-top
+  assert 0 < harness.matmul_gflops(size=128, repeats=2) < 1e6
+  line = harness.machine_line(dict(cpu="Some CPU", cores=2, device="cpu:cpu", matmul_gflops=351.4, load_avg_1min=0.5,
+                                   python="3.11.7", jax="0.10.2", date="2026-12-02"))
+  assert line.startswith("Some CPU, 2 cores (cpu:cpu), fp32 matmul 351 GFLOP/s, load 0.5 at start;"), line
