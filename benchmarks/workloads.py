@@ -14,11 +14,20 @@ from conprediff_jax.data.digits import load_digits
 SIZES = ("default", "large")
 
 
+# The UNet every figure in docs/benchmarks.md was measured on: configs/default.py until 2026-12 (1.1M parameters,
+# mults (1, 2, 2), batch 64). Pinned here so that those figures stay reproducible when the default config changes.
+BENCHMARK_UNET = dict(channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(4,))
+BENCHMARK_BATCH = 64
+
+
 def make_config(size: str = "default", *, weight: float | None = None, solver: str | None = None,
                 default_batch: int | None = None):
-  """default: configs/default.py as it stands (16x16; its batch unless `default_batch`).
+  """default: 16x16 digits, BENCHMARK_UNET at batch BENCHMARK_BATCH (or `default_batch`), every other setting
+  (context head, solver options) as configs/default.py has it.
   large: 32x32, batch 64, the same UNet widths, attention at 8x8."""
   config = default.get_config()
+  config.model.update(BENCHMARK_UNET)
+  config.data.image_size, config.train.batch_size = 16, BENCHMARK_BATCH
   if size == "large":
     config.data.image_size, config.train.batch_size = 32, 64
     config.model.attention_resolutions = (8,)
@@ -37,7 +46,7 @@ def add_config_flags(parser, *, sizes: bool = True) -> None:
   if sizes:
     parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated subset of default,large")
   parser.add_argument("--default-batch", type=int, default=None,
-                      help="batch size of the default config (unset: configs/default.py's)")
+                      help=f"batch size of the default size (unset: {BENCHMARK_BATCH})")
 
 
 def parse_sizes(text: str) -> list[str]:

@@ -58,13 +58,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.context.hidden_dim = 32     # width of each stride's MLP g_s
 
   config.train = ml_collections.ConfigDict()
-  config.train.steps = 1500
-  config.train.batch_size = 64       # global, across all devices and hosts
+  config.train.steps = 1300
+  config.train.batch_size = 24       # global, across all devices and hosts
   config.train.learning_rate = 2e-3
   config.train.warmup_steps = 100
+  config.train.lr_schedule = "cosine"  # "constant" | "cosine" (decays to 0 at train.steps)
   config.train.weight_decay = 0.0
   config.train.grad_clip = 1.0
-  config.train.ema_decay = 0.995     # a ~200-step average suits a 1,500-step run
+  config.train.ema_decay = 0.995     # a ~200-step average suits a run of about a thousand steps
   config.train.log_every = 50
   # Non-finite loss or gradient: that update is always skipped (and counted in `skipped_steps`); after this many
   # in a row the run stops with a message, its last checkpoint holding the last good parameters. 0: never stop.

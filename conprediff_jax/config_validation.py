@@ -38,6 +38,7 @@ CHOICES: dict[str, tuple] = {
     "diffusion.prediction": ("eps", "v"),                  # diffusion/gaussian.py GaussianDiffusion
     "context.solver": ("exact", "sinkhorn", "sorted"),     # context/wasserstein.py SOLVERS
     "sample.sampler": ("ddim", "ddpm"),                    # diffusion/samplers.py SAMPLERS
+    "train.lr_schedule": ("constant", "cosine"),           # train.py LR_SCHEDULES
     "eval.metric": ("class_accuracy", "fd_digits", "fid", "kid"),  # evaluate.py LOWER_IS_BETTER
 }
 

@@ -73,11 +73,23 @@ def make_context_loss(config) -> Callable[..., jax.Array]:
                            position_fraction=c.position_fraction, **options[c.solver])
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(t) -> optax.Schedule:
+  """Linear warm-up to `t.learning_rate`, then constant, or a cosine decay to 0 at `t.steps`."""
+  warmup = max(t.warmup_steps, 1)
+  if t.lr_schedule not in LR_SCHEDULES:
+    raise ValueError(f"config.train.lr_schedule must be one of {list(LR_SCHEDULES)}, got {t.lr_schedule!r}")
+  if t.lr_schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, warmup, max(t.steps, warmup + 1))
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, t.learning_rate, warmup), optax.constant_schedule(t.learning_rate)], [warmup])
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
   t = config.train
-  schedule = optax.join_schedules(
-      [optax.linear_schedule(0.0, t.learning_rate, max(t.warmup_steps, 1)), optax.constant_schedule(t.learning_rate)],
-      [max(t.warmup_steps, 1)])
+  schedule = learning_rate_schedule(t)
   return optax.chain(optax.clip_by_global_norm(t.grad_clip),
                      optax.adamw(schedule, b1=0.9, b2=0.99, weight_decay=t.weight_decay))
 
