@@ -1,7 +1,10 @@
 """Shared fixtures: the smoke config (configs/smoke.py), which compiles and trains in seconds on a 2-core CPU."""
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -19,49 +22,34 @@ def config():
   return tiny_config()
 
 
-# For end-to-end runs whose subject is not the model (multi-host plumbing, the ablation command): the smoke config
-# with a one-level UNet (no down/upsampling; attention only in the middle block). Measured on a 2-core CPU, it
-# compiles (init + train step + sampler) in ~60% of the smoke UNet's CPU time, and the two-process launch of
-# test_multiprocess.py finishes in about half the wall time.
-SMALL_UNET_FLAGS = ("--config.model.channel_mults=(1,)", "--config.model.attention_resolutions=()")
-
-
 # ------------------------------------------------------------------------------------------------------------------
-# A persistent JAX compilation cache for this pytest session only (a fresh directory under pytest's tmp dir).
+# Compilation is most of this suite's time (the models are tiny), so every JAX process of a test session, this one
+# and every subprocess it starts (which inherit os.environ), shares two settings, made here before jax is imported:
 #
-# Compiling the smoke model's init and train step costs tens of seconds on a busy 2-core CPU, and the end-to-end
-# tests compile the very same programs again in every process they start. Opted into per test: subprocesses get
-# `compile_cache_env` in their environment, in-process code the `in_process_compile_cache` fixture. The cache key
-# is a hash of the whole XLA program, compile options, devices, XLA flags and jax version, so a hit loads the
-# executable compiled earlier from the identical program: what a test computes and compares is unchanged, only
-# the time spent compiling goes.
+# - One persistent compilation cache, a fresh directory per session (xdist workers and children inherit the one
+#   the first process made). Its key is a hash of the whole XLA program, compile options, devices, XLA flags and
+#   jax version, so a hit loads the executable compiled earlier from the identical program: what a test computes
+#   and compares is unchanged, only the time spent compiling goes.
+# - LLVM's optimisation off (`--xla_backend_optimization_level=0`): it halves compile time. It acts after XLA's
+#   HLO passes, which decide fusion and precision, so the programs compute the same thing; their kernels are only
+#   slower, which tiny models do not notice. Timings belong in benchmarks/, which compile as users do.
 # ------------------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def compile_cache_dir(tmp_path_factory) -> str:
-  return str(tmp_path_factory.mktemp("jax_compilation_cache"))
+_XLA_TEST_FLAG = "--xla_backend_optimization_level=0"
 
 
-@pytest.fixture(scope="session")
-def compile_cache_env(compile_cache_dir) -> dict[str, str]:
-  """Environment variables that make a child JAX process read and write the session's compilation cache."""
-  return {"JAX_COMPILATION_CACHE_DIR": compile_cache_dir, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+def _share_compilation_settings() -> None:
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="conprediff_jax_test_cache_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  os.environ["XLA_FLAGS"] = with_xla_flags(_XLA_TEST_FLAG)
 
 
-@pytest.fixture
-def in_process_compile_cache(compile_cache_dir):
-  """The session's compilation cache for this test's own (in-process) compiles; off again afterwards."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+def with_xla_flags(*flags: str) -> str:
+  """os.environ's XLA_FLAGS plus `flags` (for a subprocess that needs more, e.g. 8 emulated devices)."""
+  present = os.environ.get("XLA_FLAGS", "").split()
+  return " ".join(present + [f for f in flags if f not in present])
 
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  before = {name: getattr(jax.config, name) for name in names}
-  compilation_cache.reset_cache()  # the cache object is built once, from the settings at the next compile
-  jax.config.update("jax_compilation_cache_dir", compile_cache_dir)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  yield compile_cache_dir
-  compilation_cache.reset_cache()
-  for name, value in before.items():
-    jax.config.update(name, value)
+
+_share_compilation_settings()

@@ -5,18 +5,18 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import SMALL_UNET_FLAGS
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_ablation_trains_both_arms_and_writes_a_table(tmp_path, compile_cache_env):
+@pytest.mark.slow  # pyproject.toml: `python -m pytest -q -m slow tests`
+def test_ablation_trains_both_arms_and_writes_a_table(tmp_path):
   # Through the session's compilation cache the two arms compile their shared programs (the sampler, which the
   # eval batch of 8 = sample.num_images shares with the end-of-training samples; the digits classifier) once.
   cmd = [sys.executable, "-m", "conprediff_jax.experiments.ablation", "--config=configs/smoke.py", "--seeds=0",
-         "--steps=3", f"--workdir={tmp_path}", "--config.eval.num_samples=16", "--config.eval.batch_size=8",
-         *SMALL_UNET_FLAGS]
-  proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, **compile_cache_env), capture_output=True, text=True,
+         "--steps=3", f"--workdir={tmp_path}", "--config.eval.num_samples=16", "--config.eval.batch_size=8"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                         timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((tmp_path / "results.json").read_text())

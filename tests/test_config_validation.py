@@ -58,7 +58,7 @@ MALFORMED = {
     "unknown solver": ({"context.solver": "sinkorn"}, "context.solver", 1, 1),
     "unknown sampler": ({"sample.sampler": "euler"}, "sample.sampler", 1, 1),
     "unsupported channels": ({"data.channels": 2}, "data.channels", 1, 1),
-    "image size vs downsampling": ({"data.image_size": 9}, "data.image_size", 1, 1),
+    "image size vs downsampling": ({"data.image_size": 9, "model.channel_mults": (1, 2)}, "data.image_size", 1, 1),
     "odd base width": ({"model.channels": 9, "model.num_groups": 3}, "model.channels", 1, 1),
     "groups do not divide widths": ({"model.num_groups": 3}, "model.num_groups", 1, 1),
     "heads do not divide widths": ({"model.num_heads": 3}, "model.num_heads", 1, 1),
@@ -134,14 +134,14 @@ def test_files_named_by_keys_must_exist(tmp_path):
 
 def test_choices_match_the_registries():
   """CHOICES spells the registries out so validation need not import them; this keeps the two in step."""
-  from conprediff_jax import evaluate, models  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import evaluate, models, train  # pylint: disable=g-import-not-at-top
   from conprediff_jax.context import wasserstein  # pylint: disable=g-import-not-at-top
   from conprediff_jax.data import registry  # pylint: disable=g-import-not-at-top
   from conprediff_jax.diffusion import gaussian, samplers  # pylint: disable=g-import-not-at-top
 
   registries = {"data.name": registry.SOURCES, "model.name": models.MODELS, "diffusion.schedule": gaussian.SCHEDULES,
                 "context.solver": wasserstein.SOLVERS, "sample.sampler": samplers.SAMPLERS,
-                "eval.metric": evaluate.LOWER_IS_BETTER}
+                "eval.metric": evaluate.LOWER_IS_BETTER, "train.lr_schedule": train.LR_SCHEDULES}
   for key, names in registries.items():
     assert sorted(config_validation.CHOICES[key]) == sorted(names), key
 

@@ -5,7 +5,6 @@ import pathlib
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import ml_collections
@@ -15,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conprediff_jax.data import ArraySource, Batches, FolderSource, make_source
+from tests.conftest import with_xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,7 @@ def test_sharded_get_on_eight_devices():
         np.testing.assert_array_equal(np.asarray(shard.data), host["image"][shard.index[0]])
       print("ok")
   """)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+  env = {**os.environ, "XLA_FLAGS": with_xla_flags("--xla_force_host_platform_device_count=8"), "JAX_PLATFORMS": "cpu",
          "PYTHONPATH": str(REPO)}
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
   assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
@@ -134,16 +134,15 @@ def test_folder_source_reads_on_threads(tmp_path):
   np.testing.assert_array_equal(np.asarray(batch["image"]), expected["image"])
 
 
-def test_digits_batch_of_128_is_fast():
+def test_digits_batches_at_the_default_size():
+  # (How fast this is belongs in a benchmark, not in a pass/fail threshold here.)
   source = make_source(ml_collections.ConfigDict(dict(
       name="digits", tfds_name="", data_dir="", split="train", image_size=16, channels=1, num_classes=10,
       strict=False)))
   with Batches(source, 128, 0, None) as batches:
-    batches.host_batch(0)
-    start = time.perf_counter()
-    for step in range(20):
-      batch = batches.host_batch(step)
-    ms = (time.perf_counter() - start) / 20 * 1e3
-  assert batch["image"].shape == (128, 16, 16, 1)
-  print(f"digits: {ms:.2f} ms per batch of 128")
-  assert ms < 50.0
+    batch = batches.host_batch(5)
+    expected = source.get_batch(batches.indices(5))
+  assert batch["image"].shape == (128, 16, 16, 1) and batch["image"].dtype == np.float32
+  assert -1.0 <= batch["image"].min() < batch["image"].max() <= 1.0
+  np.testing.assert_array_equal(batch["image"], expected["image"])
+  np.testing.assert_array_equal(batch["label"], expected["label"])

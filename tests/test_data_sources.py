@@ -14,6 +14,8 @@ from PIL import Image
 
 from conprediff_jax.data import FolderSource, make_source
 
+pytestmark = pytest.mark.xdist_group("test_data_sources")  # on one worker: its module fixture runs once
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -11,6 +11,8 @@ from conprediff_jax.data.digits import load_digits
 from conprediff_jax.evaluation import digits_metric
 from conprediff_jax.evaluation.digits_metric import DigitsMetric
 
+pytestmark = pytest.mark.xdist_group("test_eval_digits")  # on one worker: its module fixture runs once
+
 SIZE = 16  # The embedded default's image size.
 
 

@@ -20,6 +20,8 @@ from safetensors.numpy import load_file, save_file  # pylint: disable=g-import-n
 from conprediff_jax.evaluation import convert_fid_weights  # pylint: disable=wrong-import-position
 from conprediff_jax.evaluation import inception  # pylint: disable=wrong-import-position
 
+pytestmark = pytest.mark.xdist_group("test_eval_inception")  # on one worker: its module fixture runs once
+
 SIZE = 139  # Mixed_7b/c see a 3x3 map here (75 would leave 1x1, hiding pooling/padding mistakes).
 
 

@@ -22,7 +22,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Every run here, in this process or a child (start_main), trains the smoke model: through the session's
 # compilation cache (conftest.py) its programs are compiled once and loaded, bit-identical, by the later runs.
-pytestmark = pytest.mark.usefixtures("in_process_compile_cache")
 
 
 def final_state(workdir, step):
@@ -34,10 +33,9 @@ def string_keys(tree):
   return {str(k): string_keys(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
 
 
-def start_main(workdir, *flags, env):
+def start_main(workdir, *flags):
   cmd = [sys.executable, "-m", "conprediff_jax.main", "--config=configs/smoke.py", f"--workdir={workdir}", *flags]
-  return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, **env})
+  return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(predicate, proc, timeout=300):
@@ -106,9 +104,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_older(tmp_path, config, damage,
   assert steps == [s for s in (4, 6, 8, 9) if s > resumed_from]
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, compile_cache_env):
-  proc = start_main(tmp_path, "--config.train.steps=100000", "--config.checkpoint.every_steps=100000",
-                    env=compile_cache_env)
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+  proc = start_main(tmp_path, "--config.train.steps=100000", "--config.checkpoint.every_steps=100000")
   wait_for(lambda: read_jsonl(tmp_path / "metrics.jsonl"), proc)
   proc.send_signal(signal.SIGTERM)
   _, stderr = proc.communicate(timeout=120)
@@ -118,14 +115,14 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, compile_cache_en
   assert len(steps) == 1 and 2 <= steps[0] < 100000
 
 
-def test_sigkill_at_random_step_then_resume_matches_uninterrupted_run(tmp_path, config, compile_cache_env):
+def test_sigkill_at_random_step_then_resume_matches_uninterrupted_run(tmp_path, config):
   # The reference, the killed process and the restart run the same programs: whichever compiles them first leaves
   # them in the session's compilation cache for the others (the same executables, so bitwise equality still holds).
   config.train.steps, config.checkpoint.every_steps = 24, 4
   train.train(config, str(tmp_path / "reference"))
 
   killed = tmp_path / "killed"
-  proc = start_main(killed, "--config.train.steps=24", "--config.checkpoint.every_steps=4", env=compile_cache_env)
+  proc = start_main(killed, "--config.train.steps=24", "--config.checkpoint.every_steps=4")
   target = random.Random().choice([4, 8, 12, 16])
   wait_for(lambda: os.path.isdir(killed / "checkpoints" / str(target)), proc)
   time.sleep(random.random() * 0.5)

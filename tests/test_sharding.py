@@ -11,6 +11,10 @@ import sys
 
 import pytest
 
+from tests.conftest import with_xla_flags
+
+pytestmark = pytest.mark.xdist_group("test_sharding")  # on one worker: its module fixture runs once
+
 WORKER = os.path.join(os.path.dirname(__file__), "multidevice_worker.py")
 WEIGHTS = (0.0, 0.1)
 
@@ -20,7 +24,7 @@ def worker(tmp_path_factory):
   """Runs every check once; returns `get(check) -> result`, which fails the calling test if that check failed."""
   checks = {f"sharded_step:{w}": f"sharded_step:{w}" for w in WEIGHTS}  # name -> the worker's argument
   checks["checkpoint_roundtrip"] = f"checkpoint_roundtrip:{tmp_path_factory.mktemp('sharding') / 'ckpt'}"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=with_xla_flags("--xla_force_host_platform_device_count=8"), JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, WORKER, *checks.values()], env=env, capture_output=True, text=True,
                         timeout=900, check=False)
   outputs = {}  # position in argv -> (RESULT or ERROR, payload)
