@@ -3,6 +3,7 @@
 import functools
 
 import jax
+import pytest
 import jax.numpy as jnp
 from flax import nnx
 
@@ -54,3 +55,13 @@ def test_machine_line_names_the_cpu_and_its_matmul_speed():
   line = harness.machine_line(dict(cpu="Some CPU", cores=2, device="cpu:cpu", matmul_gflops=351.4, load_avg_1min=0.5,
                                    python="3.11.7", jax="0.10.2", date="2026-12-02"))
   assert line.startswith("Some CPU, 2 cores (cpu:cpu), fp32 matmul 351 GFLOP/s, load 0.5 at start;"), line
+
+
+def test_step_time_variants_parse_into_config_overrides():
+  from benchmarks import step_time  # pylint: disable=g-import-not-at-top
+  overrides = step_time.parse_variant("model.channels=16,model.channel_mults=(1,2,4),train.lr_schedule=cosine")
+  assert overrides == {"model.channels": 16, "model.channel_mults": (1, 2, 4), "train.lr_schedule": "cosine"}
+  config = step_time.make_config(overrides)
+  assert config.model.channel_mults == (1, 2, 4) and config.model.channels == 16
+  with pytest.raises(SystemExit, match="model.width is not a key"):
+    step_time.make_config({"model.width": 3})

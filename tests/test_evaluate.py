@@ -3,10 +3,13 @@
 import json
 import os
 
+import pytest
+
 from conprediff_jax import evaluate, train
 from conprediff_jax.metric_writers import read_jsonl
 
 
+@pytest.mark.slow  # pyproject.toml: `python -m pytest -q -m slow tests`
 def test_periodic_eval_keeps_the_best_checkpoint_and_eval_mode_scores_latest(tmp_path, config):
   config.eval.every_steps, config.eval.num_samples, config.eval.batch_size = 3, 24, 8
   config.checkpoint.max_to_keep = 1
