@@ -5,7 +5,8 @@
 8x8 digits, a one-level 8-channel UNet (no down/upsampling; attention in the middle block), 6 steps with the
 context loss on, checkpoints at steps 3 and 6, 8 DDIM samples: it proves the install works, not the model.
 About 20 s on a 2-core AMD EPYC (Python start-up, imports and compiling the init, train step and sampler are most
-of it; the six steps take milliseconds); expect up to three times that on slower 2-core machines.
+of it; the six steps take milliseconds); compiling suffers most on slower CPUs: expect ~1.5 minutes on a 2-core
+Intel Xeon of ~95 GFLOP/s (`python -m benchmarks.machine`), where the former smoke config took 2.5.
 """
 
 from configs import default
