@@ -47,8 +47,13 @@ def start(args: argparse.Namespace, title: str) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   if not args.no_compile_cache:
     jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
-  m = machine()
   print(f"# {title}\n")
+  return report_machine()
+
+
+def report_machine() -> dict[str, Any]:
+  """Prints the machine line and its JSON record (what every benchmark starts with); returns the record."""
+  m = machine()
   print(f"machine: {machine_line(m)}\n", flush=True)
   print("JSON " + json.dumps({"machine": m}), flush=True)
   return m

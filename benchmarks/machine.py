@@ -6,15 +6,11 @@ Every benchmark prints the same line first (harness.start). The README's timings
 the machine by it: an AMD EPYC here measured ~350 GFLOP/s, an Intel Xeon of the same size ~95.
 """
 
-import json
-
 from benchmarks import harness
 
 
 def main():
-  m = harness.machine()
-  print(f"machine: {harness.machine_line(m)}")
-  print("JSON " + json.dumps({"machine": m}))
+  harness.report_machine()
 
 
 if __name__ == "__main__":

@@ -16,8 +16,7 @@ def test_ablation_trains_both_arms_and_writes_a_table(tmp_path):
   # eval batch of 8 = sample.num_images shares with the end-of-training samples; the digits classifier) once.
   cmd = [sys.executable, "-m", "conprediff_jax.experiments.ablation", "--config=configs/smoke.py", "--seeds=0",
          "--steps=3", f"--workdir={tmp_path}", "--config.eval.num_samples=16", "--config.eval.batch_size=8"]
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                        timeout=600, check=False)
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((tmp_path / "results.json").read_text())
   assert {arm: [r["weight"] for r in runs] for arm, runs in results.items()} == {"baseline": [0.0], "context": [0.1]}

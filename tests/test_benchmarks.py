@@ -3,9 +3,9 @@
 import functools
 
 import jax
-import pytest
 import jax.numpy as jnp
 from flax import nnx
+import pytest
 
 from benchmarks import profile_step
 from conprediff_jax import train

@@ -29,8 +29,7 @@ def test_two_processes_match_one(tmp_path):
                        text=True, timeout=600, check=False)
   assert two.returncode == 0, two.stderr[-3000:]
   one = subprocess.run(["python", "-m", "conprediff_jax.main", "--config=configs/smoke.py",
-                        f"--workdir={tmp_path / 'one'}"], cwd=REPO,
-                       capture_output=True, text=True, timeout=600,
+                        f"--workdir={tmp_path / 'one'}"], cwd=REPO, capture_output=True, text=True, timeout=600,
                        check=False)
   assert one.returncode == 0, one.stderr[-3000:]
   np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
