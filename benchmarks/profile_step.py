@@ -238,8 +238,8 @@ def main():
 
   config = workloads.make_config("default", weight=0.0, default_batch=args.default_batch)
   ours = workloads.TrainStep(config).compile()
-  params = jax.device_get(ours.state["params"]["denoiser"])
-  convolutions = forward_convolutions(ours.exp.denoiser_def, params, ours.batches[0]["image"].shape)
+  params = jax.device_get(ours.state["params"]["model"])
+  convolutions = forward_convolutions(ours.exp.model_def, params, ours.batches[0]["image"].shape)
   peer = torch_peer_train.TorchTrainStep(config, params, ours.batches, threads=args.torch_threads)
   flops = float(ours.compiled.cost_analysis()["flops"])
   times = harness.interleave({"ours": ours, "torch": peer}, repeats=args.repeats, warmup=args.warmup)

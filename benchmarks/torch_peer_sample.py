@@ -24,6 +24,7 @@ from flax import nnx  # pylint: disable=g-import-not-at-top,wrong-import-positio
 
 from benchmarks import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import workloads  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conprediff_jax import families  # pylint: disable=g-import-not-at-top,wrong-import-position
 from conprediff_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from conprediff_jax import sampling  # pylint: disable=g-import-not-at-top,wrong-import-position
 from conprediff_jax.export import diffusers_export  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -36,14 +37,15 @@ class OurSampler:
   """Each call draws `num_images` samples with a fresh key and returns them on the host."""
 
   def __init__(self, config, denoiser_def, params):
-    fn = sampling.make_sample_fn(config, denoiser_def, config.sample.num_images)
-    self.labels = sampling.sample_labels(config, config.sample.num_images)  # None: the default is unconditional
+    family = families.get(config)
+    fn = sampling.make_sample_fn(family, denoiser_def, config.sample.num_images)
+    self.cond = family.sample_cond(config.sample.num_images)  # None: the default is unconditional
     self.params, self.key, self.calls = params, jax.random.key(config.seed), 0
-    self.compiled = fn.lower(params, self.key, self.labels).compile()
+    self.compiled = fn.lower(params, None, self.key, self.cond).compile()
 
   def __call__(self):
     self.calls += 1
-    return np.asarray(self.compiled(self.params, jax.random.fold_in(self.key, self.calls), self.labels))
+    return np.asarray(self.compiled(self.params, None, jax.random.fold_in(self.key, self.calls), self.cond))
 
 
 class DiffusersSampler:

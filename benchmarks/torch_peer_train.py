@@ -106,8 +106,8 @@ def main():
 
   config = workloads.make_config("default", weight=0.0, default_batch=args.default_batch)
   ours = workloads.TrainStep(config)
-  params = jax.device_get(ours.state["params"]["denoiser"])  # before the first step donates the state
-  difference = max_forward_difference(config, ours.exp.denoiser_def, params, ours.batches[0])
+  params = jax.device_get(ours.state["params"]["model"])  # before the first step donates the state
+  difference = max_forward_difference(config, ours.exp.model_def, params, ours.batches[0])
   print(f"same weights: max |ours - diffusers| of the UNet output = {difference:.2e}", flush=True)
   steps = {"ours": ours,
            "ours + context (sorted)": workloads.TrainStep(workloads.make_config(

@@ -17,6 +17,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  config.family = "gaussian"         # what is trained: "gaussian" (this UNet) | "masked" | "autoencoder"
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()

@@ -5,10 +5,12 @@
 raises the first problem found as a `ConfigError` whose message is one line, `config.<key>: <what is wrong>;
 <the fix>`; main.py prints it as `error: ...` and exits with status 2. The checks, in order:
 
-1. schema: every key of configs/default.py is present with a value of the default's type (ints pass for floats,
-   tuples and lists are interchangeable) and there are no other keys;
-2. names that must be in a registry (CHOICES), numeric bounds (BOUNDS);
-3. rules across keys (RULES): UNet shapes, context strides, sampling steps, data location, files named by keys;
+1. schema: `config.family` names a family, and every key of that family's reference config (SCHEMAS: for
+   "gaussian" configs/default.py) is present with a value of the reference's type (ints pass for floats, tuples
+   and lists are interchangeable), and there are no other keys;
+2. names that must be in a registry (CHOICES), numeric bounds (BOUNDS), each where the family's schema has the key;
+3. rules across keys, the family's own (FAMILY_RULES: network shapes, first stage, context strides on the family's
+   feature grid, sampling steps) and then the common ones (RULES: data location, files named by keys);
 4. the mesh against the devices present, and the global batch against the mesh and the processes.
 
 Only the mesh check imports jax (through parallel.py, whose shape arithmetic it reuses); main.py has jax loaded by
@@ -25,21 +27,31 @@ from collections.abc import Callable
 
 import ml_collections
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
+_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+# Each family's reference config: its keys and value types are the schema every config of that family must match.
+# Spelled out like CHOICES (families/__init__.py FAMILIES is the registry; a test keeps the two in step).
+SCHEMAS: dict[str, str] = {"gaussian": "default.py", "masked": "digits_tokens.py", "autoencoder": "digits_vq.py"}
 
 # Registry names by key. Spelled out rather than imported: the registries live in modules that load jax, flax or
 # ott-jax, and tests/test_config_validation.py checks that these match them.
 CHOICES: dict[str, tuple] = {
     "data.name": ("digits", "folder", "tfds"),             # data/registry.py SOURCES
     "data.channels": (1, 3),                               # data/imaging.py target_mode
-    "model.name": ("unet",),                               # models/__init__.py MODELS
     "model.dtype": ("bfloat16", "float32"),
     "diffusion.schedule": ("cosine", "linear"),            # diffusion/gaussian.py SCHEDULES
     "diffusion.prediction": ("eps", "v"),                  # diffusion/gaussian.py GaussianDiffusion
     "context.solver": ("exact", "sinkhorn", "sorted"),     # context/wasserstein.py SOLVERS
-    "sample.sampler": ("ddim", "ddpm"),                    # diffusion/samplers.py SAMPLERS
     "train.lr_schedule": ("constant", "cosine"),           # train.py LR_SCHEDULES
-    "eval.metric": ("class_accuracy", "fd_digits", "fid", "kid"),  # evaluate.py LOWER_IS_BETTER
+    "masking.schedule": ("cosine", "linear", "square"),    # families/masked_process.py MASK_SCHEDULES
+    "eval.metric": ("class_accuracy", "fd_digits", "fid", "kid", "reconstruction_mse"),  # evaluate.py LOWER_IS_BETTER
+}
+# What differs by family: its network, and how it samples.
+FAMILY_CHOICES: dict[str, dict[str, tuple]] = {
+    "gaussian": {"model.name": ("unet",),                  # models/__init__.py MODELS
+                 "sample.sampler": ("ddim", "ddpm")},      # diffusion/samplers.py SAMPLERS
+    "masked": {"model.name": ("transformer",), "sample.sampler": ("maskgit",)},
+    "autoencoder": {"model.name": ("vq",)},
 }
 
 # Numeric bounds by key: (test, the requirement in words).
@@ -77,6 +89,16 @@ BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "sample.num_images": _POSITIVE,
     "sample.steps": _POSITIVE,
     "sample.eta": _NON_NEGATIVE,
+    "sample.temperature": _NON_NEGATIVE,
+    "sample.choice_temperature": _NON_NEGATIVE,
+    "model.width": _POSITIVE,
+    "model.depth": _POSITIVE,
+    "model.mlp_ratio": _POSITIVE,
+    "model.codebook_size": _POSITIVE,
+    "model.code_dim": _POSITIVE,
+    "model.commitment_cost": _NON_NEGATIVE,
+    "model.codebook_decay": _FRACTION,
+    "model.dead_code_threshold": _NON_NEGATIVE,
     "eval.every_steps": _NON_NEGATIVE,  # 0: no periodic eval
     "eval.num_samples": _POSITIVE,
     "eval.batch_size": _POSITIVE,
@@ -97,25 +119,30 @@ class ConfigError(ValueError):
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int = 1,
              schema: ml_collections.ConfigDict | None = None) -> None:
-  """Raises ConfigError for the first problem in `config`; `schema` defaults to configs/default.py."""
-  _check_schema(config, default_schema() if schema is None else schema, "")
-  for key, choices in CHOICES.items():
+  """Raises ConfigError for the first problem in `config`; `schema` defaults to its family's reference config."""
+  family = config.get("family", "gaussian") if schema is None else schema.family
+  if family not in SCHEMAS:
+    raise ConfigError("family", f"{family!r} is not one of {list(SCHEMAS)}",
+                      _suggest(family, SCHEMAS, "pick one of them"))
+  _check_schema(config, family_schema(family) if schema is None else schema, "")
+  for key, choices in {**CHOICES, **FAMILY_CHOICES[family]}.items():
     value = _get(config, key)
-    if value not in choices:
+    if value is not _ABSENT and value not in choices:
       raise ConfigError(key, f"{value!r} is not one of {list(choices)}", _suggest(value, choices, "pick one of them"))
   for key, (test, requirement) in BOUNDS.items():
     value = _get(config, key)
-    if not (math.isfinite(value) and test(value)):
+    if value is not _ABSENT and not (math.isfinite(value) and test(value)):
       raise ConfigError(key, f"{value!r} is not {requirement}", f"set a value {requirement}")
-  for rule in RULES:
+  for rule in FAMILY_RULES[family] + RULES:
     rule(config)
   _check_mesh_and_batch(config, num_devices, process_count)
 
 
 @functools.cache
-def default_schema() -> ml_collections.FrozenConfigDict:
-  """configs/default.py, loaded by path (as main.py does) so that no `configs` package need be importable."""
-  spec = importlib.util.spec_from_file_location("_conprediff_default_config", _DEFAULT_CONFIG)
+def family_schema(family: str) -> ml_collections.FrozenConfigDict:
+  """The family's reference config, loaded by path (as main.py does) so no `configs` package need be importable."""
+  path = os.path.join(_CONFIGS, SCHEMAS[family])
+  spec = importlib.util.spec_from_file_location(f"_conprediff_{family}_schema", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return ml_collections.FrozenConfigDict(module.get_config())
@@ -178,8 +205,14 @@ def _suggest(value, options, otherwise: str) -> str:
   return f"did you mean {close[0]!r}?" if close else otherwise
 
 
+_ABSENT = object()
+
+
 def _get(config, dotted: str):
+  """The value at a dotted key, or _ABSENT where the config (its family's schema) has no such key."""
   for key in dotted.split("."):
+    if not _is_section(config) or key not in config:
+      return _ABSENT
     config = config[key]
   return config
 
@@ -189,23 +222,13 @@ def _get(config, dotted: str):
 # ------------------------------------------------------------------------------------------------------------------
 def _check_unet(config) -> None:
   """The shapes unet.py builds: every level halves the grid, GroupNorm and attention split the widths."""
+  _check_levels(config)
   m, size = config.model, config.data.image_size
   mults = tuple(m.channel_mults)
-  if not mults or min(mults) < 1:
-    raise ConfigError("model.channel_mults", f"{mults} is not a non-empty tuple of positive ints",
-                      "give one multiplier per level, e.g. (1, 2, 2)")
-  factor = 2 ** (len(mults) - 1)
-  if size % factor:
-    raise ConfigError("data.image_size", f"{size} is not divisible by {factor}, the UNet's downsampling over "
-                      f"{len(mults)} levels (config.model.channel_mults)",
-                      f"use a multiple of {factor}, or fewer levels")
   if m.channels % 2:
     raise ConfigError("model.channels", f"{m.channels} is odd, but the sinusoidal timestep embedding is "
                       "sin/cos pairs of this width", "use an even width")
   widths = [m.channels * k for k in mults]
-  if math.gcd(*widths) % m.num_groups:
-    raise ConfigError("model.num_groups", f"{m.num_groups} does not divide the channel widths {widths} "
-                      "(config.model.channels x channel_mults)", f"use a divisor of {math.gcd(*widths)}")
   levels = [size // 2**i for i in range(len(mults))]
   unused = [r for r in m.attention_resolutions if r not in levels]
   if unused:
@@ -216,23 +239,26 @@ def _check_unet(config) -> None:
   if math.gcd(*attended) % m.num_heads:
     raise ConfigError("model.num_heads", f"{m.num_heads} does not divide the attention widths {attended}",
                       f"use a divisor of {math.gcd(*attended)}")
-  if m.class_conditional and config.data.num_classes < 1:
-    raise ConfigError("data.num_classes", f"{config.data.num_classes} with config.model.class_conditional=True",
-                      "set the number of classes, or class_conditional=False")
 
 
-def _check_context(config) -> None:
-  """Neighbourhood strides on the denoiser's full-resolution feature grid."""
-  strides, size = tuple(config.context.strides), config.data.image_size
-  if not strides:
-    raise ConfigError("context.strides", "is empty", "give at least one stride, e.g. (1, 2, 3), or set "
-                      "config.context.weight=0 to turn the context loss off")
-  if min(strides) < 1:
-    raise ConfigError("context.strides", f"{strides} holds non-positive strides", "use strides >= 1")
-  if max(strides) >= size:
-    raise ConfigError("context.strides", f"{strides} reaches outside the {size}x{size} grid "
-                      "(config.data.image_size): every neighbour at that stride would be masked",
-                      f"use strides below {size}")
+def _grid_check(grid_of: Callable[[ml_collections.ConfigDict], tuple[int, str]]):
+  """A rule for the context strides on the family's feature grid: `grid_of(config) -> (size, what it is)`."""
+
+  def check_context(config) -> None:
+    if config.context.weight == 0:
+      return
+    strides = tuple(config.context.strides)
+    if not strides:
+      raise ConfigError("context.strides", "is empty", "give at least one stride, e.g. (1, 2, 3), or set "
+                        "config.context.weight=0 to turn the context loss off")
+    if min(strides) < 1:
+      raise ConfigError("context.strides", f"{strides} holds non-positive strides", "use strides >= 1")
+    size, what = grid_of(config)
+    if max(strides) >= size:
+      raise ConfigError("context.strides", f"{strides} reaches outside the {size}x{size} grid ({what}): every "
+                        "neighbour at that stride would be masked", f"use strides below {size}")
+
+  return check_context
 
 
 def _check_sampling(config) -> None:
@@ -240,6 +266,85 @@ def _check_sampling(config) -> None:
   if steps > timesteps:
     raise ConfigError("sample.steps", f"{steps} exceeds config.diffusion.timesteps={timesteps}",
                       f"use at most {timesteps}")
+
+
+def _check_levels(config) -> None:
+  """A convolutional network that halves the grid at every level after the first, GroupNorm over its widths."""
+  m, size = config.model, config.data.image_size
+  mults = tuple(m.channel_mults)
+  if not mults or min(mults) < 1:
+    raise ConfigError("model.channel_mults", f"{mults} is not a non-empty tuple of positive ints",
+                      "give one multiplier per level, e.g. (1, 2, 2)")
+  factor = 2 ** (len(mults) - 1)
+  if size % factor:
+    raise ConfigError("data.image_size", f"{size} is not divisible by {factor}, the downsampling over "
+                      f"{len(mults)} levels (config.model.channel_mults)",
+                      f"use a multiple of {factor}, or fewer levels")
+  widths = [m.channels * k for k in mults]
+  if math.gcd(*widths) % m.num_groups:
+    raise ConfigError("model.num_groups", f"{m.num_groups} does not divide the channel widths {widths} "
+                      "(config.model.channels x channel_mults)", f"use a divisor of {math.gcd(*widths)}")
+
+
+def _check_no_context(config) -> None:
+  if config.context.weight != 0:
+    raise ConfigError("context.weight", f"{config.context.weight} with config.family={config.family!r}, which has "
+                      "no context loss (it is defined for the denoising families)", "set config.context.weight=0")
+
+
+def _check_vq(config) -> None:
+  _check_levels(config)
+  m = config.model
+  if m.codebook_size < 2:
+    raise ConfigError("model.codebook_size", f"{m.codebook_size} codes", "use at least 2 codes")
+
+
+def read_first_stage_config(workdir: str) -> dict | None:
+  """The config.json a first-stage run wrote into its workdir, or None when there is none."""
+  path = os.path.join(os.path.expanduser(workdir), "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def token_grid(first_stage: dict) -> int:
+  """The tokenizer's grid: its image size over its downsampling (one halving per level after the first)."""
+  return first_stage["data"]["image_size"] // 2 ** (len(first_stage["model"]["channel_mults"]) - 1)
+
+
+def _check_first_stage(config) -> None:
+  """The masked family reads a trained tokenizer; say which command makes one when it is missing."""
+  workdir = config.first_stage.workdir
+  make = (f"train the tokenizer first: python -m conprediff_jax.main --config=configs/digits_vq.py "
+          f"--workdir={workdir or 'workdirs/digits_vq'}")
+  saved = read_first_stage_config(workdir) if workdir else None
+  if saved is None or not os.path.isdir(os.path.join(os.path.expanduser(workdir), "checkpoints")):
+    raise ConfigError("first_stage.workdir", f"{workdir!r} holds no trained tokenizer", make)
+  if saved.get("family") != "autoencoder":
+    raise ConfigError("first_stage.workdir", f"{workdir!r} holds a {saved.get('family', 'gaussian')!r} run, not a "
+                      "tokenizer (family 'autoencoder')", make)
+  for key in ("image_size", "channels"):
+    if saved["data"][key] != config.data[key]:
+      raise ConfigError(f"data.{key}", f"{config.data[key]} but the tokenizer in {workdir!r} was trained with "
+                        f"{saved['data'][key]}", f"set config.data.{key}={saved['data'][key]}")
+
+
+def _check_transformer(config) -> None:
+  m = config.model
+  if m.width % m.num_heads:
+    raise ConfigError("model.num_heads", f"{m.num_heads} does not divide config.model.width={m.width}",
+                      "use a divisor of the width")
+  tokens = token_grid(read_first_stage_config(config.first_stage.workdir)) ** 2
+  if config.sample.steps > tokens:
+    raise ConfigError("sample.steps", f"{config.sample.steps} decoding steps for {tokens} tokens",
+                      f"use at most {tokens} (every step decodes at least one token)")
+
+
+def _check_classes(config) -> None:
+  if config.model.get("class_conditional") and config.data.num_classes < 1:
+    raise ConfigError("data.num_classes", f"{config.data.num_classes} with config.model.class_conditional=True",
+                      "set the number of classes, or class_conditional=False")
 
 
 def _check_data(config) -> None:
@@ -263,8 +368,14 @@ def _check_paths(config, prefix: str = "") -> None:
       raise ConfigError(prefix + key, f"{value!r} does not exist", "point it at the file, or leave it empty")
 
 
-RULES: tuple[Callable[[ml_collections.ConfigDict], None], ...] = (
-    _check_unet, _check_context, _check_sampling, _check_data, _check_paths)
+Rule = Callable[[ml_collections.ConfigDict], None]
+FAMILY_RULES: dict[str, tuple[Rule, ...]] = {
+    "gaussian": (_check_unet, _grid_check(lambda c: (c.data.image_size, "config.data.image_size")), _check_sampling),
+    "masked": (_check_first_stage, _check_transformer, _grid_check(
+        lambda c: (token_grid(read_first_stage_config(c.first_stage.workdir)), "the tokenizer's token grid"))),
+    "autoencoder": (_check_vq, _check_no_context),
+}
+RULES: tuple[Rule, ...] = (_check_classes, _check_data, _check_paths)  # every family's
 
 
 # ------------------------------------------------------------------------------------------------------------------

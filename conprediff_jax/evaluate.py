@@ -1,4 +1,4 @@
-"""Sample quality of a denoiser's EMA parameters: generate `config.eval.num_samples` images, then score them.
+"""Sample quality of a model's EMA weights: generate `config.eval.num_samples` images, then score them.
 
 Metrics, by what the run has:
   fd_digits, class_accuracy  the embedded digits (a classifier trained once, cached in the workdir); no files needed
@@ -13,28 +13,28 @@ import os
 from absl import logging
 import jax
 import numpy as np
+from flax import nnx
 
 from conprediff_jax import evaluation
 from conprediff_jax import images as images_lib
 from conprediff_jax import sampling
 
-LOWER_IS_BETTER = {"fd_digits": True, "fid": True, "kid": True, "class_accuracy": False}
+LOWER_IS_BETTER = {"fd_digits": True, "fid": True, "kid": True, "class_accuracy": False, "reconstruction_mse": True}
 
 
 class Evaluator:
   """Built once per run (compiles the sampler once); call it with EMA parameters and a step."""
 
-  def __init__(self, config, denoiser_def, mesh, ema_shardings, workdir: str):
-    self.config, self.workdir = config, workdir
-    batch = config.eval.batch_size
-    self.sample_fn = sampling.make_sample_fn(config, denoiser_def, batch, mesh, ema_shardings)
+  def __init__(self, model: sampling.TrainedModel, workdir: str):
+    self.model, self.config, self.workdir = model, model.family.config, workdir
+    self.sample_fn = model.sample_fn(self.config.eval.batch_size)
     self._digits = None
     self._inception = None
 
   def generate(self, ema_params, step: int):
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.config.seed), 2**31 - 2), step)
-    return sampling.generate(self.config, self.sample_fn, ema_params, key, self.config.eval.num_samples,
-                             self.config.eval.batch_size, progress=True)
+    return sampling.generate(self.model.family, self.sample_fn, ema_params, self.model.first_stage_weights, key,
+                             self.config.eval.num_samples, self.config.eval.batch_size, progress=True)
 
   def __call__(self, ema_params, step: int) -> dict[str, float]:
     samples, labels = self.generate(ema_params, step)
@@ -45,6 +45,7 @@ class Evaluator:
       metrics.update(self._digits_metrics(as_uint8, labels))
     if self.config.eval.inception_weights:
       metrics.update(self._inception_metrics(as_uint8))
+    metrics.update(self.model.family.score(nnx.merge(self.model.model_def, ema_params), samples))
     return metrics
 
   def _digits_metrics(self, images_uint8, labels) -> dict[str, float]:
@@ -110,7 +111,7 @@ def evaluate(config, workdir: str) -> dict[str, float]:
   trained = sampling.load_latest_ema(config, workdir)
   step = trained.step
   with jax.set_mesh(trained.mesh):
-    metrics = Evaluator(config, trained.graphdef, trained.mesh, trained.shardings, workdir)(trained.params, step)
+    metrics = Evaluator(trained, workdir)(trained.weights, step)
   path = write_results(workdir, step, metrics)
   writer = MetricWriter(workdir)
   writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})

@@ -70,14 +70,16 @@ def unknown_override(e: LookupError | AttributeError, argv: list[str]) -> str:
 
 
 def is_startup_error(e: Exception) -> bool:
-  """FileNotFoundError/ValueError from opening the data or from finding no checkpoint to sample: user errors."""
+  """FileNotFoundError/ValueError from opening the data, finding no checkpoint to sample, or exporting a family
+  that has no exporter: user errors."""
   if not isinstance(e, (FileNotFoundError, ValueError)):
     return False
-  from conprediff_jax import sampling  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import families, sampling  # pylint: disable=g-import-not-at-top
   from conprediff_jax.data import registry  # pylint: disable=g-import-not-at-top
 
   frames = [frame.f_code for frame, _ in traceback.walk_tb(e.__traceback__)]
-  return registry.make_source.__code__ in frames or frames[-1] is sampling.load_latest_ema.__code__
+  return (registry.make_source.__code__ in frames
+          or frames[-1] in (sampling.load_latest_ema.__code__, families.Family.export.__code__))
 
 
 def run(config, workdir: str, mode: str):
@@ -93,8 +95,19 @@ def run(config, workdir: str, mode: str):
     from conprediff_jax import evaluate  # pylint: disable=g-import-not-at-top
     metrics = evaluate.evaluate(config, workdir)
     return {"written": os.path.join(workdir, f"eval_{metrics['step']}.json"), "metrics": metrics}
-  from conprediff_jax import export  # pylint: disable=g-import-not-at-top
-  return {"written": export.export_from_workdir(config, workdir)}
+  return {"written": export_from_workdir(config, workdir)}
+
+
+def export_from_workdir(config, workdir: str) -> str:
+  """--mode=export: the latest checkpoint's EMA weights, in the family's export format, into <workdir>/export."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import parallel, sampling  # pylint: disable=g-import-not-at-top
+  trained = sampling.load_latest_ema(config, workdir)
+  weights = jax.tree.map(parallel.to_host, trained.weights)  # whole arrays on every process
+  out_dir = os.path.join(workdir, "export")
+  if jax.process_index() == 0:
+    trained.family.export(weights, out_dir)
+  return out_dir
 
 
 def main(argv):

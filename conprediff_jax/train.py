@@ -1,15 +1,21 @@
-"""One trainer for every denoiser: build, shard, restore, step, log, checkpoint, sample.
+"""One trainer for every model family: build, shard, restore, step, log, checkpoint, sample.
 
-The compiled step is a pure function of arrays, `(state, batch, base_key) -> (state, metrics)`: NNX modules are
-split into a static graph definition and plain parameter dicts at the jit boundary, and every random number is
-derived from (seed, step), so a resumed run computes exactly what an uninterrupted one would have.
+The family (config.family, see families/base.py) says how its model is built, what its loss is and how it samples;
+this file knows nothing else of it. The compiled step is a pure function of arrays,
+`(state, batch, base_key, first_stage_weights) -> (state, metrics)`: NNX modules are split into a static graph
+definition and plain parameter dicts at the jit boundary, and every random number is derived from (seed, step), so
+a resumed run computes exactly what an uninterrupted one would have.
 
 Train state (a plain pytree, saved whole by Orbax):
   step         int32 scalar, the number of updates applied
-  params       {"denoiser": ..., "context": ...}   "context" only while config.context.weight > 0
-  ema          the denoiser's parameters, exponentially averaged (what sampling and export read)
+  params       {"model": ..., "context": ...}   "context" only while config.context.weight > 0
+  ema          the model's inference weights: its parameters exponentially averaged, plus its buffers (statistics
+               its loss updates, e.g. a VQ codebook) as they are. Sampling, evaluation and export read only this.
   opt_state    optax state over `params`
   nonfinite    int32, consecutive steps whose loss or gradient was not finite (those updates are skipped)
+
+A frozen first stage (a tokenizer) is not part of the state: it is loaded once per run and passed to the step as
+its own argument, neither optimised nor re-saved.
 """
 
 import dataclasses
@@ -31,32 +37,38 @@ from tqdm import tqdm
 
 from conprediff_jax import checkpointing
 from conprediff_jax import data as data_lib
+from conprediff_jax import families
 from conprediff_jax import images as images_lib
 from conprediff_jax import parallel
 from conprediff_jax import sampling
-from conprediff_jax.diffusion.gaussian import GaussianDiffusion
 from conprediff_jax.metric_writers import MetricWriter, read_jsonl
-from conprediff_jax.models import abstract_denoiser, build_denoiser
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Experiment: the denoiser, the optional context head, the diffusion and the optimiser, all static.
+# Experiment: the family, its model's graph, the optional context head and the optimiser, all static.
 # ------------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Experiment:
   config: ml_collections.ConfigDict
-  diffusion: GaussianDiffusion
-  denoiser_def: nnx.GraphDef
+  family: families.Family
+  model_def: nnx.GraphDef
+  param_shapes: dict   # the model's nnx.Param tree (ShapeDtypeStructs): the part of `ema` that is averaged
+  buffer_shapes: dict  # its buffers (families.BUFFERS), carried in `ema` as they are; {} for most models
+  first_stage: families.FirstStage | None
   head_def: nnx.GraphDef | None
   context_loss: Callable[..., jax.Array] | None  # (head, features, targets, key) -> scalar
   tx: optax.GradientTransformation
 
+  @property
+  def first_stage_def(self) -> nnx.GraphDef | None:
+    return None if self.first_stage is None else self.first_stage.graphdef
 
-def build_context_head(config, feature_dim: int, key) -> nnx.Module:
+
+def build_context_head(config, spec: families.FeatureSpec, key) -> nnx.Module:
   # Imported here: the context package is a training-time plug-in that nothing at inference imports.
   from conprediff_jax import context  # pylint: disable=g-import-not-at-top
   c = config.context
-  return context.ContextDecoder(feature_dim, config.data.channels, num_strides=len(c.strides),
+  return context.ContextDecoder(spec.features, spec.targets, num_strides=len(c.strides),
                                 num_samples=c.num_samples, latent_dim=c.latent_dim or None,
                                 hidden_dim=c.hidden_dim, rngs=nnx.Rngs(key))
 
@@ -95,13 +107,18 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def make_experiment(config) -> Experiment:
-  denoiser, denoiser_def, _ = abstract_denoiser(config)
+  family = families.get(config)
+  model_def, param_shapes, buffer_shapes = families.abstract_model(family)
   head_def, context_loss = None, None
   if config.context.weight > 0:
-    head = nnx.eval_shape(lambda: build_context_head(config, denoiser.feature_dim, jax.random.key(0)))
+    spec = family.feature_spec()
+    if spec is None:
+      raise ValueError(f"config.context.weight={config.context.weight}: the {config.family!r} family has no "
+                       "context loss; set config.context.weight=0")
+    head = nnx.eval_shape(lambda: build_context_head(config, spec, jax.random.key(0)))
     head_def, context_loss = nnx.graphdef(head), make_context_loss(config)
-  return Experiment(config, GaussianDiffusion.from_config(config), denoiser_def, head_def, context_loss,
-                    make_optimizer(config))
+  return Experiment(config, family, model_def, param_shapes, buffer_shapes, family.first_stage(), head_def,
+                    context_loss, make_optimizer(config))
 
 
 def param_count(tree) -> int:
@@ -112,38 +129,44 @@ def param_count(tree) -> int:
 # State and the update step.
 # ------------------------------------------------------------------------------------------------------------------
 def init_state(exp: Experiment, key: jax.Array) -> dict[str, Any]:
-  k_denoiser, k_head = jax.random.split(key)
-  denoiser = build_denoiser(exp.config, k_denoiser)
-  params = {"denoiser": nnx.state(denoiser, nnx.Param).to_pure_dict()}
+  k_model, k_head = jax.random.split(key)
+  model = exp.family.build(nnx.Rngs(k_model))
+  params = {"model": nnx.state(model, nnx.Param).to_pure_dict()}
   if exp.head_def is not None:
-    head = build_context_head(exp.config, denoiser.feature_dim, k_head)
+    head = build_context_head(exp.config, exp.family.feature_spec(), k_head)
     params["context"] = nnx.state(head, nnx.Param).to_pure_dict()
-  return {"step": jnp.zeros((), jnp.int32), "params": params, "ema": params["denoiser"],
+  return {"step": jnp.zeros((), jnp.int32), "params": params,
+          "ema": families.union(params["model"], nnx.state(model, families.BUFFERS).to_pure_dict()),
           "opt_state": exp.tx.init(params), "nonfinite": jnp.zeros((), jnp.int32)}
 
 
-def train_step(exp: Experiment, state, batch, base_key):
+def train_step(exp: Experiment, state, batch, base_key, first_stage_weights=None):
   config, step = exp.config, state["step"]
-  k_point, k_context = jax.random.split(jax.random.fold_in(base_key, step))
+  k_loss, k_context = jax.random.split(jax.random.fold_in(base_key, step))
+  first_stage = None if exp.first_stage is None else nnx.merge(exp.first_stage_def, first_stage_weights)
 
   def loss_fn(params):
-    denoiser = nnx.merge(exp.denoiser_def, params["denoiser"])
-    point, features, targets = exp.diffusion.loss(denoiser, batch, k_point, dropout=config.model.dropout > 0)
-    metrics = {"loss_point": point}
-    total = point
+    # The model's buffers ride in `ema` (they are not averaged); its loss may update them in place.
+    buffers = families.restrict(state["ema"], exp.buffer_shapes)
+    model = nnx.merge(exp.model_def, families.union(params["model"], buffers))
+    out = exp.family.loss(model, first_stage, batch, k_loss)
+    metrics, total = dict(out.metrics), out.loss
     if exp.head_def is not None:
       head = nnx.merge(exp.head_def, params["context"])
-      context = exp.context_loss(head, features, jax.lax.stop_gradient(targets), k_context)
+      context = exp.context_loss(head, out.features, jax.lax.stop_gradient(out.targets), k_context)
       total = total + config.context.weight * context
       metrics["loss_context"] = context
-    return total, {"loss": total, **metrics}
+    buffers = jax.lax.stop_gradient(nnx.state(model, families.BUFFERS).to_pure_dict())
+    return total, ({"loss": total, **metrics}, buffers)
 
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  (loss, (metrics, buffers)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   grad_norm = optax.global_norm(grads)
   updates, opt_state = exp.tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   decay = jnp.minimum(config.train.ema_decay, (1.0 + step) / (10.0 + step))  # short warm-up of the average
-  ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema"], params["denoiser"])
+  previous = families.restrict(state["ema"], exp.param_shapes)
+  averaged = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, previous, params["model"])
+  ema = families.union(averaged, buffers)
 
   # A non-finite loss or gradient leaves parameters, moments and EMA as they were; the step still advances.
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -192,18 +215,19 @@ def restore_or_init(run: Run, seed: int):
 # ------------------------------------------------------------------------------------------------------------------
 # Samples.
 # ------------------------------------------------------------------------------------------------------------------
-def write_samples(config, denoiser_def, mesh, ema_shardings, ema_params, workdir: str, step: int,
-                  writer: MetricWriter | None = None) -> np.ndarray:
-  """Samples from the EMA denoiser into samples.png / samples.npz (uint8 [N, H, W, C]); returns them."""
-  sample_fn = sampling.make_sample_fn(config, denoiser_def, mesh=mesh, param_shardings=ema_shardings)
+def write_samples(trained: sampling.TrainedModel, workdir: str, writer: MetricWriter | None = None) -> np.ndarray:
+  """Samples from the inference weights into samples.png / samples.npz (uint8 [N, H, W, C]); returns them."""
+  config = trained.family.config
   key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)
-  labels = sampling.sample_labels(config, config.sample.num_images)
-  images = images_lib.to_uint8(parallel.to_host(sample_fn(ema_params, key, labels)))
+  images, _ = sampling.generate(trained.family, trained.sample_fn(config.sample.num_images), trained.weights,
+                                trained.first_stage_weights, key, config.sample.num_images,
+                                config.sample.num_images)
+  images = images_lib.to_uint8(images)
   if jax.process_index() == 0:
     images_lib.save_grid(os.path.join(workdir, "samples.png"), images)
     np.savez(os.path.join(workdir, "samples.npz"), images=images)
     if writer is not None:
-      writer.images(step, "samples", images_lib.grid(images))
+      writer.images(trained.step, "samples", images_lib.grid(images))
   return images
 
 
@@ -250,16 +274,22 @@ def train(config, workdir: str) -> dict[str, Any]:
     if jax.process_index() == 0:
       logging.info("parameters:\n%s", parameter_overview.get_parameter_overview(
           jax.tree.map(np.asarray, _string_keys(state["params"]))))
-      logging.info("denoiser parameters: %d (what sampling and export use)", param_count(state["ema"]))
+      logging.info("inference parameters: %d (what sampling and export use)",
+                   param_count(families.restrict(state["ema"], exp.param_shapes)))
+    first_stage_weights = sampling.put_first_stage(exp.first_stage, run.mesh)
+    replicated = parallel.replicated(run.mesh)
+    first_stage_shardings = jax.tree.map(lambda x: x.sharding, first_stage_weights)
     step_fn = jax.jit(functools.partial(train_step, exp),
-                      in_shardings=(run.shardings, batch_sharding, parallel.replicated(run.mesh)),
-                      out_shardings=(run.shardings, parallel.replicated(run.mesh)), donate_argnums=0)
+                      in_shardings=(run.shardings, batch_sharding, replicated, first_stage_shardings),
+                      out_shardings=(run.shardings, replicated), donate_argnums=0)
     base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+    inference = sampling.TrainedModel(exp.family, exp.model_def, None, run.shardings["ema"], run.mesh, start,
+                                      exp.first_stage_def, first_stage_weights)
 
     evaluator = best = None
     if config.eval.every_steps:
       from conprediff_jax import evaluate  # pylint: disable=g-import-not-at-top
-      evaluator = evaluate.Evaluator(config, exp.denoiser_def, run.mesh, run.shardings["ema"], workdir)
+      evaluator = evaluate.Evaluator(inference, workdir)
       best = checkpointing.open_best_manager(os.path.join(workdir, "best"), metric=config.eval.metric,
                                              lower_is_better=evaluate.LOWER_IS_BETTER[config.eval.metric])
 
@@ -268,7 +298,7 @@ def train(config, workdir: str) -> dict[str, Any]:
     tick, tick_step = time.perf_counter(), start
     with _StopRequest() as stop:
       for step in range(start, t.steps):
-        state, metrics = step_fn(state, batches.get(step), base_key)
+        state, metrics = step_fn(state, batches.get(step), base_key, first_stage_weights)
         pending.append(metrics)
         bar.update(1)
         done = step + 1
@@ -321,17 +351,16 @@ def train(config, workdir: str) -> dict[str, Any]:
     if jax.process_index() == 0 and history:
       images_lib.save_loss_plot(os.path.join(workdir, "loss.png"), [h["step"] for h in history],
                                 [h["loss"] for h in history])
-    write_samples(config, exp.denoiser_def, run.mesh, run.shardings["ema"], state["ema"], workdir, t.steps, writer)
+    write_samples(dataclasses.replace(inference, weights=state["ema"], step=t.steps), workdir, writer)
   writer.close()
   return {"step": t.steps, "stopped": None}
 
 
 def sample(config, workdir: str) -> np.ndarray:
-  """Writes samples from the EMA parameters of the workdir's latest checkpoint (no optimiser, no context head)."""
+  """Writes samples from the EMA weights of the workdir's latest checkpoint (no optimiser, no context head)."""
   trained = sampling.load_latest_ema(config, workdir)
   with jax.set_mesh(trained.mesh):
-    return write_samples(config, trained.graphdef, trained.mesh, trained.shardings, trained.params, workdir,
-                         trained.step)
+    return write_samples(trained, workdir)
 
 
 def _string_keys(tree):

@@ -12,14 +12,59 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 
-def tiny_config():
+def tiny_config(family: str = "gaussian", tokenizer_workdir: str = ""):
+  """The smallest config of each family: the smoke config, or its tokenizer and token model at the same size."""
   from configs import smoke  # pylint: disable=g-import-not-at-top
-  return smoke.get_config()
+  if family == "gaussian":
+    return smoke.get_config()
+  module = {"autoencoder": "digits_vq", "masked": "digits_tokens"}[family]
+  config = __import__(f"configs.{module}", fromlist=["get_config"]).get_config()
+  base = smoke.get_config()
+  for section in ("data", "train", "checkpoint"):
+    config[section].update({k: v for k, v in base[section].items() if k in config[section]})
+  config.context.update(base.context)
+  config.data.split = "train"
+  if family == "autoencoder":
+    config.model.update(channels=8, num_groups=4, codebook_size=16, code_dim=4)
+    config.context.weight = 0.0
+    config.eval.split, config.eval.num_samples, config.eval.batch_size = "train[:8]", 8, 8
+    config.sample.num_images = 8
+  else:
+    config.first_stage.workdir = tokenizer_workdir
+    config.model.update(width=16, depth=1, num_heads=2, mlp_ratio=2)
+    config.sample.num_images, config.sample.steps = 8, 2
+  return config
+
+
+def make_tokenizer_workdir(workdir: str) -> str:
+  """A tiny tokenizer's workdir (config.json and one checkpoint): what a token model reads. Its weights are random
+  draws in the train state's layout (nothing compiled): the token model's tests need its shapes and a fixed
+  codebook, not good reconstructions."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import checkpointing, train  # pylint: disable=g-import-not-at-top
+  config = tiny_config("autoencoder")
+  abstract = jax.eval_shape(functools.partial(train.init_state, train.make_experiment(config)), jax.random.key(0))
+  rng = np.random.default_rng(0)
+  state = jax.tree.map(lambda x: (0.3 * rng.normal(size=x.shape)).astype(x.dtype), abstract)
+  manager = checkpointing.open_manager(os.path.join(workdir, "checkpoints"), max_to_keep=1)
+  checkpointing.save(manager, 1, state, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    f.write(config.to_json_best_effort())
+  return workdir
 
 
 @pytest.fixture
 def config():
   return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_workdir(tmp_path_factory):
+  return make_tokenizer_workdir(str(tmp_path_factory.mktemp("tokenizer")))
 
 
 # ------------------------------------------------------------------------------------------------------------------

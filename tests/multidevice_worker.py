@@ -2,16 +2,18 @@
 `RESULT <i> <json>` for the i-th check asked for (counting from 0), or `ERROR <i> <traceback as JSON>`.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice_worker.py \
-        sharded_step:0.0 sharded_step:0.1 checkpoint_roundtrip:<tmpdir>
+        sharded_step:gaussian:0.1 checkpoint_roundtrip:masked:<tmpdir> sample:masked:<tmpdir>
 
-Every check runs in this one process (one JAX start-up), and each (model, mesh) init is compiled once and shared by
-the checks that need it. A check that raises prints an ERROR line instead of its RESULT, and the others still run.
+Every check names a family (tests/conftest.py tiny_config) and runs in this one process (one JAX start-up); each
+(model, mesh) init is compiled once and shared by the checks that need it. A check that raises prints an ERROR line
+instead of its RESULT, and the others still run.
 """
 
 import functools
 import json
 import os
 import sys
+import tempfile
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -19,22 +21,30 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from conprediff_jax import checkpointing, parallel, train  # pylint: disable=g-import-not-at-top
+from conprediff_jax import checkpointing, parallel, sampling, train  # pylint: disable=g-import-not-at-top
 from conprediff_jax.data.digits import load_digits  # pylint: disable=g-import-not-at-top
-from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
+from tests.conftest import make_tokenizer_workdir, tiny_config  # pylint: disable=g-import-not-at-top
 
 parallel.MIN_SHARDED_SIZE = 0  # shard even the tiny test model's arrays, so fsdp is really exercised
 
-_EXPERIMENTS = {}  # context weight -> Experiment (kept alive, so its id keys _INITS)
+_EXPERIMENTS = {}  # (family, context weight) -> Experiment (kept alive, so its id keys _INITS)
 _INITS = {}  # (id(experiment), mesh) -> jitted init with that mesh's out_shardings
 
 
-def experiment(context_weight: float) -> train.Experiment:
-  if context_weight not in _EXPERIMENTS:
-    config = tiny_config()
+@functools.cache
+def family_config(family: str):
+  tokenizer = make_tokenizer_workdir(tempfile.mkdtemp()) if family == "masked" else ""
+  return tiny_config(family, tokenizer)
+
+
+def experiment(family: str, context_weight: float | None = None) -> train.Experiment:
+  config = family_config(family).copy_and_resolve_references()
+  if context_weight is not None:
     config.context.weight = context_weight
-    _EXPERIMENTS[context_weight] = train.make_experiment(config)
-  return _EXPERIMENTS[context_weight]
+  key = (family, config.context.weight)
+  if key not in _EXPERIMENTS:
+    _EXPERIMENTS[key] = train.make_experiment(config)
+  return _EXPERIMENTS[key]
 
 
 def state_shardings(exp, mesh, seed=0):
@@ -59,26 +69,30 @@ def run_steps(exp, mesh, batch, state=None, steps=2):
     _, shardings = state_shardings(exp, mesh)
   bsh = parallel.batch_sharding(mesh)
   batch = jax.device_put(batch, bsh)
+  first_stage = sampling.put_first_stage(exp.first_stage, mesh)
   with jax.set_mesh(mesh):
-    step_fn = jax.jit(functools.partial(train.train_step, exp), in_shardings=(shardings, bsh, None),
+    step_fn = jax.jit(functools.partial(train.train_step, exp), in_shardings=(shardings, bsh, None, None),
                       out_shardings=(shardings, None))
     losses = []
     for _ in range(steps):
-      state, metrics = step_fn(state, batch, jax.random.key(1))
+      state, metrics = step_fn(state, batch, jax.random.key(1), first_stage)
       losses.append((float(metrics["loss"]), float(metrics["grad_norm"])))
   return losses, jax.device_get(state), state
 
 
-def sharded_step(context_weight: float):
-  exp = experiment(context_weight)
+def sharded_step(family: str, context_weight: float):
+  exp = experiment(family, context_weight)
   x, y = load_digits(8)
   batch = {"image": x[:16], "label": y[:16]}
   one = parallel.make_mesh((1, 1), ("data", "fsdp"), devices=jax.devices()[:1])
   eight = parallel.make_mesh((2, 4), ("data", "fsdp"))
-  init_one = make_state(exp, one)[0]
-  init = jax.device_get(init_one)
-  losses1, state1, _ = run_steps(exp, one, batch, init_one)  # the step does not donate: init_one stays valid
-  losses8, state8, sharded = run_steps(exp, eight, batch)  # initialised on the 8-device mesh itself
+  # Initialised once, on the 8-device mesh (the init compile that checkpoint_roundtrip shares); the 1-device run
+  # starts from a copy of the same values, so the two runs differ in the step's sharding alone.
+  init8 = make_state(exp, eight)[0]
+  init = jax.device_get(init8)
+  init_one = jax.device_put(init, state_shardings(exp, one)[1])
+  losses1, state1, _ = run_steps(exp, one, batch, init_one)
+  losses8, state8, sharded = run_steps(exp, eight, batch, init8)  # the step does not donate: init8 stays valid
   norm = lambda tree: float(np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(tree))))
   diff = lambda a, b: jax.tree.map(lambda x, y: np.asarray(x, np.float64) - np.asarray(y, np.float64), a, b)
   specs = {str(x.sharding.spec) for x in jax.tree.leaves(sharded)}
@@ -88,10 +102,11 @@ def sharded_step(context_weight: float):
           "num_devices": jax.device_count(), "specs": sorted(specs)}
 
 
-def checkpoint_roundtrip(tmpdir: str):
-  exp = experiment(tiny_config().context.weight)
+def checkpoint_roundtrip(family: str, workdir: str):
+  exp = experiment(family)
   save_mesh = parallel.make_mesh((2, 4), ("data", "fsdp"))
   state, abstract, _ = make_state(exp, save_mesh, seed=3)
+  tmpdir = os.path.join(workdir, "checkpoints")
   manager = checkpointing.open_manager(tmpdir, max_to_keep=2)
   checkpointing.save(manager, 7, state)
   manager.wait_until_finished()
@@ -108,14 +123,22 @@ def checkpoint_roundtrip(tmpdir: str):
   return results
 
 
-CHECKS = {"sharded_step": lambda arg: sharded_step(float(arg)), "checkpoint_roundtrip": checkpoint_roundtrip}
+def sample(family: str, workdir: str):
+  """`--mode=sample` on the 8-device mesh from the checkpoint checkpoint_roundtrip wrote: inference weights only."""
+  images = train.sample(family_config(family), workdir)
+  return {"shape": list(images.shape), "dtype": str(images.dtype), "distinct_values": int(len(np.unique(images))),
+          "png": os.path.exists(os.path.join(workdir, "samples.png"))}
+
+
+CHECKS = {"sharded_step": lambda family, weight: sharded_step(family, float(weight)),
+          "checkpoint_roundtrip": checkpoint_roundtrip, "sample": sample}
 
 
 if __name__ == "__main__":
   for index, request in enumerate(sys.argv[1:]):  # output lines name the check by its position in argv
-    name, _, arg = request.partition(":")
+    name, family, arg = request.split(":", 2)
     try:
-      out = CHECKS[name](arg)
+      out = CHECKS[name](family, arg)
     except Exception:  # pylint: disable=broad-except  # reported to the test that asked for this check
       print(f"ERROR {index} " + json.dumps(traceback.format_exc()), flush=True)
     else:

@@ -39,10 +39,10 @@ def test_xla_categories_tell_forward_convolutions_weight_gradients_and_matmuls_a
 def test_forward_convolutions_lists_each_of_the_unets_convolutions_once_per_forward():
   config = tiny_config()
   exp = train.make_experiment(config)
-  params = jax.eval_shape(functools.partial(train.init_state, exp), jax.random.key(0))["params"]["denoiser"]
+  params = jax.eval_shape(functools.partial(train.init_state, exp), jax.random.key(0))["params"]["model"]
   size = config.data.image_size
-  found = profile_step.forward_convolutions(exp.denoiser_def, params, (2, size, size, config.data.channels))
-  model = nnx.eval_shape(lambda: nnx.merge(exp.denoiser_def, params))
+  found = profile_step.forward_convolutions(exp.model_def, params, (2, size, size, config.data.channels))
+  model = nnx.eval_shape(lambda: nnx.merge(exp.model_def, params))
   convs = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Conv)]
   assert sum(found.values()) == len(convs)
   assert sorted(rhs for (_, rhs, _, _), n in found.items() for _ in range(n)) == sorted(

@@ -134,16 +134,23 @@ def test_files_named_by_keys_must_exist(tmp_path):
 
 def test_choices_match_the_registries():
   """CHOICES spells the registries out so validation need not import them; this keeps the two in step."""
-  from conprediff_jax import evaluate, models, train  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import evaluate, families, models, train  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.families import masked_process  # pylint: disable=g-import-not-at-top
   from conprediff_jax.context import wasserstein  # pylint: disable=g-import-not-at-top
   from conprediff_jax.data import registry  # pylint: disable=g-import-not-at-top
   from conprediff_jax.diffusion import gaussian, samplers  # pylint: disable=g-import-not-at-top
 
-  registries = {"data.name": registry.SOURCES, "model.name": models.MODELS, "diffusion.schedule": gaussian.SCHEDULES,
-                "context.solver": wasserstein.SOLVERS, "sample.sampler": samplers.SAMPLERS,
-                "eval.metric": evaluate.LOWER_IS_BETTER, "train.lr_schedule": train.LR_SCHEDULES}
+  registries = {"data.name": registry.SOURCES, "diffusion.schedule": gaussian.SCHEDULES,
+                "context.solver": wasserstein.SOLVERS, "eval.metric": evaluate.LOWER_IS_BETTER,
+                "train.lr_schedule": train.LR_SCHEDULES, "masking.schedule": masked_process.MASK_SCHEDULES}
   for key, names in registries.items():
     assert sorted(config_validation.CHOICES[key]) == sorted(names), key
+  gaussian_choices = config_validation.FAMILY_CHOICES["gaussian"]
+  assert sorted(gaussian_choices["model.name"]) == sorted(models.MODELS)
+  assert sorted(gaussian_choices["sample.sampler"]) == sorted(samplers.SAMPLERS)
+  assert sorted(config_validation.SCHEMAS) == sorted(config_validation.FAMILY_CHOICES) == sorted(families.FAMILIES)
+  for name, family in families.FAMILIES.items():  # each family's reference config builds that family
+    assert isinstance(families.get(config_validation.family_schema(name)), family)
 
 
 def test_data_errors_at_startup_are_user_errors_and_others_are_not(tmp_path):

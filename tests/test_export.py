@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from configs import smoke  # pylint: disable=g-import-not-at-top,wrong-import-position
-from conprediff_jax import checkpointing, models, train  # pylint: disable=wrong-import-position
+from conprediff_jax import checkpointing, families, main, models, train  # pylint: disable=wrong-import-position
 from conprediff_jax.diffusion import samplers  # pylint: disable=wrong-import-position
 from conprediff_jax.diffusion.gaussian import GaussianDiffusion  # pylint: disable=wrong-import-position
 from conprediff_jax.export import diffusers_export as export  # pylint: disable=wrong-import-position
@@ -51,7 +51,7 @@ def _random_params(config, seed: int):
       return rng.normal(0.0, 1.0 / np.sqrt(np.prod(shape[:-1])), shape)
     return (1.0 if name == "scale" else 0.0) + 0.2 * rng.normal(size=shape)
 
-  abstract = export.abstract_denoiser_params(config)
+  abstract = families.abstract_model(families.get(config))[1]
   return jax.tree_util.tree_map_with_path(lambda p, x: draw(p, x).astype(np.float32), abstract)
 
 
@@ -160,7 +160,7 @@ def test_restore_ema_skips_context_head_and_optimizer(tmp_path):
   manager = checkpointing.open_manager(str(tmp_path / "checkpoints"), max_to_keep=2)
   checkpointing.save(manager, 7, state, force=True)
 
-  abstract = abstract_state["ema"]  # export_from_workdir below builds it with abstract_denoiser_params
+  abstract = abstract_state["ema"]  # --mode=export below builds it from the config alone
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   shardings = jax.tree.map(lambda _: device, abstract)
   fresh = checkpointing.open_manager(str(tmp_path / "checkpoints"), max_to_keep=2)
@@ -176,7 +176,7 @@ def test_restore_ema_skips_context_head_and_optimizer(tmp_path):
   manager.close()
   fresh.close()
 
-  out = export.export_from_workdir(config, str(tmp_path))
+  out = main.export_from_workdir(config, str(tmp_path))
   assert out == str(tmp_path / "export")
   unet = diffusers.UNet2DModel.from_pretrained(out, subfolder="unet", low_cpu_mem_usage=False)
   expected = export.to_diffusers_state_dict(state["ema"])
@@ -191,7 +191,9 @@ def test_export_imports_neither_torch_nor_context(tmp_path):
       "from configs import smoke\n"
       "from conprediff_jax.export import diffusers_export as export\n"
       "config = smoke.get_config()\n"
-      "params = jax.tree.map(lambda x: np.ones(x.shape, x.dtype), export.abstract_denoiser_params(config))\n"
+      "from conprediff_jax import families\n"
+      "abstract = families.abstract_model(families.get(config))[1]\n"
+      "params = jax.tree.map(lambda x: np.ones(x.shape, x.dtype), abstract)\n"
       "export.export_pipeline(config, params, sys.argv[1])\n"
       "bad = [m for m in sys.modules if m in ('torch', 'diffusers') or m.startswith('conprediff_jax.context')]\n"
       "assert not bad, bad\n")

@@ -1,4 +1,5 @@
-"""The entry point and the trainer end to end on the smoke config: outputs, resume, config overrides."""
+"""The entry point end to end on the smoke config: outputs, config overrides, --mode=sample. (Resuming is in
+test_reliability.py.)"""
 
 import json
 import os
@@ -7,7 +8,6 @@ import sys
 
 import numpy as np
 
-from conprediff_jax import train
 from conprediff_jax.metric_writers import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,15 +40,3 @@ def test_cli_trains_samples_and_applies_overrides(tmp_path):
                   "--config.seed=7")
   assert proc.returncode == 0, proc.stderr[-3000:]
   np.testing.assert_array_equal(np.load(tmp_path / "samples.npz")["images"], images)
-
-
-def test_rerun_resumes_instead_of_restarting(tmp_path, config):
-  config.train.steps = 3
-  assert train.train(config, str(tmp_path))["step"] == 3
-  config.train.steps = 6
-  train.train(config, str(tmp_path))
-  steps = [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl")]
-  assert steps == [2, 3, 4, 6], steps  # the second run started at step 3, not 0
-  # Re-running a finished run does no work and keeps its checkpoints.
-  train.train(config, str(tmp_path))
-  assert [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl")] == steps

@@ -101,7 +101,12 @@ def test_corrupt_latest_checkpoint_falls_back_to_older(tmp_path, config, damage,
   assert int(final_state(tmp_path, 9)["step"]) == 9
   resumed_from = 3 if damage == "truncated" else 6
   steps = [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl")][logged_before:]
-  assert steps == [s for s in (4, 6, 8, 9) if s > resumed_from]
+  assert steps == [s for s in (4, 6, 8, 9) if s > resumed_from]  # resumed, not restarted from step 0
+  if damage == "truncated":  # re-running a finished run does no work and keeps its checkpoints
+    checkpoints = sorted(os.listdir(ckpts))
+    train.train(config, str(tmp_path))
+    assert len(read_jsonl(tmp_path / "metrics.jsonl")) == logged_before + len(steps)
+    assert sorted(os.listdir(ckpts)) == checkpoints
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):

@@ -1,6 +1,7 @@
 """The embedded default: scikit-learn's bundled handwritten digits (1,797 images, 8x8, 10 classes)."""
 
 import functools
+import re
 
 import numpy as np
 
@@ -19,3 +20,16 @@ def load_digits(image_size: int) -> tuple[np.ndarray, np.ndarray]:
   ])
   images = np.clip(resized, 0.0, 1.0)[..., None] * 2.0 - 1.0
   return images.astype(np.float32), digits.target.astype(np.int32)
+
+
+def split_rows(split: str, count: int) -> slice:
+  """"train" is every image; "train[a:b]" the rows a..b-1, with Python's slice bounds ("train[1600:]": the last
+  197, held out from "train[:1600]")."""
+  match = re.fullmatch(r"train(?:\[(-?\d*):(-?\d*)\])?", split.replace(" ", ""))
+  if match is None:
+    raise ValueError(f"config.data.split={split!r} is not a split of the digits; use 'train' or a slice of it "
+                     "like 'train[:1600]'")
+  start, stop = (int(v) if v else None for v in match.groups(default=""))
+  if not range(count)[start:stop]:
+    raise ValueError(f"config.data.split={split!r} holds none of the {count} digits")
+  return slice(start, stop)

@@ -16,6 +16,8 @@ SourceBuilder = Callable[[ml_collections.ConfigDict], Source]
 
 def _digits(cfg: ml_collections.ConfigDict) -> Source:
   images, labels = digits.load_digits(cfg.image_size)
+  rows = digits.split_rows(cfg.split, len(images))
+  images, labels = images[rows], labels[rows]
   if cfg.channels == 3:
     images = np.repeat(images, 3, axis=-1)
   return ArraySource(images, labels, num_classes=10)

@@ -1,9 +1,7 @@
 """Hand-off to PyTorch: the EMA denoiser as a diffusers pipeline folder (no torch needed to write it)."""
 
 from conprediff_jax.export.diffusers_export import (
-    abstract_denoiser_params,
     diffusers_state_dict_shapes,
-    export_from_workdir,
     export_pipeline,
     scheduler_config,
     to_diffusers_state_dict,

@@ -1,6 +1,6 @@
 """Export of the EMA denoiser as a diffusers `DDIMPipeline` folder, written without torch.
 
-    out = export_from_workdir(config, workdir)   # -> <workdir>/export
+    python -m conprediff_jax.main --config=... --workdir=<dir> --mode=export   # -> <workdir>/export
     # PyTorch side:  DDIMPipeline.from_pretrained(out)(num_inference_steps=50, use_clipped_model_output=True)
 
 The folder holds `model_index.json`, `unet/config.json` + `unet/diffusion_pytorch_model.safetensors` and
@@ -257,24 +257,4 @@ def export_pipeline(config, ema_params: Mapping, out_dir: str) -> str:
   _write_json(os.path.join(out_dir, "model_index.json"),
               {**stamp("DDIMPipeline"), "unet": ["diffusers", "UNet2DModel"],
                "scheduler": ["diffusers", "DDIMScheduler"]})
-  return out_dir
-
-
-def abstract_denoiser_params(config):
-  """ShapeDtypeStructs of the denoiser's parameters (the EMA tree), built without the context head."""
-  from conprediff_jax.models import abstract_denoiser  # pylint: disable=g-import-not-at-top
-  return abstract_denoiser(config)[2]
-
-
-def export_from_workdir(config, workdir: str, out_dir: str | None = None) -> str:
-  """Exports the EMA parameters of the workdir's latest checkpoint to `out_dir` (default `<workdir>/export`).
-
-  Every process takes part in the restore; process 0 writes the folder. Returns the folder.
-  """
-  from conprediff_jax import parallel, sampling  # pylint: disable=g-import-not-at-top
-  trained = sampling.load_latest_ema(config, workdir)
-  ema = jax.tree.map(parallel.to_host, trained.params)  # whole arrays on every process
-  out_dir = out_dir or os.path.join(workdir, "export")
-  if jax.process_index() == 0:
-    export_pipeline(config, ema, out_dir)
   return out_dir

@@ -16,10 +16,3 @@ def build_denoiser(config, key: jax.Array) -> nnx.Module:
   if name not in MODELS:
     raise ValueError(f"config.model.name must be one of {sorted(MODELS)}, got {name!r}")
   return MODELS[name](config, rngs=nnx.Rngs(key))
-
-
-def abstract_denoiser(config) -> tuple[nnx.Module, nnx.GraphDef, dict]:
-  """(shape-only module, graph definition, parameter ShapeDtypeStructs): what inference needs, built for free."""
-  module = nnx.eval_shape(lambda: build_denoiser(config, jax.random.key(0)))
-  graphdef, params = nnx.split(module, nnx.Param)
-  return module, graphdef, params.to_pure_dict()

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from conprediff_jax.models import layers
+
 NORM_EPS = 1e-5  # diffusers UNet2DModel's norm_eps
 
 
@@ -37,14 +39,11 @@ class TimestepEmbedding(nnx.Module):
     return self.linear_2(nnx.silu(self.linear_1(x)))
 
 
-def _conv(cin, cout, rngs, dtype, kernel=3, stride=1):
-  pad = kernel // 2
-  return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
-                  dtype=dtype, rngs=rngs)
+_conv = layers.conv
 
 
 def _norm(channels, groups, rngs, dtype):
-  return nnx.GroupNorm(channels, num_groups=groups, epsilon=NORM_EPS, dtype=dtype, rngs=rngs)
+  return layers.group_norm(channels, groups, rngs, dtype, epsilon=NORM_EPS)
 
 
 class ResnetBlock2D(nnx.Module):

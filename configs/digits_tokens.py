@@ -1,0 +1,52 @@
+"""Stage 2 of the token model: a masked-token transformer over the digits tokenizer's 8x8 grid, context loss on.
+
+    python -m conprediff_jax.main --config=configs/digits_vq.py --workdir=workdirs/digits_vq      # stage 1 first
+    python -m conprediff_jax.main --config=configs/digits_tokens.py --workdir=workdirs/digits_tokens
+
+Absorbing-state (masked) discrete diffusion with a cosine mask schedule; cross-entropy on the masked tokens, plus the
+context loss on the transformer's final token features against the frozen codebook vectors of the clean
+neighbours. Writes `samples.png`: 64 MaskGIT samples (8 parallel decoding steps) decoded by the tokenizer.
+`--mode=eval` gives FD-digits on 512 samples, the UNet's protocol. Results to expect are in docs/benchmarks.md
+("The token model").
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.family = "masked"
+  del config["diffusion"]
+
+  config.first_stage = ml_collections.ConfigDict()
+  config.first_stage.workdir = "workdirs/digits_vq"  # a trained tokenizer (configs/digits_vq.py)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "transformer"
+  config.model.width = 64
+  config.model.depth = 4
+  config.model.num_heads = 4
+  config.model.mlp_ratio = 4
+  config.model.dropout = 0.0
+  config.model.class_conditional = False
+  config.model.dtype = "float32"
+
+  config.masking = ml_collections.ConfigDict()
+  config.masking.schedule = "cosine"  # masked fraction gamma(r), r ~ U(0, 1): "cosine" | "linear" | "square"
+
+  config.context.position_fraction = 0.25  # 64 tokens per image: score a quarter of them each step
+
+  config.train.steps = 2000
+  config.train.batch_size = 64
+  config.train.learning_rate = 1e-3
+  config.train.warmup_steps = 100
+
+  config.sample = ml_collections.ConfigDict()
+  config.sample.num_images = 64
+  config.sample.sampler = "maskgit"
+  config.sample.steps = 8              # parallel decoding steps (at most the 64 tokens)
+  config.sample.temperature = 1.0      # of the token distribution sampled at each step
+  config.sample.choice_temperature = 4.5  # Gumbel noise on the confidences that pick what stays masked; anneals to 0
+  return config

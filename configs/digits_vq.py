@@ -1,0 +1,49 @@
+"""Stage 1 of the token model: a VQ tokenizer of the embedded digits (16x16 -> an 8x8 grid of 64 codes).
+
+    python -m conprediff_jax.main --config=configs/digits_vq.py --workdir=workdirs/digits_vq
+
+Trains a convolutional VQ-VAE (EMA codebook, dead codes restarted from the batch's encodings) on the first 1,600
+digits and writes `samples.png`: held-out digits (the last 197) over their reconstructions. `--mode=eval` scores
+the held-out reconstructions (mse, FD-digits, class accuracy) and the codebook (fraction of codes used,
+perplexity). Then configs/digits_tokens.py trains the masked-token model on its tokens. Results to expect are in
+docs/benchmarks.md ("The token model").
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.family = "autoencoder"
+  del config["diffusion"]
+  config.data.split = "train[:1600]"  # the rest is held out for eval.split
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "vq"
+  config.model.channels = 32
+  config.model.channel_mults = (1, 2)  # one halving: 16x16 images, 8x8 tokens
+  config.model.num_res_blocks = 1
+  config.model.num_groups = 8
+  config.model.codebook_size = 64
+  config.model.code_dim = 8
+  config.model.commitment_cost = 0.25
+  config.model.codebook_decay = 0.99
+  config.model.dead_code_threshold = 0.03  # a code used < 3% as often as under uniform use is restarted
+  config.model.dtype = "float32"
+
+  config.context.weight = 0.0  # a tokenizer has no context loss (see DESIGN.md); the keys stay for one schema
+
+  config.train.steps = 1500
+  config.train.batch_size = 32
+  config.train.learning_rate = 1e-3
+  config.train.ema_decay = 0.99
+
+  config.sample = ml_collections.ConfigDict()
+  config.sample.num_images = 32  # held-out digits shown with their reconstructions
+
+  config.eval.split = "train[1600:]"  # what reconstructions are scored on
+  config.eval.num_samples = 197
+  config.eval.batch_size = 197
+  return config

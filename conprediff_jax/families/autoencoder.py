@@ -1,0 +1,65 @@
+"""The first-stage family: a VQ autoencoder (tokenizer) trained to reconstruct, read frozen by the masked family.
+
+Its "samples" are reconstructions of held-out images (`config.eval.split`), so `--mode=sample` and `--mode=eval`
+show and score what the later stage will see: FD-digits and class accuracy of the reconstructions, their mean
+squared error, and how much of the codebook the held-out images use.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from conprediff_jax.families.base import Family, LossOutput
+from conprediff_jax.models.vq import vq_from_config
+
+
+class AutoencoderFamily(Family):
+  """Reconstruction (mean squared error) + commitment; the codebook follows its encodings by EMA (buffers)."""
+
+  def build(self, rngs: nnx.Rngs) -> nnx.Module:
+    return vq_from_config(self.config, rngs=rngs)
+
+  def loss(self, model, first_stage, batch, key) -> LossOutput:
+    del first_stage
+    images = batch["image"]
+    reconstruction, _, aux = model(images, train=True, key=key)
+    mse = jnp.mean(jnp.square(reconstruction - images))
+    metrics = {"loss_reconstruction": mse, "loss_commitment": aux["loss_commitment"],
+               "codebook_perplexity": aux["perplexity"], "codebook_usage": aux["usage"]}
+    return LossOutput(mse + aux["loss_commitment"], metrics)
+
+  def sampler(self, model_def, first_stage_def, num_images):
+    del first_stage_def, num_images
+
+    def reconstruct(weights, first_stage_weights, key, cond):
+      del first_stage_weights, key
+      return jnp.clip(nnx.merge(model_def, weights)(cond["image"])[0], -1.0, 1.0)
+
+    return reconstruct
+
+  @functools.cached_property
+  def heldout(self) -> dict[str, np.ndarray]:
+    from conprediff_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+    data = self.config.data.copy_and_resolve_references()
+    data.split = self.config.eval.split
+    source = data_lib.make_source(data)
+    return source.get_batch(np.arange(len(source)))
+
+  def sample_cond(self, num_images: int, offset: int = 0) -> dict:
+    """Held-out images in order (wrapping around), with their labels."""
+    rows = (offset + np.arange(num_images)) % len(self.heldout["image"])
+    return {"image": self.heldout["image"][rows], "label": self.heldout["label"][rows]}
+
+  def score(self, model: nnx.Module, samples: np.ndarray) -> dict[str, float]:
+    """Reconstruction error of the held-out images, and their use of the codebook."""
+    originals = self.sample_cond(len(samples))["image"]
+    graphdef, weights = nnx.split(model)
+    tokens = np.asarray(jax.jit(lambda w, x: nnx.merge(graphdef, w).tokenize(x))(weights, originals)).ravel()
+    counts = np.bincount(tokens, minlength=model.codebook_size) / tokens.size
+    used = counts[counts > 0]
+    return {"reconstruction_mse": float(np.mean(np.square(samples - originals))),
+            "codebook_usage": float(len(used) / model.codebook_size),
+            "codebook_perplexity": float(np.exp(-np.sum(used * np.log(used))))}

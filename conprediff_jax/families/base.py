@@ -1,0 +1,131 @@
+"""The family interface: what the one trainer, the sampler, the evaluator and the exporter ask of a model family.
+
+A family is a way to train and sample one inference model (a Gaussian UNet denoiser, a masked-token transformer,
+a VQ autoencoder). The trainer never asks which family it runs; it calls these methods:
+
+  build(rngs)                      the inference model: what is EMA'd, sampled, checkpointed as `ema`, exported
+  first_stage()                    a frozen model the family reads (a tokenizer, an autoencoder), or None
+  loss(model, first_stage, batch, key) -> LossOutput
+  feature_spec()                   the grid and widths a context head reads, or None where it does not apply
+  sampler(model_def, first_stage_def, num_images) -> pure (weights, first_stage_weights, key, cond) -> images
+  sample_cond(num_images, offset)  what a sampler is conditioned on (labels, or the images to reconstruct)
+  score(model, samples)            metrics of its own for --mode=eval (a tokenizer's reconstruction error)
+  export(weights, out_dir)         the inference model in another framework's format, where there is one
+
+Model state that is not trained by gradients (a VQ codebook's running averages) is held in `nnx.BatchStat`
+variables: the loss may update them in place and the trainer carries them in the EMA tree unaveraged.
+"""
+
+import abc
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# What a model may hold besides nnx.Param: statistics that its own loss updates (never the optimiser).
+BUFFERS = nnx.BatchStat
+Sampler = Callable[[Any, Any, jax.Array, dict | None], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossOutput:
+  """A family's training objective for one batch.
+
+  loss:     scalar, what the optimiser minimises (before any auxiliary context term)
+  metrics:  scalars to log, named `loss_*` for the terms of `loss`
+  features: [B, h, w, F] per-position features of the model's last block, for a context head (or None)
+  targets:  [B, h, w, D] the clean signal on the same grid, the context head's targets (or None)
+  """
+  loss: jax.Array
+  metrics: dict[str, jax.Array]
+  features: jax.Array | None = None
+  targets: jax.Array | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+  """The grid a context head works on: `grid` x `grid` positions, `features` wide in, `targets` wide out."""
+  grid: int
+  features: int
+  targets: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstStage:
+  """A frozen model read by a family: its graph, its inference weights (host arrays), and where they came from."""
+  graphdef: nnx.GraphDef
+  weights: Any
+  source: str
+
+
+class Family(abc.ABC):
+  """One model family, bound to a config. Subclasses live in conprediff_jax/families/ and are named in FAMILIES."""
+
+  def __init__(self, config):
+    self.config = config
+
+  @abc.abstractmethod
+  def build(self, rngs: nnx.Rngs) -> nnx.Module:
+    """The inference model, freshly initialised."""
+
+  def first_stage(self) -> FirstStage | None:
+    """The frozen model this family reads, loaded once per run; None for a family that reads pixels."""
+    return None
+
+  @abc.abstractmethod
+  def loss(self, model: nnx.Module, first_stage: nnx.Module | None, batch: dict[str, jax.Array],
+           key: jax.Array) -> LossOutput:
+    """The training loss on one batch (dropout and other training-only behaviour on)."""
+
+  def feature_spec(self) -> FeatureSpec | None:
+    """Where a context head applies; None means the context loss is not defined for this family."""
+    return None
+
+  @abc.abstractmethod
+  def sampler(self, model_def: nnx.GraphDef, first_stage_def: nnx.GraphDef | None, num_images: int) -> Sampler:
+    """A pure function `(weights, first_stage_weights, key, cond) -> images float32 [N, H, W, C] in [-1, 1]`."""
+
+  def sample_cond(self, num_images: int, offset: int = 0) -> dict | None:
+    """The conditioning of samples `offset .. offset + num_images`: class-conditional models sample the classes
+    in turn (0, 1, ..., 0, 1, ...); unconditional ones take None."""
+    if not self.config.model.get("class_conditional", False):
+      return None
+    return {"label": jnp.arange(offset, offset + num_images, dtype=jnp.int32) % self.config.data.num_classes}
+
+  def score(self, model: nnx.Module, samples: np.ndarray) -> dict[str, float]:
+    """Metrics of the family's own, beside the sample-quality ones, for `samples` (N from sample_cond in order)."""
+    del model, samples
+    return {}
+
+  def export(self, weights, out_dir: str) -> str:
+    """Writes the inference model in another framework's format; returns the folder."""
+    del weights, out_dir
+    raise ValueError(f"--mode=export: the {self.config.family!r} family has no exporter (only 'gaussian' models "
+                     "export, to a diffusers pipeline)")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# A model's inference weights: its parameters and its buffers, as one nested dict with disjoint leaves.
+# ------------------------------------------------------------------------------------------------------------------
+def abstract_model(family: Family) -> tuple[nnx.GraphDef, dict, dict]:
+  """(graph definition, Param shapes, buffer shapes) of the family's model, built without computing anything."""
+  model = nnx.eval_shape(lambda: family.build(nnx.Rngs(0)))
+  graphdef, params, buffers = nnx.split(model, nnx.Param, BUFFERS)
+  return graphdef, params.to_pure_dict(), buffers.to_pure_dict()
+
+
+def union(a: dict, b: dict) -> dict:
+  """Two nested dicts with disjoint leaves as one (a model's parameters and its buffers)."""
+  out = dict(a)
+  for k, v in b.items():
+    out[k] = union(out[k], v) if k in out else v
+  return out
+
+
+def restrict(tree: dict, like: dict) -> dict:
+  """The part of `tree` with the keys of `like` (the parameters, or the buffers, of a union)."""
+  return {k: restrict(tree[k], v) if isinstance(v, dict) else tree[k] for k, v in like.items()}

@@ -1,0 +1,99 @@
+"""The discrete family: a masked-token transformer over a frozen VQ tokenizer's grid (absorbing-state diffusion).
+
+Training: tokenize the clean images with the frozen tokenizer, mask a random fraction of each example's tokens
+(config.masking.schedule), and score the transformer's cross-entropy on the masked positions only. The context
+head reads the transformer's final token features; its targets are the frozen codebook vectors of the clean tokens.
+Sampling: MaskGIT's iterative parallel decoding from all-[MASK], then the tokenizer's decoder to pixels.
+"""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from conprediff_jax import config_validation
+from conprediff_jax.families import masked_process
+from conprediff_jax.families.autoencoder import AutoencoderFamily
+from conprediff_jax.families.base import Family, FeatureSpec, FirstStage, LossOutput, abstract_model, union
+from conprediff_jax.models.transformer import transformer_from_config
+
+
+class MaskedFamily(Family):
+  """Reads `config.first_stage.workdir`: a trained tokenizer (configs/digits_vq.py) and its config.json."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    saved = config_validation.read_first_stage_config(config.first_stage.workdir)
+    if saved is None:
+      raise FileNotFoundError(f"config.first_stage.workdir={config.first_stage.workdir!r} holds no trained "
+                              "tokenizer; train one with --config=configs/digits_vq.py")
+    self.tokenizer = AutoencoderFamily(ml_collections.ConfigDict(saved))
+    self.grid = config_validation.token_grid(saved)
+
+  def build(self, rngs: nnx.Rngs) -> nnx.Module:
+    return transformer_from_config(self.config, vocab_size=self.tokenizer.config.model.codebook_size,
+                                   grid=self.grid, rngs=rngs)
+
+  def first_stage(self) -> FirstStage:
+    return load_tokenizer(os.path.abspath(os.path.expanduser(self.config.first_stage.workdir)))
+
+  def loss(self, model, first_stage, batch, key) -> LossOutput:
+    tokens = jax.lax.stop_gradient(first_stage.tokenize(batch["image"]))
+    k_mask, k_drop = jax.random.split(key)
+    inputs, mask = masked_process.mask_tokens(k_mask, tokens, model.mask_id, self.config.masking.schedule)
+    rngs = nnx.Rngs(dropout=k_drop) if self.config.model.dropout > 0 else None
+    logits, features = model(inputs, self._labels(batch), rngs=rngs)
+    loss, accuracy = masked_process.masked_cross_entropy(logits, tokens, mask)
+    targets = first_stage.embed(tokens)  # the frozen codebook vectors of the clean tokens
+    return LossOutput(loss, {"loss_point": loss, "masked_accuracy": accuracy}, features, targets)
+
+  def _labels(self, batch):
+    return batch.get("label") if self.config.model.class_conditional else None
+
+  def feature_spec(self) -> FeatureSpec:
+    return FeatureSpec(grid=self.grid, features=self.config.model.width,
+                       targets=self.tokenizer.config.model.code_dim)
+
+  def sampler(self, model_def, first_stage_def, num_images):
+    s = self.config.sample
+
+    def sample(weights, tokenizer_weights, key, cond):
+      model = nnx.merge(model_def, weights)
+      tokenizer = nnx.merge(first_stage_def, tokenizer_weights)
+      labels = None if cond is None else cond.get("label")
+      tokens = masked_process.maskgit_decode(
+          lambda t: model(t, labels)[0], key, batch=num_images, grid=self.grid, mask_id=model.mask_id,
+          steps=s.steps, schedule=self.config.masking.schedule, temperature=s.temperature,
+          choice_temperature=s.choice_temperature)
+      return jnp.clip(tokenizer.decode_tokens(tokens), -1.0, 1.0)
+
+    return sample
+
+
+@functools.lru_cache(maxsize=4)
+def _restore(workdir: str, step: int):
+  from conprediff_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  tokenizer = AutoencoderFamily(ml_collections.ConfigDict(config_validation.read_first_stage_config(workdir)))
+  graphdef, params, buffers = abstract_model(tokenizer)
+  abstract = union(params, buffers)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  manager = checkpointing.open_manager(os.path.join(workdir, "checkpoints"), max_to_keep=1)
+  try:
+    weights = checkpointing.restore_ema(manager, step, abstract, jax.tree.map(lambda _: device, abstract))
+  finally:
+    manager.close()
+  return graphdef, jax.device_get(weights)
+
+
+def load_tokenizer(workdir: str) -> FirstStage:
+  """The EMA weights of the tokenizer's latest checkpoint (host arrays), read once per process and step."""
+  checkpoints = os.path.join(workdir, "checkpoints")
+  steps = sorted(int(name) for name in os.listdir(checkpoints) if name.isdigit()) if os.path.isdir(checkpoints) else []
+  if not steps:
+    raise FileNotFoundError(f"no tokenizer checkpoint in {checkpoints}: train it first with "
+                            f"--config=configs/digits_vq.py --workdir={workdir}")
+  graphdef, weights = _restore(workdir, steps[-1])
+  return FirstStage(graphdef, weights, f"{workdir} step {steps[-1]}")

@@ -1,0 +1,123 @@
+"""The family conformance test: every registered family (tests/conftest.py tiny_config) trains, shards,
+checkpoints and samples through the one trainer.
+
+The 8-device checks run in one subprocess (one JAX start-up with 8 emulated devices, one compile of each init the
+checks share); each test reads its own check's result. The structural checks (what the sampler takes, what the
+context head adds) trace without compiling, in this process.
+"""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from conprediff_jax import families, sampling, train
+from tests.conftest import tiny_config, with_xla_flags
+
+pytestmark = pytest.mark.xdist_group("test_families")  # on one worker: its module fixture runs once
+
+WORKER = os.path.join(os.path.dirname(__file__), "multidevice_worker.py")
+FAMILIES = sorted(families.FAMILIES)
+WITH_CONTEXT = [f for f in FAMILIES if f != "autoencoder"]  # the families with a context loss
+# One step per family, with the context loss where it has one: that step runs everything the plain one does.
+STEPS = [(f, 0.1 if f in WITH_CONTEXT else 0.0) for f in FAMILIES]
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+  """Runs every check once; returns `get(check) -> result`, which fails the calling test if that check failed."""
+  checks = {f"sharded_step:{f}:{w}": f"sharded_step:{f}:{w}" for f, w in STEPS}  # name -> the worker's argument
+  for family in FAMILIES:  # sample reads the checkpoint that checkpoint_roundtrip writes
+    workdir = tmp_path_factory.mktemp(f"conformance_{family}")
+    checks[f"checkpoint_roundtrip:{family}"] = f"checkpoint_roundtrip:{family}:{workdir}"
+    checks[f"sample:{family}"] = f"sample:{family}:{workdir}"
+  env = dict(os.environ, XLA_FLAGS=with_xla_flags("--xla_force_host_platform_device_count=8"), JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, WORKER, *checks.values()], env=env, capture_output=True, text=True,
+                        timeout=900, check=False)
+  outputs = {}  # position in argv -> (RESULT or ERROR, payload)
+  for line in proc.stdout.splitlines():
+    kind, _, rest = line.partition(" ")
+    if kind in ("RESULT", "ERROR"):
+      index, _, payload = rest.partition(" ")
+      outputs[int(index)] = (kind, json.loads(payload))
+
+  def get(check):
+    index = list(checks).index(check)
+    assert index in outputs, f"worker exited with {proc.returncode} before {check}:\n{proc.stderr[-3000:]}"
+    kind, payload = outputs[index]
+    assert kind == "RESULT", payload[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return payload
+
+  return get
+
+
+@pytest.mark.parametrize("family,context_weight", STEPS)
+def test_train_step_on_8_devices_matches_1_device(worker, family, context_weight):
+  out = worker(f"sharded_step:{family}:{context_weight}")
+  assert out["num_devices"] == 8
+  assert any("fsdp" in spec for spec in out["specs"]), out["specs"]  # parameters really were split
+  for (loss1, gnorm1), (loss8, gnorm8) in zip(out["losses1"], out["losses8"]):
+    assert abs(loss1 - loss8) <= 1e-5 * abs(loss1), (out["losses1"], out["losses8"])
+    assert abs(gnorm1 - gnorm8) <= 1e-4 * abs(gnorm1), (out["losses1"], out["losses8"])
+  # Adam turns float rounding in near-zero gradients into sign flips of size ~lr in a few entries, so the
+  # parameters are compared as the norm of their difference against the norm of the update itself.
+  assert out["param_diff_norm"] <= 0.01 * out["param_update_norm"], out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_checkpoint_restores_onto_other_mesh_shapes(worker, family):
+  out = worker(f"checkpoint_roundtrip:{family}")
+  assert set(out) == {"(2, 4)", "(8, 1)", "(1, 8)", "(1, 1)"}
+  for shape, result in out.items():
+    assert result == {"equal": True, "on_target_shardings": True}, (shape, result)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_samples_from_the_checkpoint_on_8_devices(worker, family):
+  out = worker(f"sample:{family}")
+  config = tiny_config(family)
+  size, channels = config.data.image_size, config.data.channels
+  assert out["shape"] == [config.sample.num_images, size, size, channels] and out["dtype"] == "uint8", out
+  assert out["distinct_values"] > 2 and out["png"], out  # images, not a constant or a failed write
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Structure, traced without compiling.
+# ------------------------------------------------------------------------------------------------------------------
+def _config(family, tokenizer_workdir, context_weight):
+  config = tiny_config(family, tokenizer_workdir)
+  config.context.weight = context_weight
+  return config
+
+
+@pytest.mark.parametrize("family", WITH_CONTEXT)
+def test_the_context_head_changes_nothing_that_inference_reads(family, tokenizer_workdir):
+  on = train.make_experiment(_config(family, tokenizer_workdir, 0.1))
+  off = train.make_experiment(_config(family, tokenizer_workdir, 0.0))
+  state_on = jax.eval_shape(functools.partial(train.init_state, on), jax.random.key(0))
+  state_off = jax.eval_shape(functools.partial(train.init_state, off), jax.random.key(0))
+  assert train.param_count(state_on["params"]["context"]) > 0 and "context" not in state_off["params"]
+  shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+  assert shapes(state_on["ema"]) == shapes(state_off["ema"])
+  assert train.param_count(state_on["ema"]) == train.param_count(state_off["ema"]) > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_sampler_takes_the_inference_weights_alone(family, tokenizer_workdir):
+  exp = train.make_experiment(_config(family, tokenizer_workdir, 0.1 if family in WITH_CONTEXT else 0.0))
+  state = jax.eval_shape(functools.partial(train.init_state, exp), jax.random.key(0))
+  num = exp.config.sample.num_images
+  sample_fn = sampling.make_sample_fn(exp.family, exp.model_def, num, first_stage_def=exp.first_stage_def)
+  first_stage = None if exp.first_stage is None else exp.first_stage.weights
+  cond = exp.family.sample_cond(num)
+  jaxpr = jax.make_jaxpr(sample_fn)(state["ema"], first_stage, jax.random.key(1), cond)
+  inputs = [v.aval.shape for v in jaxpr.jaxpr.invars]
+  expected = [x.shape for x in jax.tree.leaves((state["ema"], first_stage))] + [()]
+  assert inputs == expected + [x.shape for x in jax.tree.leaves(cond)]  # no head, no optimiser state
+  assert jaxpr.out_avals[0].shape == (num, exp.config.data.image_size, exp.config.data.image_size,
+                                      exp.config.data.channels)
