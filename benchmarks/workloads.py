@@ -88,7 +88,9 @@ class TrainStep:
     self.state = jax.jit(functools.partial(train.init_state, self.exp))(jax.random.key(seed))
     self.batches = batches if batches is not None else digit_batches(config)
     self.key = jax.random.key(seed + 1)
-    self.lowered = jitted_train_step(self.exp).lower(self.state, self.batches[0], self.key)
+    # A frozen first stage (the token model's tokenizer) rides as its own argument, as in the trainer.
+    self.first_stage = None if self.exp.first_stage is None else jax.device_put(self.exp.first_stage.weights)
+    self.lowered = jitted_train_step(self.exp).lower(self.state, self.batches[0], self.key, self.first_stage)
     self.compiled = None
     self.calls = 0
 
@@ -100,7 +102,7 @@ class TrainStep:
     if self.compiled is None:
       self.compile()
     batch = self.batches[self.calls % len(self.batches)]
-    self.state, metrics = self.compiled(self.state, batch, self.key)
+    self.state, metrics = self.compiled(self.state, batch, self.key, self.first_stage)
     self.calls += 1
     return self.state["step"], metrics
 

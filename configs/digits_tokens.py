@@ -1,4 +1,4 @@
-"""Stage 2 of the token model: a masked-token transformer over the digits tokenizer's 8x8 grid, context loss on.
+"""Stage 2 of the token model: a masked-token transformer over the digits tokenizer's 4x4 grid, context loss on.
 
     python -m conprediff_jax.main --config=configs/digits_vq.py --workdir=workdirs/digits_vq      # stage 1 first
     python -m conprediff_jax.main --config=configs/digits_tokens.py --workdir=workdirs/digits_tokens
@@ -36,7 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.masking = ml_collections.ConfigDict()
   config.masking.schedule = "cosine"  # masked fraction gamma(r), r ~ U(0, 1): "cosine" | "linear" | "square"
 
-  config.context.position_fraction = 0.25  # 64 tokens per image: score a quarter of them each step
+  # Strides (1, 2, 3) on the 4x4 grid: at stride 3 only the border tokens have neighbours, and only they are scored.
+  config.context.position_fraction = 0.25  # 16 tokens per image: score a quarter of the batch's each step
 
   config.train.steps = 2000
   config.train.batch_size = 64
@@ -46,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample = ml_collections.ConfigDict()
   config.sample.num_images = 64
   config.sample.sampler = "maskgit"
-  config.sample.steps = 8              # parallel decoding steps (at most the 64 tokens)
+  config.sample.steps = 8              # parallel decoding steps (at most the 16 tokens)
   config.sample.temperature = 1.0      # of the token distribution sampled at each step
   config.sample.choice_temperature = 4.5  # Gumbel noise on the confidences that pick what stays masked; anneals to 0
   return config

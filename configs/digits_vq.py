@@ -1,4 +1,4 @@
-"""Stage 1 of the token model: a VQ tokenizer of the embedded digits (16x16 -> an 8x8 grid of 64 codes).
+"""Stage 1 of the token model: a VQ tokenizer of the embedded digits (16x16 -> a 4x4 grid of 128 codes).
 
     python -m conprediff_jax.main --config=configs/digits_vq.py --workdir=workdirs/digits_vq
 
@@ -23,10 +23,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = "vq"
   config.model.channels = 32
-  config.model.channel_mults = (1, 2)  # one halving: 16x16 images, 8x8 tokens
+  # Two halvings: 4x4 tokens. An 8x8 grid (one halving) reconstructs better but is one token per pixel of the
+  # original 8x8 digits, which a small transformer then models far worse (docs/benchmarks.md, "The token model").
+  config.model.channel_mults = (1, 2, 2)
   config.model.num_res_blocks = 1
   config.model.num_groups = 8
-  config.model.codebook_size = 64
+  config.model.codebook_size = 128
   config.model.code_dim = 8
   config.model.commitment_cost = 0.25
   config.model.codebook_decay = 0.99

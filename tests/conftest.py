@@ -36,7 +36,7 @@ def tiny_config(family: str = "gaussian", tokenizer_workdir: str = ""):
   return config
 
 
-def make_tokenizer_workdir(workdir: str) -> str:
+def make_tokenizer_workdir(workdir: str, config=None) -> str:
   """A tiny tokenizer's workdir (config.json and one checkpoint): what a token model reads. Its weights are random
   draws in the train state's layout (nothing compiled): the token model's tests need its shapes and a fixed
   codebook, not good reconstructions."""
@@ -44,7 +44,7 @@ def make_tokenizer_workdir(workdir: str) -> str:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from conprediff_jax import checkpointing, train  # pylint: disable=g-import-not-at-top
-  config = tiny_config("autoencoder")
+  config = config or tiny_config("autoencoder")
   abstract = jax.eval_shape(functools.partial(train.init_state, train.make_experiment(config)), jax.random.key(0))
   rng = np.random.default_rng(0)
   state = jax.tree.map(lambda x: (0.3 * rng.normal(size=x.shape)).astype(x.dtype), abstract)

@@ -73,7 +73,8 @@ def test_loss_is_float32_scalar_and_targets_are_constants():
 
 
 def brute_force_loss(decoder, features, targets, key, strides, solver):
-  """Python loops: each position's true neighbours listed explicitly, no masks at all."""
+  """Python loops: each position's true neighbours listed explicitly, no masks at all; a position with none at a
+  stride has no term."""
   sample_key, _ = jax.random.split(key)
   predictions = np.asarray(decoder(features, sample_key), np.float64)
   targets = np.asarray(targets, np.float64)
@@ -84,6 +85,8 @@ def brute_force_loss(decoder, features, targets, key, strides, solver):
         for k, s in enumerate(strides):
           inside = [targets[b, r + s * dy, c + s * dx] for dy, dx in OFFSETS
                     if 0 <= r + s * dy < H and 0 <= c + s * dx < W]
+          if not inside:
+            continue
           total += float(wasserstein2(predictions[b, r, c, k], np.stack(inside), solver=solver))
           count += 1
   return total / count
@@ -97,6 +100,19 @@ def test_loss_matches_brute_force_without_masks(solver):
   loss = float(context_loss(decoder, features, targets, key, strides=STRIDES, solver=solver))
   reference = brute_force_loss(decoder, features, targets, key, STRIDES, solver)
   assert loss == pytest.approx(reference, rel=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["sorted", "exact"])
+def test_positions_without_neighbours_at_a_stride_are_left_out(solver):
+  """Stride 3 on the 5x6 grid: positions (2, 2) and (2, 3) have no neighbour inside at that stride."""
+  decoder = make_decoder()
+  features, targets = random_inputs(4)
+  key = jax.random.key(5)
+  loss_fn = lambda h: context_loss(decoder, h, targets, key, strides=(1, 3), solver=solver)
+  loss = float(loss_fn(features))
+  assert loss == pytest.approx(brute_force_loss(decoder, features, targets, key, (1, 3), solver), rel=1e-4)
+  if solver == "sorted":
+    assert np.all(np.isfinite(np.asarray(jax.grad(loss_fn)(features))))
 
 
 @pytest.mark.parametrize("solver", ["sorted", "sinkhorn", "exact"])

@@ -27,7 +27,9 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
       call: an unbiased estimate of the same mean at a fraction of the decoder's cost (1.0: every position).
 
   Returns:
-    scalar float32 loss. P is uniform over a position's in-image neighbours, P-hat uniform over Q samples.
+    scalar float32 loss. P is uniform over a position's in-image neighbours, P-hat uniform over Q samples. A
+    (position, stride) with no neighbour inside the grid (the middle of a small grid at a large stride) has no P:
+    it is left out of the mean.
   """
   strides = tuple(strides)
   if decoder.num_strides != len(strides):
@@ -44,9 +46,11 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
   predictions = decoder(features.astype(jnp.float32), sample_key)  # [..., S, Q, C]
   if solver_options.get("num_projections"):
     solver_options = {"key": solver_key, **solver_options}
-  distances = wasserstein.wasserstein2(predictions, values, y_weights=mask, solver=solver,
-                                       **solver_options)
-  return jnp.mean(distances)
+  present = jnp.any(mask, axis=-1)  # [..., S]: has at least one neighbour
+  # An empty set has no distance: give it one placeholder point (whose value is ignored), then drop its term.
+  mask = mask | (~present[..., None] & (jnp.arange(mask.shape[-1]) == 0))
+  distances = wasserstein.wasserstein2(predictions, values, y_weights=mask, solver=solver, **solver_options)
+  return jnp.sum(jnp.where(present, distances, 0.0)) / jnp.maximum(jnp.sum(present), 1)
 
 
 def _random_positions(key, fraction, features, values, mask):

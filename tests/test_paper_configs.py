@@ -1,0 +1,67 @@
+"""The paper-scale configs (configs/celebahq_*.py): valid, built at full size without computing anything, and
+trained one step and decoded one step at reduced size (same structure: levels, bf16, context strides)."""
+
+import functools
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import celebahq_tokens, celebahq_vq
+from conprediff_jax import config_validation, families, sampling, train
+from tests.conftest import make_tokenizer_workdir
+
+pytestmark = pytest.mark.xdist_group("test_paper_configs")
+
+
+def test_full_size_configs_are_valid_and_build(tmp_path):
+  vq = celebahq_vq.get_config()
+  vq.data.data_dir = str(tmp_path)  # validation wants an existing TFDS data_dir; nothing is read here
+  config_validation.validate(vq, num_devices=8, process_count=2)
+  _, vq_params, vq_buffers = families.abstract_model(families.get(vq))
+  assert 10e6 < train.param_count(vq_params) < 100e6
+  assert jax.tree.leaves(vq_buffers["codebook"])[0].shape == (1024, 64)
+
+  (tmp_path / "config.json").write_text(vq.to_json_best_effort())  # all a token model's shapes need
+  os.makedirs(tmp_path / "checkpoints")
+  tokens = celebahq_tokens.get_config()
+  tokens.data.data_dir, tokens.first_stage.workdir = str(tmp_path), str(tmp_path)
+  config_validation.validate(tokens, num_devices=8, process_count=2)
+  family = families.get(tokens)
+  assert family.feature_spec() == families.FeatureSpec(grid=16, features=512, targets=64)
+  _, params, _ = families.abstract_model(family)
+  assert 40e6 < train.param_count(params) < 70e6
+
+
+def _reduced(config):
+  """Digits at 64x64 RGB: the same levels (64 -> 4x4 tokens), dtypes and strides, tiny widths."""
+  config.data.update(name="digits", tfds_name="", image_size=64, channels=3, num_classes=10, split="train")
+  config.train.batch_size, config.sample.num_images = 8, 4
+  return config
+
+
+@pytest.mark.slow  # ~15-30 s of compiling a five-level network: run by `pytest -m slow` (CI runs both commands)
+def test_reduced_size_trains_one_step_and_decodes(tmp_path):
+  vq = _reduced(celebahq_vq.get_config())
+  vq.model.update(channels=8, num_groups=4, codebook_size=32, code_dim=8, num_res_blocks=1)
+  vq.eval.split = "train[:8]"
+  tokenizer = make_tokenizer_workdir(str(tmp_path), vq)
+  tokens = _reduced(celebahq_tokens.get_config())
+  tokens.first_stage.workdir = tokenizer
+  tokens.model.update(width=16, depth=1, num_heads=2)
+  tokens.sample.steps = 1
+  config_validation.validate(tokens, num_devices=1)
+
+  exp = train.make_experiment(tokens)
+  state = jax.jit(functools.partial(train.init_state, exp))(jax.random.key(0))
+  images = np.random.default_rng(0).uniform(-1, 1, (8, 64, 64, 3)).astype(np.float32)
+  _, metrics = jax.jit(functools.partial(train.train_step, exp))(
+      state, {"image": images}, jax.random.key(1), exp.first_stage.weights)
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["loss_context"]) > 0
+
+  sample_fn = sampling.make_sample_fn(exp.family, exp.model_def, 4, first_stage_def=exp.first_stage_def)
+  out = np.asarray(sample_fn(state["ema"], exp.first_stage.weights, jax.random.key(2), None))
+  assert out.shape == (4, 64, 64, 3) and np.all(np.abs(out) <= 1) and out.std() > 0
+  assert json.loads((tmp_path / "config.json").read_text())["family"] == "autoencoder"
