@@ -76,7 +76,8 @@ def main():
   print()
   harness.table(["workload", "median, context off", "median, context on", "ratio on/off", "per-round ratios",
                  "target met?"])
-  harness.row([f"train step (batch {config.train.batch_size}, 8x8 tokens)", harness.seconds(c["baseline_median_s"]),
+  grid = steps["on"].exp.family.grid
+  harness.row([f"train step (batch {config.train.batch_size}, {grid}x{grid} tokens)", harness.seconds(c["baseline_median_s"]),
                harness.seconds(c["median_s"]), f"{c['ratio']:.2f}", f"{c['paired_min']:.2f}-{c['paired_max']:.2f}",
                harness.met(c["ratio"], TARGET, at_most=True)])
   print(f"\nMaskGIT decoding, {decoder.num_images} images x {config.sample.steps} steps + tokenizer decoder: "
