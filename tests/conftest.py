@@ -25,7 +25,7 @@ def tiny_config(family: str = "gaussian", tokenizer_workdir: str = ""):
   config.context.update(base.context)
   config.data.split = "train"
   if family == "autoencoder":
-    config.model.update(channels=8, num_groups=4, codebook_size=16, code_dim=4)
+    config.model.update(channels=8, channel_mults=(1, 2), num_groups=4, codebook_size=16, code_dim=4)  # 4x4 tokens
     config.context.weight = 0.0
     config.eval.split, config.eval.num_samples, config.eval.batch_size = "train[:8]", 8, 8
     config.sample.num_images = 8

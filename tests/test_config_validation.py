@@ -132,7 +132,7 @@ def test_files_named_by_keys_must_exist(tmp_path):
       validate(smoke(**{key: str(tmp_path / "gone")}), num_devices=1)
 
 
-def test_choices_match_the_registries():
+def test_choices_match_the_registries(tokenizer_workdir):
   """CHOICES spells the registries out so validation need not import them; this keeps the two in step."""
   from conprediff_jax import evaluate, families, models, train  # pylint: disable=g-import-not-at-top
   from conprediff_jax.families import masked_process  # pylint: disable=g-import-not-at-top
@@ -150,7 +150,10 @@ def test_choices_match_the_registries():
   assert sorted(gaussian_choices["sample.sampler"]) == sorted(samplers.SAMPLERS)
   assert sorted(config_validation.SCHEMAS) == sorted(config_validation.FAMILY_CHOICES) == sorted(families.FAMILIES)
   for name, family in families.FAMILIES.items():  # each family's reference config builds that family
-    assert isinstance(families.get(config_validation.family_schema(name)), family)
+    config = config_validation.family_schema(name).as_configdict()
+    if "first_stage" in config:
+      config.first_stage.workdir = tokenizer_workdir
+    assert isinstance(families.get(config), family)
 
 
 def test_data_errors_at_startup_are_user_errors_and_others_are_not(tmp_path):

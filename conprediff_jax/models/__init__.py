@@ -1,5 +1,5 @@
-"""Denoisers by name. Each builder takes (config, rngs) and returns an NNX module whose call gives
-`(output, per-position features)`."""
+"""The Gaussian family's denoisers by name (the other families build their one network directly). Each builder
+takes (config, rngs) and returns an NNX module whose call gives `(output, per-position features)`."""
 
 from collections.abc import Callable
 
