@@ -24,11 +24,13 @@ TARGET = 1.10
 FIGURE = "token_model"
 
 
-def token_config(tokenizer: str, weight: float | None = None):
+def token_config(tokenizer: str, weight: float | None = None, position_fraction: float | None = None):
   config = digits_tokens.get_config()
   config.first_stage.workdir = tokenizer
   if weight is not None:
     config.context.weight = weight
+  if position_fraction is not None:
+    config.context.position_fraction = position_fraction
   return config
 
 
@@ -51,6 +53,8 @@ class Decoder:
 def main():
   p = harness.parser(__doc__.splitlines()[0], repeats=9)
   p.add_argument("--tokenizer", default="workdirs/digits_vq", help="a trained tokenizer's workdir")
+  p.add_argument("--position-fraction", type=float, default=None,
+                 help="context.position_fraction of the 'on' step (unset: the config's)")
   args = p.parse_args()
   if not os.path.isdir(os.path.join(args.tokenizer, "checkpoints")):
     raise SystemExit(f"no tokenizer in {args.tokenizer}: train it first with "
@@ -58,7 +62,7 @@ def main():
   harness.start(args, "The token model: context-loss overhead and decoding throughput")
 
   steps = {"off": workloads.TrainStep(token_config(args.tokenizer, weight=0.0)),
-           "on": workloads.TrainStep(token_config(args.tokenizer))}
+           "on": workloads.TrainStep(token_config(args.tokenizer, position_fraction=args.position_fraction))}
   compile_s = {name: harness.timed(step.compile)[1] for name, step in steps.items()}
   times = harness.interleave(steps, repeats=args.repeats, warmup=args.warmup)
   c = harness.compare(times["on"], times["off"])
