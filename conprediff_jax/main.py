@@ -79,7 +79,7 @@ def is_startup_error(e: Exception) -> bool:
 
   frames = [frame.f_code for frame, _ in traceback.walk_tb(e.__traceback__)]
   return (registry.make_source.__code__ in frames
-          or frames[-1] in (sampling.load_latest_ema.__code__, families.Family.export.__code__))
+          or frames[-1] in (sampling.restore_ema_weights.__code__, families.Family.export.__code__))
 
 
 def run(config, workdir: str, mode: str):

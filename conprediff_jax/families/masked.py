@@ -17,7 +17,7 @@ from flax import nnx
 from conprediff_jax import config_validation
 from conprediff_jax.families import masked_process
 from conprediff_jax.families.autoencoder import AutoencoderFamily
-from conprediff_jax.families.base import Family, FeatureSpec, FirstStage, LossOutput, abstract_model, union
+from conprediff_jax.families.base import Family, FeatureSpec, FirstStage, LossOutput
 from conprediff_jax.models.transformer import transformer_from_config
 
 
@@ -75,16 +75,12 @@ class MaskedFamily(Family):
 
 @functools.lru_cache(maxsize=4)
 def _restore(workdir: str, step: int):
-  from conprediff_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  # Imported here: sampling imports this package.
+  from conprediff_jax import parallel, sampling  # pylint: disable=g-import-not-at-top
   tokenizer = AutoencoderFamily(ml_collections.ConfigDict(config_validation.read_first_stage_config(workdir)))
-  graphdef, params, buffers = abstract_model(tokenizer)
-  abstract = union(params, buffers)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  manager = checkpointing.open_manager(os.path.join(workdir, "checkpoints"), max_to_keep=1)
-  try:
-    weights = checkpointing.restore_ema(manager, step, abstract, jax.tree.map(lambda _: device, abstract))
-  finally:
-    manager.close()
+  axes = tokenizer.config.mesh.axes
+  one_device = parallel.make_mesh((1,) * len(axes), axes, devices=jax.local_devices()[:1])
+  graphdef, weights, _, _ = sampling.restore_ema_weights(tokenizer, workdir, one_device, step)
   return graphdef, jax.device_get(weights)
 
 
