@@ -50,4 +50,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.steps = 8              # parallel decoding steps (at most the 16 tokens)
   config.sample.temperature = 1.0      # of the token distribution sampled at each step
   config.sample.choice_temperature = 4.5  # Gumbel noise on the confidences that pick what stays masked; anneals to 0
+  config.sample.guidance_scale = 1.0   # class-conditional models: classifier-free guidance on the logits
   return config

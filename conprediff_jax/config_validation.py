@@ -44,6 +44,7 @@ CHOICES: dict[str, tuple] = {
     "context.solver": ("exact", "sinkhorn", "sorted"),     # context/wasserstein.py SOLVERS
     "train.lr_schedule": ("constant", "cosine"),           # train.py LR_SCHEDULES
     "masking.schedule": ("cosine", "linear", "square"),    # families/masked_process.py MASK_SCHEDULES
+    "inpaint.mask": ("border", "box", "half", "strokes"),  # inpainting/masks.py GENERATORS
     "eval.metric": ("class_accuracy", "fd_digits", "fid", "kid", "reconstruction_mse"),  # evaluate.py LOWER_IS_BETTER
 }
 # What differs by family: its network, and how it samples.
@@ -67,6 +68,7 @@ BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "model.num_groups": _POSITIVE,
     "model.dropout": _FRACTION,
     "diffusion.timesteps": _POSITIVE,
+    "diffusion.min_snr_gamma": _NON_NEGATIVE,
     "context.weight": _NON_NEGATIVE,
     "context.num_samples": _POSITIVE,
     "context.epsilon": _POSITIVE,
@@ -84,6 +86,7 @@ BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "train.ema_decay": _FRACTION,
     "train.log_every": _POSITIVE,
     "train.max_nonfinite_steps": _NON_NEGATIVE,  # 0: never stop
+    "train.cond_dropout": _FRACTION,
     "checkpoint.every_steps": _POSITIVE,
     "checkpoint.max_to_keep": _POSITIVE,
     "sample.num_images": _POSITIVE,
@@ -91,6 +94,7 @@ BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "sample.eta": _NON_NEGATIVE,
     "sample.temperature": _NON_NEGATIVE,
     "sample.choice_temperature": _NON_NEGATIVE,
+    "sample.guidance_scale": _NON_NEGATIVE,
     "model.width": _POSITIVE,
     "model.depth": _POSITIVE,
     "model.mlp_ratio": _POSITIVE,
@@ -99,6 +103,9 @@ BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "model.commitment_cost": _NON_NEGATIVE,
     "model.codebook_decay": _FRACTION,
     "model.dead_code_threshold": _NON_NEGATIVE,
+    "inpaint.num_images": _POSITIVE,
+    "inpaint.jump_length": _POSITIVE,
+    "inpaint.resamples": _POSITIVE,
     "eval.every_steps": _NON_NEGATIVE,  # 0: no periodic eval
     "eval.num_samples": _POSITIVE,
     "eval.batch_size": _POSITIVE,
@@ -345,6 +352,13 @@ def _check_classes(config) -> None:
   if config.model.get("class_conditional") and config.data.num_classes < 1:
     raise ConfigError("data.num_classes", f"{config.data.num_classes} with config.model.class_conditional=True",
                       "set the number of classes, or class_conditional=False")
+  scale = config.get("sample", {}).get("guidance_scale", 1.0)
+  if scale != 1.0 and not config.model.get("class_conditional"):
+    raise ConfigError("sample.guidance_scale", f"{scale} for an unconditional model (guidance needs a condition)",
+                      "set config.model.class_conditional=True and train, or leave guidance_scale=1")
+  if scale != 1.0 and config.train.get("cond_dropout", 0.0) == 0:
+    raise ConfigError("sample.guidance_scale", f"{scale} with config.train.cond_dropout=0: the unconditional "
+                      "model guidance subtracts was never trained", "train with cond_dropout > 0 (e.g. 0.1)")
 
 
 def _check_data(config) -> None:
@@ -423,18 +437,30 @@ def _flatten(tree, prefix=""):
   return {prefix[:-1]: tree}
 
 
-def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses to continue a workdir whose saved config.json differs from `config` in a key that matters."""
+# What sampling, evaluation, inpainting and export read from a trained model: with any of these changed they would
+# run the weights as another model (e.g. v-prediction weights read as eps), and silently produce garbage.
+INFERENCE_PREFIXES = ("family", "model.", "diffusion.schedule", "diffusion.timesteps", "diffusion.prediction",
+                      "data.image_size", "data.channels", "data.num_classes", "masking.")
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str, *, mode: str = "train") -> None:
+  """Refuses to use a workdir whose saved config.json differs from `config` in a key that matters: to continue
+  training, any key but the RESUMABLE ones; to use the trained model (every other mode), the INFERENCE ones that
+  the saved config has."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
   with open(path, encoding="utf-8") as f:
     saved = _flatten(json.load(f))
   current = _flatten(json.loads(config.to_json_best_effort()))
-  changed = [k for k in sorted(saved.keys() | current.keys())
-             if saved.get(k) != current.get(k) and not k.startswith(RESUMABLE_PREFIXES)]
+  if mode == "train":
+    matters = lambda k: not k.startswith(RESUMABLE_PREFIXES)
+    keys, fix = saved.keys() | current.keys(), "use a new --workdir, or pass --allow_config_change to continue that run"
+  else:
+    matters = lambda k: k.startswith(INFERENCE_PREFIXES)
+    keys, fix = saved.keys(), "pass the config it was trained with (its config.json), or --allow_config_change"
+  changed = [k for k in sorted(keys) if saved.get(k) != current.get(k) and matters(k)]
   if changed:
     key, more = changed[0], f" (and {len(changed) - 1} more keys)" if len(changed) > 1 else ""
     raise ConfigError(key, f"is {current.get(key)!r}, but the run in --workdir={workdir} was trained with "
-                      f"{saved.get(key)!r}{more}", "use a new --workdir, or pass --allow_config_change to continue "
-                      "that run with this config")
+                      f"{saved.get(key)!r}{more}", fix + " with this config")

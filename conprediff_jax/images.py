@@ -12,21 +12,31 @@ def to_uint8(images) -> np.ndarray:
   return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def grid(images: np.ndarray, *, columns: int | None = None, pad: int = 1) -> np.ndarray:
-  """uint8 [N, H, W, C] -> one uint8 [rows*(H+pad)+pad, cols*(W+pad)+pad, C] mosaic."""
+def grid(images: np.ndarray, *, columns: int | None = None, row_keys: np.ndarray | None = None,
+         pad: int = 1) -> np.ndarray:
+  """uint8 [N, H, W, C] -> one uint8 [rows*(H+pad)+pad, cols*(W+pad)+pad, C] mosaic, filled row by row; with
+  `row_keys` (e.g. class labels, [N]) one row per distinct key instead, in sorted order."""
   n, h, w, c = images.shape
-  cols = columns or math.ceil(math.sqrt(n))
-  rows = math.ceil(n / cols)
+  if row_keys is None:
+    cols = columns or math.ceil(math.sqrt(n))
+    cells = [divmod(i, cols) for i in range(n)]
+  else:
+    keys = list(np.unique(row_keys))
+    seen = {k: 0 for k in keys}
+    cells = []
+    for k in row_keys:
+      cells.append((keys.index(k), seen[k]))
+      seen[k] += 1
+  rows, cols = max(r for r, _ in cells) + 1, max(q for _, q in cells) + 1
   out = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), np.uint8)
-  for i, im in enumerate(images):
-    r, q = divmod(i, cols)
+  for (r, q), im in zip(cells, images):
     out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = im
   return out
 
 
-def save_grid(path: str, images: np.ndarray, *, scale: int = 4) -> None:
-  """Writes a PNG mosaic, upscaled with nearest neighbour so small images stay legible."""
-  mosaic = grid(images)
+def save_grid(path: str, images: np.ndarray, *, row_keys: np.ndarray | None = None, scale: int = 4) -> None:
+  """Writes a PNG mosaic (`grid`), upscaled with nearest neighbour so small images stay legible."""
+  mosaic = grid(images, row_keys=row_keys)
   pil = Image.fromarray(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic)
   pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST).save(path)
 

@@ -1,8 +1,9 @@
 r"""Entry point: `python -m conprediff_jax.main --config=configs/<name>.py --workdir=<dir> --mode=<mode>`.
 
 Modes: `train` (resumes from the workdir, samples at the end), `sample` (samples.png / samples.npz from the
-latest checkpoint's EMA parameters), `eval` (metrics of those parameters into eval_<step>.json), `export`
-(a diffusers DDIMPipeline folder in <workdir>/export).
+latest checkpoint's EMA parameters), `eval` (metrics of those parameters into eval_<step>.json), `inpaint`
+(inpaint.png / .npz / .json: masked images filled in; conprediff_jax/inpainting/run.py), `export` (a diffusers
+DDIMPipeline folder in <workdir>/export).
 
 With no flags it trains configs/default.py (the embedded digits) into workdirs/default. Any config value can be
 overridden from the command line, e.g. `--config.train.steps=200 --config.context.solver=sinkhorn`.
@@ -31,8 +32,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Training c
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/default", "Checkpoints, metrics and samples go here.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool("allow_config_change", False,
                                          "Continue a workdir that was trained with a different config.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "export"],
-                          "train (resumes from the workdir), sample, eval, or export to diffusers.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "inpaint", "export"],
+                          "train (resumes from the workdir), sample, eval, inpaint, or export to diffusers.")
 
 USAGE_ERROR = 2
 
@@ -70,16 +71,20 @@ def unknown_override(e: LookupError | AttributeError, argv: list[str]) -> str:
 
 
 def is_startup_error(e: Exception) -> bool:
-  """FileNotFoundError/ValueError from opening the data, finding no checkpoint to sample, or exporting a family
-  that has no exporter: user errors."""
+  """FileNotFoundError/ValueError from opening the data or the images and masks to inpaint, finding no checkpoint,
+  or exporting (inpainting) with a family that has no exporter (inpainter): user errors."""
   if not isinstance(e, (FileNotFoundError, ValueError)):
     return False
   from conprediff_jax import families, sampling  # pylint: disable=g-import-not-at-top
   from conprediff_jax.data import registry  # pylint: disable=g-import-not-at-top
 
+  from conprediff_jax.inpainting import run as inpaint_run  # pylint: disable=g-import-not-at-top
+
   frames = [frame.f_code for frame, _ in traceback.walk_tb(e.__traceback__)]
-  return (registry.make_source.__code__ in frames
-          or frames[-1] in (sampling.restore_ema_weights.__code__, families.Family.export.__code__))
+  reading_inputs = (registry.make_source, inpaint_run.load_images, inpaint_run.load_known)
+  refusing = (sampling.restore_ema_weights, families.Family.export, families.FAMILIES["gaussian"].export,
+              families.Family.inpainter)
+  return (any(f.__code__ in frames for f in reading_inputs) or frames[-1] in [f.__code__ for f in refusing])
 
 
 def run(config, workdir: str, mode: str):
@@ -95,6 +100,9 @@ def run(config, workdir: str, mode: str):
     from conprediff_jax import evaluate  # pylint: disable=g-import-not-at-top
     metrics = evaluate.evaluate(config, workdir)
     return {"written": os.path.join(workdir, f"eval_{metrics['step']}.json"), "metrics": metrics}
+  if mode == "inpaint":
+    from conprediff_jax.inpainting import run as inpaint_run  # pylint: disable=g-import-not-at-top
+    return {"written": os.path.join(workdir, "inpaint.png"), "metrics": inpaint_run.inpaint(config, workdir)}
   return {"written": export_from_workdir(config, workdir)}
 
 
@@ -119,8 +127,8 @@ def main(argv):
   config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
   try:
     config_validation.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
-    if mode == "train" and not _ALLOW_CONFIG_CHANGE.value:
-      config_validation.check_workdir(config, workdir)
+    if not _ALLOW_CONFIG_CHANGE.value:
+      config_validation.check_workdir(config, workdir, mode=mode)
   except config_validation.ConfigError as e:
     fail(str(e))
   logging.set_verbosity(logging.INFO)

@@ -216,18 +216,19 @@ def restore_or_init(run: Run, seed: int):
 # Samples.
 # ------------------------------------------------------------------------------------------------------------------
 def write_samples(trained: sampling.TrainedModel, workdir: str, writer: MetricWriter | None = None) -> np.ndarray:
-  """Samples from the inference weights into samples.png / samples.npz (uint8 [N, H, W, C]); returns them."""
+  """Samples from the inference weights into samples.png / samples.npz (uint8 [N, H, W, C] `images`, and the
+  requested class `labels` [N] for a class-conditional model); returns the images."""
   config = trained.family.config
   key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)
-  images, _ = sampling.generate(trained.family, trained.sample_fn(config.sample.num_images), trained.weights,
-                                trained.first_stage_weights, key, config.sample.num_images,
-                                config.sample.num_images)
+  images, labels = sampling.generate(trained.family, trained.sample_fn(config.sample.num_images), trained.weights,
+                                     trained.first_stage_weights, key, config.sample.num_images,
+                                     config.sample.num_images)
   images = images_lib.to_uint8(images)
-  if jax.process_index() == 0:
-    images_lib.save_grid(os.path.join(workdir, "samples.png"), images)
-    np.savez(os.path.join(workdir, "samples.npz"), images=images)
+  if jax.process_index() == 0:  # a class-conditional model's grid has one class per row
+    images_lib.save_grid(os.path.join(workdir, "samples.png"), images, row_keys=labels)
+    np.savez(os.path.join(workdir, "samples.npz"), images=images, **({} if labels is None else {"labels": labels}))
     if writer is not None:
-      writer.images(trained.step, "samples", images_lib.grid(images))
+      writer.images(trained.step, "samples", images_lib.grid(images, row_keys=labels))
   return images
 
 

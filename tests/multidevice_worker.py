@@ -1,4 +1,4 @@
-"""Run by test_sharding.py in a subprocess with 8 emulated CPU devices; prints one JSON line of results per check:
+"""Run by test_families.py in a subprocess with 8 emulated CPU devices; prints one JSON line of results per check:
 `RESULT <i> <json>` for the i-th check asked for (counting from 0), or `ERROR <i> <traceback as JSON>`.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice_worker.py \

@@ -27,3 +27,14 @@ def test_ablation_trains_both_arms_and_writes_a_table(tmp_path):
   table = (tmp_path / "results.md").read_text()
   assert "| baseline | 0.0 |" in table and "| context | 0.1 |" in table
   assert sorted(os.listdir(tmp_path)) == ["baseline_seed0", "context_seed0", "results.json", "results.md"]
+
+
+def test_table_adds_class_accuracy_for_conditional_runs():
+  from conprediff_jax.experiments.report import table  # pylint: disable=g-import-not-at-top
+  run = lambda fd, acc, seed: {"seed": seed, "weight": 0.0, "fd_digits": fd, "class_accuracy": acc,
+                               "train_seconds": 10.0}
+  text = table({"baseline": [run(20.0, 0.5, 0), run(22.0, 0.7, 1)]}, steps=5)
+  assert "class accuracy mean ± std" in text
+  assert "| baseline | 0.0 | 21.000 ± 1.414 | 20.000, 22.000 | 0.600 ± 0.141 | 0.500, 0.700 | 10 |" in text
+  plain = table({"baseline": [{k: v for k, v in run(20.0, 0.5, 0).items() if k != "class_accuracy"}]}, steps=5)
+  assert "class accuracy" not in plain and "| baseline | 0.0 | 20.000 ± nan | 20.000 | 10 |" in plain

@@ -5,12 +5,15 @@ second or two because everything it rejects is rejected before the trainer is im
 """
 
 import importlib
+import json
 import os
 import subprocess
 import sys
 
 import ml_collections
+import numpy as np
 import pytest
+from PIL import Image
 
 from conprediff_jax import config_validation
 from conprediff_jax.config_validation import ConfigError, validate
@@ -86,6 +89,12 @@ MALFORMED = {
     "folder without data_dir": ({"data.name": "folder"}, "data.data_dir", 1, 1),
     "conditional without classes": ({"model.class_conditional": True, "data.num_classes": 0}, "data.num_classes",
                                     1, 1),
+    "guidance without a condition": ({"sample.guidance_scale": 2.0}, "sample.guidance_scale", 1, 1),
+    "guidance without an unconditional model": ({"model.class_conditional": True, "train.cond_dropout": 0.0,
+                                                 "sample.guidance_scale": 2.0}, "sample.guidance_scale", 1, 1),
+    "condition always dropped": ({"model.class_conditional": True, "train.cond_dropout": 1.0},
+                                 "train.cond_dropout", 1, 1),
+    "negative min-SNR gamma": ({"diffusion.min_snr_gamma": -1.0}, "diffusion.min_snr_gamma", 1, 1),
     "batch vs data parallelism": ({"train.batch_size": 6}, "train.batch_size", 4, 1),
     "batch vs data x fsdp": ({"mesh.shape": (2, 4), "train.batch_size": 12}, "train.batch_size", 8, 1),
     "batch vs processes": ({"train.batch_size": 9, "mesh.shape": (1, 1)}, "train.batch_size", 1, 2),
@@ -108,7 +117,7 @@ def test_malformed_config_is_one_line_naming_the_key(changes, key, devices, proc
   assert "\n" not in message
 
 
-@pytest.mark.parametrize("name", ["default", "smoke"])
+@pytest.mark.parametrize("name", ["default", "smoke", "digits_cond", "digits_inpaint"])
 @pytest.mark.parametrize("devices,processes", [(1, 1), (2, 1), (8, 1), (8, 2)])
 def test_shipped_configs_pass(name, devices, processes):
   config = importlib.import_module(f"configs.{name}").get_config()
@@ -183,13 +192,17 @@ CLI = {
     # Found by the data source as the run starts: after the model is traced, before anything compiles.
     "folder without images": (["--config.data.name=folder", "--config.data.data_dir={empty}"],
                               "config.data.data_dir"),
+    "inpainting photos of another size": (["--mode=inpaint", "--config.inpaint.images={photos}"],
+                                          "resize (or crop) them to that size first"),
 }
 
 
 @pytest.mark.parametrize("flags,named", CLI.values(), ids=CLI.keys())
 def test_cli_rejects_in_one_line_with_exit_2(tmp_path, flags, named):
   (tmp_path / "empty").mkdir()
-  flags = [f.format(empty=tmp_path / "empty") for f in flags]
+  (tmp_path / "photos").mkdir()
+  Image.fromarray(np.zeros((12, 20, 3), np.uint8)).save(tmp_path / "photos" / "photo.jpg")
+  flags = [f.format(empty=tmp_path / "empty", photos=tmp_path / "photos") for f in flags]
   cmd = [sys.executable, "-m", "conprediff_jax.main", "--config=configs/smoke.py", f"--workdir={tmp_path / 'work'}",
          *flags]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
@@ -208,6 +221,22 @@ def test_workdir_of_another_config_is_refused_but_resumable_changes_pass(tmp_pat
   config.model.channels = 16
   with pytest.raises(ConfigError, match=r"config.model.channels: is 16, but .* trained with 8; use a new --workdir") as e:
     config_validation.check_workdir(config, str(tmp_path))
+  assert "\n" not in str(e.value)
+
+
+def test_using_a_trained_model_refuses_a_config_that_reads_its_weights_differently(tmp_path):
+  config = smoke()
+  saved = config.to_dict()
+  del saved["diffusion"]["min_snr_gamma"]  # a key the run's code did not have yet
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  config.sample.steps, config.eval.num_samples, config.context.weight, config.train.learning_rate = 3, 7, 0.0, 1.0
+  config.inpaint.mask, config.diffusion.min_snr_gamma = "half", 1.0
+  for mode in ("sample", "eval", "inpaint", "export"):  # inference settings and training-only keys may change
+    config_validation.check_workdir(config, str(tmp_path), mode=mode)
+  config.diffusion.prediction = "eps" if config.diffusion.prediction == "v" else "v"
+  with pytest.raises(ConfigError, match=r"config.diffusion.prediction: .* trained with .*; pass the config it was "
+                                        r"trained with") as e:
+    config_validation.check_workdir(config, str(tmp_path), mode="eval")
   assert "\n" not in str(e.value)
 
 

@@ -65,6 +65,25 @@ def test_loss_is_mse_to_target():
   assert features.shape == x0.shape
 
 
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_min_snr_weights_the_x0_error_by_min_snr_gamma(prediction):
+  """In x0 space, Min-SNR-gamma's loss is min(SNR_t, gamma) |x0_hat - x0|^2: recomputed here through the x0 that
+  each output implies (to_x0_eps, float32), not through the weight formula."""
+  gamma, rng = 5.0, np.random.default_rng(1)
+  diffusion = gaussian.GaussianDiffusion(np.cumprod(1 - gaussian.cosine_betas(1000)), prediction, gamma)
+  t = np.array([0, 30, 200, 500, 990])
+  x_t, out, target = (rng.normal(size=(5, 3, 3, 1)) for _ in range(3))
+  abar = diffusion.alphas_cumprod[t][:, None, None, None]
+  x0_hat = np.asarray(diffusion.to_x0_eps(x_t, abar, out)[0])
+  x0 = np.asarray(diffusion.to_x0_eps(x_t, abar, target)[0])
+  snr = diffusion.alphas_cumprod[t] / (1 - diffusion.alphas_cumprod[t])
+  expected = np.minimum(snr, gamma) * np.sum((x0_hat - x0) ** 2, axis=(1, 2, 3))
+  weighted = diffusion.loss_weights()[t] * np.sum((out - target) ** 2, axis=(1, 2, 3))
+  np.testing.assert_allclose(weighted, expected, rtol=1e-4)
+  assert len({round(w, 6) for w in diffusion.loss_weights()[t]}) > 2  # really not constant
+  np.testing.assert_array_equal(gaussian.GaussianDiffusion(diffusion.alphas_cumprod, prediction).loss_weights(), 1.0)
+
+
 def _reference_ddim(x_t, abar_t, abar_prev, x0, eps, z, eta):
   """Song et al. 2021, eq. 12, written out in float64."""
   sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))

@@ -123,8 +123,13 @@ def test_the_sampler_takes_the_inference_weights_alone(family, tokenizer_workdir
                                       exp.config.data.channels)
 
 
-def test_export_of_a_family_without_an_exporter_is_a_one_line_user_error(tmp_path):
+def test_export_without_an_exporter_is_a_one_line_user_error(tmp_path):
   from conprediff_jax import main  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="'autoencoder' family has no exporter") as error:
     families.get(tiny_config("autoencoder")).export({}, str(tmp_path))
+  assert main.is_startup_error(error.value) and "\n" not in str(error.value)
+  mask_conditional = tiny_config()
+  mask_conditional.model.mask_conditional = True
+  with pytest.raises(ValueError, match="mask-conditioned UNet") as error:
+    families.get(mask_conditional).export({}, str(tmp_path))
   assert main.is_startup_error(error.value) and "\n" not in str(error.value)

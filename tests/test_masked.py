@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conprediff_jax.conditioning import NULL_LABEL
 from conprediff_jax.families.masked_process import (MASK_SCHEDULES, _decode_step, mask_tokens, maskgit_decode,
                                                     masked_cross_entropy)
 from conprediff_jax.models.transformer import MaskedTokenTransformer, transformer_from_config
@@ -188,9 +189,12 @@ def test_transformer_shapes_with_and_without_a_class_slot():
   other, _ = forward(conditional, token_inputs(), jnp.array([3, 4]))
   unconditional, _ = forward(conditional, token_inputs())
   null, _ = forward(conditional, token_inputs(), jnp.array([5, 5]))
+  dropped, _ = forward(conditional, token_inputs(), jnp.array([1, NULL_LABEL]))  # the second example's null class
   assert with_labels.shape == (2, 4, 4, 7) and features.shape == (2, 4, 4, 16)  # the class token is dropped
   assert float(jnp.abs(with_labels - other).max()) > 1e-4
   np.testing.assert_array_equal(unconditional, null)
+  np.testing.assert_array_equal(dropped[1], null[1])
+  np.testing.assert_array_equal(dropped[0], with_labels[0])
 
 
 def test_transformer_bfloat16_compute_keeps_float32_parameters():

@@ -109,6 +109,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_older(tmp_path, config, damage,
     assert sorted(os.listdir(ckpts)) == checkpoints
 
 
+@pytest.mark.slow  # a whole run in a child process: `python -m pytest -q -m slow tests` (CI runs both commands)
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
   proc = start_main(tmp_path, "--config.train.steps=100000", "--config.checkpoint.every_steps=100000")
   wait_for(lambda: read_jsonl(tmp_path / "metrics.jsonl"), proc)
@@ -120,6 +121,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
   assert len(steps) == 1 and 2 <= steps[0] < 100000
 
 
+@pytest.mark.slow  # three whole runs, one of them killed: run by `pytest -m slow`
 def test_sigkill_at_random_step_then_resume_matches_uninterrupted_run(tmp_path, config):
   # The reference, the killed process and the restart run the same programs: whichever compiles them first leaves
   # them in the session's compilation cache for the others (the same executables, so bitwise equality still holds).

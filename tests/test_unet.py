@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from conprediff_jax.conditioning import NULL_LABEL
 from conprediff_jax.models.unet import UNet
 
 TINY = dict(image_size=8, in_channels=2, channels=8, channel_mults=(1, 2), num_res_blocks=1,
@@ -47,5 +48,8 @@ def test_class_labels_change_the_output_and_none_is_the_null_class():
   other, _ = model(x, t, jnp.array([4, 5, 6]))
   unconditional, _ = model(x, t)
   null, _ = model(x, t, jnp.full((3,), 10))
+  dropped, _ = model(x, t, jnp.array([1, NULL_LABEL, 3]))  # conditioning.NULL_LABEL: that example's null class
   assert float(jnp.abs(with_labels - other).max()) > 1e-4
   np.testing.assert_array_equal(unconditional, null)
+  np.testing.assert_array_equal(dropped[1], null[1])
+  np.testing.assert_array_equal(dropped[::2], with_labels[::2])

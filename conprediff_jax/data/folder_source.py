@@ -28,7 +28,7 @@ IMAGE_EXTENSIONS = frozenset(
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
-def _walk_images(root: pathlib.Path) -> Iterator[pathlib.Path]:
+def walk_images(root: pathlib.Path) -> Iterator[pathlib.Path]:
   """Yields image files under root in sorted order; follows symlinks, skips hidden entries and loops."""
   seen: set[str] = set()
   for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -84,7 +84,7 @@ class FolderSource(Source):
     if not self.root.is_dir():
       raise FileNotFoundError(
           f"config.data.data_dir={str(self.root)!r} is not a directory; point it at a folder of images")
-    candidates = list(_walk_images(self.root))
+    candidates = list(walk_images(self.root))
     if not candidates:
       raise ValueError(
           f"config.data.data_dir={str(self.root)!r} holds no images "

@@ -33,10 +33,13 @@ class GaussianDiffusion:
 
   alphas_cumprod: np.ndarray  # float64 [T]
   prediction: str = "eps"
+  min_snr_gamma: float = 0.0  # > 0: Min-SNR-gamma loss weights (Hang et al. 2023); 0: the plain loss
 
   def __post_init__(self):
     if self.prediction not in ("eps", "v"):
       raise ValueError(f"config.diffusion.prediction must be 'eps' or 'v', got {self.prediction!r}")
+    if self.min_snr_gamma < 0:
+      raise ValueError(f"config.diffusion.min_snr_gamma must be >= 0, got {self.min_snr_gamma}")
 
   @classmethod
   def from_config(cls, config) -> "GaussianDiffusion":
@@ -44,7 +47,7 @@ class GaussianDiffusion:
     if name not in SCHEDULES:
       raise ValueError(f"config.diffusion.schedule must be one of {sorted(SCHEDULES)}, got {name!r}")
     betas = SCHEDULES[name](config.diffusion.timesteps)
-    return cls(np.cumprod(1.0 - betas), config.diffusion.prediction)
+    return cls(np.cumprod(1.0 - betas), config.diffusion.prediction, config.diffusion.min_snr_gamma)
 
   @property
   def timesteps(self) -> int:
@@ -64,6 +67,20 @@ class GaussianDiffusion:
     abar = self._abar(t)
     return jnp.sqrt(abar) * noise - jnp.sqrt(1.0 - abar) * x0
 
+  def loss_weights(self) -> np.ndarray:
+    """float64 [T]: the weight of each timestep's squared error.
+
+    Min-SNR-gamma weights the x0-space error by min(SNR, gamma): in the network's target space that is
+    min(SNR, gamma) / SNR for eps and min(SNR, gamma) / (SNR + 1) for v. It stops the many low-noise steps, whose
+    errors are tiny and easy, from dominating the gradient.
+    """
+    if not self.min_snr_gamma:
+      return np.ones_like(self.alphas_cumprod)
+    snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
+    if self.prediction == "eps":
+      return np.minimum(1.0, self.min_snr_gamma / snr)  # min(SNR, gamma) / SNR, finite at SNR = 0
+    return np.minimum(snr, self.min_snr_gamma) / (snr + 1.0)
+
   def to_x0_eps(self, x_t, t_abar, model_out):
     """(x0, eps) implied by the network output at noise level abar (an array broadcastable to x_t)."""
     a, s = jnp.sqrt(t_abar), jnp.sqrt(1.0 - t_abar)
@@ -73,7 +90,7 @@ class GaussianDiffusion:
     return a * x_t - s * model_out, s * x_t + a * model_out
 
   def loss(self, model, batch, key, *, dropout: bool = False):
-    """The standard simple loss: mean squared error to the target at a uniform random t.
+    """Mean squared error to the target at a uniform random t (weighted by `loss_weights`; 1 by default).
 
     Returns (loss, features, clean targets) so a context head can score the same forward pass.
     """
@@ -85,5 +102,6 @@ class GaussianDiffusion:
     noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
     out, features = model(self.q_sample(x0, t, noise), t, batch.get("label"),
                           rngs=nnx.Rngs(dropout=k_drop) if dropout else None)
-    loss = jnp.mean(jnp.square(out - self.target(x0, t, noise)))
+    weights = jnp.asarray(self.loss_weights(), jnp.float32)[t][:, None, None, None]
+    loss = jnp.mean(weights * jnp.square(out - self.target(x0, t, noise)))
     return loss, features, x0

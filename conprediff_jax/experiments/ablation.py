@@ -15,8 +15,9 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
-import numpy as np
 from ml_collections import config_flags
+
+from conprediff_jax.experiments import report
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "default.py"), "Base config.")
@@ -46,19 +47,6 @@ def run_one(config, workdir: str) -> dict:
   return result
 
 
-def table(results: dict[str, list[dict]], steps: int) -> str:
-  lines = [f"FD-digits after {steps} steps (lower is better), {len(next(iter(results.values())))} seeds.", "",
-           "| arm | context weight | FD-digits mean ± std | per seed | train wall time mean (s) |",
-           "|---|---|---|---|---|"]
-  for arm, runs in results.items():
-    fd = np.array([r["fd_digits"] for r in runs])
-    seconds = np.mean([r["train_seconds"] for r in runs])
-    per_seed = ", ".join(f"{v:.2f}" for v in fd)
-    std = fd.std(ddof=1) if len(fd) > 1 else float("nan")
-    lines.append(f"| {arm} | {runs[0]['weight']} | {fd.mean():.2f} ± {std:.2f} | {per_seed} | {seconds:.0f} |")
-  return "\n".join(lines)
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -74,7 +62,7 @@ def main(argv):
       result = run_one(config, workdir)
       results[arm].append({"seed": seed, "weight": weight, **result})
       print(f"{arm} seed {seed}: FD-digits {result['fd_digits']:.3f}, {result['train_seconds']:.0f} s", flush=True)
-  text = table(results, base.train.steps)
+  text = report.table(results, base.train.steps)
   print(text)
   with open(os.path.join(_WORKDIR.value, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)

@@ -9,6 +9,7 @@ a VQ autoencoder). The trainer never asks which family it runs; it calls these m
   feature_spec()                   the grid and widths a context head reads, or None where it does not apply
   sampler(model_def, first_stage_def, num_images) -> pure (weights, first_stage_weights, key, cond) -> images
   sample_cond(num_images, offset)  what a sampler is conditioned on (labels, or the images to reconstruct)
+  inpainter(model_def, first_stage_def, num_images) -> pure (weights, first_stage_weights, key, images, known)
   score(model, samples)            metrics of its own for --mode=eval (a tokenizer's reconstruction error)
   export(weights, out_dir)         the inference model in another framework's format, where there is one
 
@@ -26,9 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from conprediff_jax import conditioning
+
 # What a model may hold besides nnx.Param: statistics that its own loss updates (never the optimiser).
 BUFFERS = nnx.BatchStat
+DROP_CONDITION_STREAM = 1 << 20
 Sampler = Callable[[Any, Any, jax.Array, dict | None], jax.Array]
+Inpainter = Callable[[Any, Any, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +100,23 @@ class Family(abc.ABC):
     if not self.config.model.get("class_conditional", False):
       return None
     return {"label": jnp.arange(offset, offset + num_images, dtype=jnp.int32) % self.config.data.num_classes}
+
+  def inpainter(self, model_def: nnx.GraphDef, first_stage_def: nnx.GraphDef | None, num_images: int) -> Inpainter:
+    """A pure function `(weights, first_stage_weights, key, images, known) -> images`: `images` float32
+    [N, H, W, C] in [-1, 1], `known` bool [N, H, W, 1] (True = keep); the unknown pixels filled, the known ones
+    returned unchanged."""
+    del model_def, first_stage_def, num_images
+    raise ValueError(f"--mode=inpaint: the {self.config.family!r} family does not inpaint (the 'gaussian' and "
+                     "'masked' families do)")
+
+  def drop_condition(self, batch: dict, key: jax.Array) -> dict:
+    """The batch a conditional model trains on: its condition dropped to the null one at `train.cond_dropout`
+    (conditioning.drop); an unconditional model's batch loses its condition keys."""
+    cond = conditioning.from_batch(batch) if self.config.model.get("class_conditional", False) else None
+    rest = {k: v for k, v in batch.items() if k not in conditioning.KEYS}
+    # A stream of its own, folded from the loss's key: the loss's own draws are the same with or without it.
+    key = jax.random.fold_in(key, DROP_CONDITION_STREAM)
+    return {**rest, **(conditioning.drop(cond, key, self.config.train.cond_dropout) or {})}
 
   def score(self, model: nnx.Module, samples: np.ndarray) -> dict[str, float]:
     """Metrics of the family's own, beside the sample-quality ones, for `samples` (N from sample_cond in order)."""

@@ -1,11 +1,18 @@
-"""The continuous family: a denoiser (the UNet) trained by Gaussian diffusion, sampled by DDPM/DDIM."""
+"""The continuous family: a denoiser (the UNet) trained by Gaussian diffusion, sampled by DDPM/DDIM (with
+classifier-free guidance when class-conditional); inpainting by RePaint, or by a mask-conditioned UNet."""
 
+import jax
+import jax.numpy as jnp
 from flax import nnx
 
+from conprediff_jax import conditioning
 from conprediff_jax.diffusion import samplers
 from conprediff_jax.diffusion.gaussian import GaussianDiffusion
 from conprediff_jax.families.base import Family, FeatureSpec, LossOutput
+from conprediff_jax.inpainting import mask_conditioning, repaint
 from conprediff_jax.models import MODELS
+
+MASK_STREAM = 1 << 21  # the training masks' key, folded from the loss's key (see Family.drop_condition)
 
 
 class GaussianFamily(Family):
@@ -20,8 +27,28 @@ class GaussianFamily(Family):
 
   def loss(self, model, first_stage, batch, key) -> LossOutput:
     del first_stage
-    point, features, x0 = self.diffusion.loss(model, batch, key, dropout=self.config.model.dropout > 0)
+    batch = self.drop_condition(batch, key)
+    denoiser = model
+    if self.mask_conditional:
+      x0 = batch["image"]
+      known = mask_conditioning.random_known(jax.random.fold_in(key, MASK_STREAM), x0.shape[0], x0.shape[1],
+                                             self.config.train.cond_dropout)
+      extra = mask_conditioning.extra_channels(x0, known)
+      denoiser = lambda x, t, labels=None, rngs=None: model(jnp.concatenate([x, extra], -1), t, labels, rngs=rngs)
+    point, features, x0 = self.diffusion.loss(denoiser, batch, key, dropout=self.config.model.dropout > 0)
     return LossOutput(point, {"loss_point": point}, features, x0)
+
+  @property
+  def mask_conditional(self) -> bool:
+    return bool(self.config.model.get("mask_conditional", False))
+
+  def _apply(self, denoiser, cond, extra):
+    """`apply(x_t, t)` for the samplers: guided when `cond` is given, reading `extra` channels when the UNet is
+    mask-conditioned."""
+    def out(x, t, extra, c):
+      return denoiser(x if extra is None else jnp.concatenate([x, extra], -1), t, c and c["label"])[0]
+    guided = conditioning.classifier_free(out, cond, self.config.sample.guidance_scale)
+    return lambda x, t: guided(x, t, extra)
 
   def feature_spec(self) -> FeatureSpec:
     m, d = self.config.model, self.config.data
@@ -34,13 +61,31 @@ class GaussianFamily(Family):
 
     def sample(weights, first_stage_weights, key, cond):
       del first_stage_weights
-      denoiser = nnx.merge(model_def, weights)
-      labels = None if cond is None else cond.get("label")
-      apply = lambda x, t: denoiser(x, t, labels)[0]
+      extra = mask_conditioning.nothing_known(shape) if self.mask_conditional else None
+      apply = self._apply(nnx.merge(model_def, weights), cond, extra)
       return samplers.sample(apply, self.diffusion, key, shape, sampler=s.sampler, steps=s.steps, eta=s.eta)
 
     return sample
 
+  def inpainter(self, model_def, first_stage_def, num_images):
+    del first_stage_def, num_images
+    s, p = self.config.sample, self.config.inpaint
+
+    def inpaint(weights, first_stage_weights, key, images, known):
+      del first_stage_weights
+      denoiser = nnx.merge(model_def, weights)
+      if self.mask_conditional:  # the UNet reads the known pixels; they are pasted back over its output
+        apply = self._apply(denoiser, None, mask_conditioning.extra_channels(images, known))
+        out = samplers.sample(apply, self.diffusion, key, images.shape, sampler=s.sampler, steps=s.steps, eta=s.eta)
+        return jnp.where(known, images, out)
+      return repaint.inpaint(self._apply(denoiser, None, None), self.diffusion, key, images, known, steps=s.steps,
+                             jump_length=p.jump_length, resamples=p.resamples)
+
+    return inpaint
+
   def export(self, weights, out_dir: str) -> str:
+    if self.mask_conditional:
+      raise ValueError("--mode=export: a mask-conditioned UNet (config.model.mask_conditional) reads extra input "
+                       "channels that a diffusers DDIMPipeline does not pass; export an unconditional one")
     from conprediff_jax.export import diffusers_export  # pylint: disable=g-import-not-at-top  # torch-free, lazy
     return diffusers_export.export_pipeline(self.config, weights, out_dir)

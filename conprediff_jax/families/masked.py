@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from conprediff_jax import config_validation
+from conprediff_jax import conditioning, config_validation
 from conprediff_jax.families import masked_process
 from conprediff_jax.families.autoencoder import AutoencoderFamily
 from conprediff_jax.families.base import Family, FeatureSpec, FirstStage, LossOutput
@@ -45,13 +45,10 @@ class MaskedFamily(Family):
     k_mask, k_drop = jax.random.split(key)
     inputs, mask = masked_process.mask_tokens(k_mask, tokens, model.mask_id, self.config.masking.schedule)
     rngs = nnx.Rngs(dropout=k_drop) if self.config.model.dropout > 0 else None
-    logits, features = model(inputs, self._labels(batch), rngs=rngs)
+    logits, features = model(inputs, self.drop_condition(batch, key).get("label"), rngs=rngs)
     loss, accuracy = masked_process.masked_cross_entropy(logits, tokens, mask)
     targets = first_stage.embed(tokens)  # the frozen codebook vectors of the clean tokens
     return LossOutput(loss, {"loss_point": loss, "masked_accuracy": accuracy}, features, targets)
-
-  def _labels(self, batch):
-    return batch.get("label") if self.config.model.class_conditional else None
 
   def feature_spec(self) -> FeatureSpec:
     return FeatureSpec(grid=self.grid, features=self.config.model.width,
@@ -63,14 +60,34 @@ class MaskedFamily(Family):
     def sample(weights, tokenizer_weights, key, cond):
       model = nnx.merge(model_def, weights)
       tokenizer = nnx.merge(first_stage_def, tokenizer_weights)
-      labels = None if cond is None else cond.get("label")
+      logits = conditioning.classifier_free(lambda t, c: model(t, c and c["label"])[0], cond, s.guidance_scale)
       tokens = masked_process.maskgit_decode(
-          lambda t: model(t, labels)[0], key, batch=num_images, grid=self.grid, mask_id=model.mask_id,
+          logits, key, batch=num_images, grid=self.grid, mask_id=model.mask_id,
           steps=s.steps, schedule=self.config.masking.schedule, temperature=s.temperature,
           choice_temperature=s.choice_temperature)
       return jnp.clip(tokenizer.decode_tokens(tokens), -1.0, 1.0)
 
     return sample
+
+  def inpainter(self, model_def, first_stage_def, num_images):
+    """Known tokens fixed, the rest decoded by MaskGIT; then the known pixels pasted back over the decoder's output.
+    A token is known where every pixel of its patch is (its encoding sees the unknown pixels as 0)."""
+    s = self.config.sample
+
+    def inpaint(weights, tokenizer_weights, key, images, known):
+      model = nnx.merge(model_def, weights)
+      tokenizer = nnx.merge(first_stage_def, tokenizer_weights)
+      tokens = tokenizer.tokenize(jnp.where(known, images, 0.0))
+      b, g = tokens.shape[0], self.grid
+      patch = known.shape[1] // g
+      token_known = jnp.all(known[..., 0].reshape(b, g, patch, g, patch), axis=(2, 4))
+      tokens = masked_process.maskgit_decode(
+          lambda t: model(t)[0], key, batch=num_images, grid=g, mask_id=model.mask_id, steps=s.steps,
+          schedule=self.config.masking.schedule, temperature=s.temperature, choice_temperature=s.choice_temperature,
+          tokens=jnp.where(token_known, tokens, model.mask_id))
+      return jnp.where(known, images, jnp.clip(tokenizer.decode_tokens(tokens), -1.0, 1.0))
+
+    return inpaint
 
 
 @functools.lru_cache(maxsize=4)

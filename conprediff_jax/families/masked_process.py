@@ -75,14 +75,16 @@ def masked_cross_entropy(logits: jax.Array, tokens: jax.Array, mask: jax.Array):
 
 
 def _decode_step(logits_fn, key: jax.Array, tokens: jax.Array, step, *, steps: int, mask_id: int,
-                 schedule: str = "cosine", temperature: float = 1.0, choice_temperature: float = 4.5) -> jax.Array:
+                 schedule: str = "cosine", temperature: float = 1.0, choice_temperature: float = 4.5,
+                 num_unknown: jax.Array | None = None) -> jax.Array:
   """One MaskGIT step `step` (0-based, may be traced) of `steps`: `tokens` [B, h, w] -> the next tokens.
 
   1. logits = logits_fn(tokens); a candidate is drawn at every position from softmax(logits / temperature)
      (argmax when temperature == 0); decoded positions keep their token.
   2. confidence = the model's log p(candidate) (untempered logits) on masked positions, +inf on decoded ones, plus
      choice_temperature * (1 - (step + 1) / steps) * Gumbel noise.
-  3. With N = h * w and M = the number masked now, n = max(0, min(floor(gamma((step + 1) / steps) * N), M - 1))
+  3. With N = h * w (or `num_unknown` [B], the count masked at the start, when decoding began from some known
+     tokens) and M = the number masked now, n = max(0, min(floor(gamma((step + 1) / steps) * N), M - 1))
      positions stay masked: the n lowest-confidence masked ones. The rest take their candidates. So every step with
      anything masked decodes at least one token, and the last (gamma(1) = 0) decodes all that remain.
   """
@@ -108,7 +110,8 @@ def _decode_step(logits_fn, key: jax.Array, tokens: jax.Array, step, *, steps: i
   confidence = jnp.where(masked, confidence + noise, jnp.inf)
 
   num_masked = masked.sum(axis=-1)
-  target = jnp.floor(_schedule(schedule)(progress) * n_total).astype(jnp.int32)
+  total = n_total if num_unknown is None else num_unknown
+  target = jnp.floor(_schedule(schedule)(progress) * total).astype(jnp.int32)
   keep_masked = jnp.maximum(0, jnp.minimum(target, num_masked - 1))
   # keep_masked < num_masked, and decoded positions have +inf confidence, so only masked positions are re-masked.
   remask = _lowest(confidence, keep_masked)
@@ -117,8 +120,11 @@ def _decode_step(logits_fn, key: jax.Array, tokens: jax.Array, step, *, steps: i
 
 def maskgit_decode(logits_fn: Callable[[jax.Array], jax.Array], key: jax.Array, *, batch: int, grid: int,
                    mask_id: int, steps: int, schedule: str = "cosine", temperature: float = 1.0,
-                   choice_temperature: float = 4.5) -> jax.Array:
+                   choice_temperature: float = 4.5, tokens: jax.Array | None = None) -> jax.Array:
   """MaskGIT parallel decoding from an all-[MASK] grid: tokens [batch, grid, grid] int32, none left masked.
+
+  With `tokens` (int32 [batch, grid, grid], [MASK] where unknown) decoding starts from those instead: the known
+  tokens stay as they are (token-model inpainting), and the schedule counts the unknown ones only.
 
   `logits_fn(tokens [B, h, w]) -> [B, h, w, V]` scores the vocabulary (V = mask_id; a head with a [MASK] column has
   it ignored). Step i uses key fold_in(key, i) and follows `_decode_step`: after step i, exactly
@@ -127,8 +133,12 @@ def maskgit_decode(logits_fn: Callable[[jax.Array], jax.Array], key: jax.Array, 
   changes.
   `batch`, `grid`, `steps`, `schedule` and the temperatures are static (Python values) under jit.
   """
-  tokens = jnp.full((batch, grid, grid), mask_id, jnp.int32)
+  num_unknown = None
+  if tokens is None:
+    tokens = jnp.full((batch, grid, grid), mask_id, jnp.int32)
+  else:
+    num_unknown = jnp.sum(tokens == mask_id, axis=(1, 2))
   step_fn = lambda i, t: _decode_step(logits_fn, jax.random.fold_in(key, i), t, i, steps=steps, mask_id=mask_id,
                                       schedule=schedule, temperature=temperature,
-                                      choice_temperature=choice_temperature)
+                                      choice_temperature=choice_temperature, num_unknown=num_unknown)
   return jax.lax.fori_loop(0, steps, step_fn, tokens)

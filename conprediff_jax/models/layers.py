@@ -1,5 +1,6 @@
-"""Layers the convolutional networks share (NHWC; `dtype` is the compute dtype, parameters stay float32)."""
+"""Layers the networks share (NHWC; `dtype` is the compute dtype, parameters stay float32)."""
 
+import jax.numpy as jnp
 from flax import nnx
 
 
@@ -12,3 +13,12 @@ def conv(cin: int, cout: int, rngs: nnx.Rngs, dtype, kernel: int = 3, stride: in
 
 def group_norm(channels: int, groups: int, rngs: nnx.Rngs, dtype, *, epsilon: float) -> nnx.GroupNorm:
   return nnx.GroupNorm(channels, num_groups=groups, epsilon=epsilon, dtype=dtype, rngs=rngs)
+
+
+def class_ids(labels, num_embeddings: int, batch: int):
+  """The class-embedding row of each example: the last row, the learned null class, where there is no label
+  (`labels` None, or negative: conditioning.NULL_LABEL)."""
+  null = num_embeddings - 1
+  if labels is None:
+    return jnp.full((batch,), null, jnp.int32)
+  return jnp.where(labels < 0, null, labels)

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from conprediff_jax.models import layers
+
 LN_EPS = 1e-6
 _embedding_init = nnx.initializers.normal(0.02)
 
@@ -84,10 +86,9 @@ class MaskedTokenTransformer(nnx.Module):
     position = self.row_embedding[...][:h, None, :] + self.col_embedding[...][None, :w, :]
     x = (self.token_embedding(tokens) + position.astype(self.dtype)).reshape(b, h * w, -1)
     if self.class_embedding is not None:
-      null = self.class_embedding.num_embeddings - 1
-      labels = jnp.full((b,), null, jnp.int32) if labels is None else labels
       # The class is one extra token every position attends to; it has no grid position and no output.
-      x = jnp.concatenate([self.class_embedding(labels)[:, None, :].astype(x.dtype), x], axis=1)
+      label = self.class_embedding(layers.class_ids(labels, self.class_embedding.num_embeddings, b))
+      x = jnp.concatenate([label[:, None, :].astype(x.dtype), x], axis=1)
     x = self.embedding_dropout(x, deterministic=rngs is None, rngs=rngs)
     for block in self.blocks:
       x = block(x, rngs)

@@ -213,9 +213,7 @@ class UNet(nnx.Module):
     """`rngs` (with a `dropout` stream) turns dropout on; without it the network is deterministic."""
     temb = self.time_embedding(timestep_embedding(t, self.temb_in_dim))
     if self.class_embedding is not None:
-      null = self.class_embedding.num_embeddings - 1
-      labels = jnp.full(x.shape[:1], null, jnp.int32) if labels is None else labels
-      temb = temb + self.class_embedding(labels)
+      temb = temb + self.class_embedding(layers.class_ids(labels, self.class_embedding.num_embeddings, x.shape[0]))
     h = self.conv_in(x)
     skips = [h]
     for block in self.down_blocks:
@@ -231,7 +229,9 @@ class UNet(nnx.Module):
 
 def unet_from_config(config, *, rngs: nnx.Rngs) -> UNet:
   m, d = config.model, config.data
-  return UNet(image_size=d.image_size, in_channels=d.channels, channels=m.channels,
+  # A mask-conditioned UNet also reads the known pixels and the mask (inpainting/mask_conditioning.py).
+  in_channels = 2 * d.channels + 1 if m.get("mask_conditional") else d.channels
+  return UNet(image_size=d.image_size, in_channels=in_channels, out_channels=d.channels, channels=m.channels,
               channel_mults=tuple(m.channel_mults), num_res_blocks=m.num_res_blocks,
               attention_resolutions=tuple(m.attention_resolutions), num_heads=m.num_heads,
               num_groups=m.num_groups, dropout=m.dropout,

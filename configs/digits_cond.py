@@ -1,0 +1,24 @@
+"""Class-conditional digits with classifier-free guidance: the default UNet told which digit to draw.
+
+    python -m conprediff_jax.main --config=configs/digits_cond.py --workdir=workdirs/digits_cond
+    python -m conprediff_jax.main --config=configs/digits_cond.py --workdir=workdirs/digits_cond --mode=eval \
+        --config.sample.guidance_scale=3   # another scale
+
+The default config (same UNet, steps and context loss) with a class embedding; 10% of training examples see the
+null class instead (`train.cond_dropout`), so the one network is also the unconditional model that guidance
+subtracts. `samples.png` has one digit class per row (0 at the top), `samples.npz` the requested `labels` beside
+the `images`. `--mode=eval` scores 512 samples (classes in turn) with FD-digits and `class_accuracy`: how often
+the digits classifier reads the requested class. Results to expect (seed 0, 2-core AMD EPYC, ~3 minutes of
+training): at the config's guidance 1.5, class accuracy 78.7% and FD-digits 28.4; without guidance (1.0) 65.2% and
+23.0; at 3, 92.2% and 98.1 (README "Conditioning and guidance" has the whole scan).
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model.class_conditional = True
+  config.train.cond_dropout = 0.1
+  config.sample.guidance_scale = 1.5  # README "Conditioning and guidance": accuracy vs FD-digits by scale
+  return config

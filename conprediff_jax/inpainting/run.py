@@ -1,0 +1,87 @@
+"""`--mode=inpaint`: fill the masked part of real images with the workdir's latest EMA model.
+
+Images come from `config.inpaint.images` (a folder of images already at the model's size) or, when that is empty,
+from the embedded digits (`config.inpaint.split`). Masks come from `config.inpaint.masks` (mask images, white = to
+fill) or are generated (`config.inpaint.mask`, seeded by config.seed). Writes into the workdir:
+
+  inpaint.png   the originals, the masked inputs (unknown pixels grey) and the filled images, in rows of 16
+  inpaint.npz   uint8 `original`, `filled` [N, H, W, C] and bool `known` [N, H, W]
+  inpaint.json  masked_mse (mean squared error to the originals over the filled pixels, images in [-1, 1]) and
+                known_max_abs_error (over the kept pixels: 0 when they come back exactly)
+"""
+
+import json
+import os
+import pathlib
+
+import jax
+import numpy as np
+from PIL import Image
+
+from conprediff_jax import images as images_lib
+from conprediff_jax import parallel, sampling
+from conprediff_jax.data import folder_source, imaging
+from conprediff_jax.data.digits import load_digits, split_rows
+from conprediff_jax.inpainting import masks
+
+IMAGES_PER_ROW = 16
+
+
+def load_images(config) -> np.ndarray:
+  """float32 [N, S, S, C] in [-1, 1]: the first `inpaint.num_images` images of the folder or digits split."""
+  p, d = config.inpaint, config.data
+  if not p.images:
+    x, _ = load_digits(d.image_size)
+    return x[split_rows(p.split, len(x))][:p.num_images]
+  root = os.path.expanduser(p.images)
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"config.inpaint.images={p.images!r} is not a folder; give a folder of images, or "
+                            "leave it empty for the embedded digits")
+  paths = list(folder_source.walk_images(pathlib.Path(root)))[:p.num_images]
+  if not paths:
+    raise ValueError(f"config.inpaint.images={p.images!r} holds no image files")
+  out = []
+  for path in paths:
+    with Image.open(path) as image:
+      if image.size != (d.image_size, d.image_size):
+        raise ValueError(f"{path} is {image.size[0]}x{image.size[1]}, the model's images are "
+                         f"{d.image_size}x{d.image_size}; resize (or crop) them to that size first: inpainting "
+                         "does not rescale, so that the known pixels come back unchanged")
+      out.append(imaging.to_model_image(image, d.image_size, d.channels))
+  return np.stack(out)
+
+
+def load_known(config, count: int) -> np.ndarray:
+  """bool [N, S, S]: True where the pixel is kept."""
+  p, size = config.inpaint, config.data.image_size
+  if p.masks:
+    return masks.read_folder(p.masks, count, size)
+  return masks.generate(p.mask, count, size, config.seed)
+
+
+def inpaint(config, workdir: str) -> dict[str, float]:
+  images = load_images(config)
+  known = load_known(config, len(images))
+  trained = sampling.load_latest_ema(config, workdir)
+  fn = jax.jit(trained.family.inpainter(trained.model_def, trained.first_stage_def, len(images)))
+  on_mesh = lambda x: jax.device_put(x, parallel.replicated(trained.mesh))
+  key = jax.random.fold_in(jax.random.key(config.seed), 3)
+  with jax.set_mesh(trained.mesh):
+    filled = parallel.to_host(fn(trained.weights, trained.first_stage_weights, on_mesh(key), on_mesh(images),
+                                 on_mesh(known[..., None])))
+  error = np.square(filled - images)
+  unknown = np.broadcast_to(~known[..., None], images.shape)
+  metrics = {"step": trained.step, "num_images": len(images),
+             "masked_mse": float(error[unknown].mean()) if unknown.any() else 0.0,
+             "known_max_abs_error": float(np.abs(filled - images)[~unknown].max()) if (~unknown).any() else 0.0}
+  if jax.process_index() == 0:
+    original, result = images_lib.to_uint8(images), images_lib.to_uint8(filled)
+    masked = images_lib.to_uint8(np.where(known[..., None], images, 0.0))
+    block = np.arange(len(images)) // IMAGES_PER_ROW  # rows of 16: originals, masked inputs, results, repeated
+    rows = np.concatenate([3 * block, 3 * block + 1, 3 * block + 2])
+    images_lib.save_grid(os.path.join(workdir, "inpaint.png"), np.concatenate([original, masked, result]),
+                         row_keys=rows)
+    np.savez(os.path.join(workdir, "inpaint.npz"), original=original, filled=result, known=known)
+    with open(os.path.join(workdir, "inpaint.json"), "w", encoding="utf-8") as f:
+      json.dump(metrics, f, indent=2)
+  return metrics
