@@ -2,14 +2,15 @@
 
     python -m conprediff_jax.main                      # same as --config=configs/default.py --workdir=workdirs/default
 
-Trains 1,300 steps at batch 24 (cosine learning-rate decay) and writes `samples.png` / `samples.npz` (64 DDIM
-samples from the EMA parameters), most of them legible digits. From a fresh clone: 170 s on a 2-core AMD EPYC
-(fp32 matmul 372 GFLOP/s, `python -m benchmarks.machine`), an estimated ~8 minutes on a 2-core Intel Xeon of
-~95 GFLOP/s. `--mode=eval` then gives FD-digits 22.2 for seed 0 and 31.2 for seed 1 (512 samples; 2026-12-02):
-worse, and far less steady across seeds, than the former default (batch 64, 1,500 steps, constant rate:
-`--config.train.batch_size=64 --config.train.steps=1500 --config.train.lr_schedule=constant`), which scored
-18.0 +- 0.4 over 3 seeds but took 499 s on the EPYC and ~24 minutes on the Xeon. docs/benchmarks.md ("The
-README's commands") has the runs between the two; a default that fits and matches the former quality is open.
+Trains 1,300 steps at batch 24 (cosine learning-rate decay; v-prediction with Min-SNR-5 loss weights) and writes
+`samples.png` / `samples.npz` (64 DDIM samples from the EMA parameters), most of them legible digits. From a fresh
+clone: 167 s on a 2-core AMD EPYC (fp32 matmul 400 GFLOP/s, `python -m benchmarks.machine`; 2026-12-03), an
+estimated ~8 minutes on a 2-core Intel Xeon of ~95 GFLOP/s. `--mode=eval` then gives FD-digits 21.0 (seeds 1 and
+2: 20.9, 22.7; 512 samples). That is better and steadier than the eps default it replaced (22.2, 31.2, 27.7), and
+still short of the former long default (batch 64, 1,500 steps, constant rate, eps: `--config.train.batch_size=64
+--config.train.steps=1500 --config.train.lr_schedule=constant --config.diffusion.prediction=eps
+--config.diffusion.min_snr_gamma=0`), which scored 18.0 +- 0.4 over 3 seeds but took 499 s on the EPYC and ~24
+minutes on the Xeon. docs/benchmarks.md ("The README's commands") has the runs between them.
 """
 
 import ml_collections
