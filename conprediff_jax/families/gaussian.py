@@ -28,14 +28,14 @@ class GaussianFamily(Family):
   def loss(self, model, first_stage, batch, key) -> LossOutput:
     del first_stage
     batch = self.drop_condition(batch, key)
-    denoiser = model
+    extra = None
     if self.mask_conditional:
       x0 = batch["image"]
       known = mask_conditioning.random_known(jax.random.fold_in(key, MASK_STREAM), x0.shape[0], x0.shape[1],
                                              self.config.train.cond_dropout)
       extra = mask_conditioning.extra_channels(x0, known)
-      denoiser = lambda x, t, labels=None, rngs=None: model(jnp.concatenate([x, extra], -1), t, labels, rngs=rngs)
-    point, features, x0 = self.diffusion.loss(denoiser, batch, key, dropout=self.config.model.dropout > 0)
+    point, features, x0 = self.diffusion.loss(_reading(model, extra), batch, key,
+                                              dropout=self.config.model.dropout > 0)
     return LossOutput(point, {"loss_point": point}, features, x0)
 
   @property
@@ -46,7 +46,7 @@ class GaussianFamily(Family):
     """`apply(x_t, t)` for the samplers: guided when `cond` is given, reading `extra` channels when the UNet is
     mask-conditioned."""
     def out(x, t, extra, c):
-      return denoiser(x if extra is None else jnp.concatenate([x, extra], -1), t, c and c["label"])[0]
+      return _reading(denoiser, extra)(x, t, c and c["label"])[0]
     guided = conditioning.classifier_free(out, cond, self.config.sample.guidance_scale)
     return lambda x, t: guided(x, t, extra)
 
@@ -89,3 +89,10 @@ class GaussianFamily(Family):
                        "channels that a diffusers DDIMPipeline does not pass; export an unconditional one")
     from conprediff_jax.export import diffusers_export  # pylint: disable=g-import-not-at-top  # torch-free, lazy
     return diffusers_export.export_pipeline(self.config, weights, out_dir)
+
+
+def _reading(model, extra):
+  """The UNet with `extra` channels appended to its input (a mask-conditioned one), or as it is (extra None)."""
+  if extra is None:
+    return model
+  return lambda x, t, labels=None, rngs=None: model(jnp.concatenate([x, extra], -1), t, labels, rngs=rngs)
