@@ -110,6 +110,9 @@ def test_mask_files_white_fills_and_mismatches_are_one_line_errors(tmp_path):
   with pytest.raises(ValueError, match=r"is 8x8, its images are 16x16") as e:
     masks.read_folder(str(tmp_path), 2, 16)
   assert "\n" not in str(e.value)
+  (tmp_path / "b.png").write_bytes(b"not an image")
+  with pytest.raises(ValueError, match=r"mask .*b\.png: not a readable image"):
+    masks.read_folder(str(tmp_path), 2, 8)
 
 
 def test_images_of_another_size_are_a_user_error_that_says_what_to_do(tmp_path):
@@ -120,7 +123,16 @@ def test_images_of_another_size_are_a_user_error_that_says_what_to_do(tmp_path):
   with pytest.raises(ValueError, match=r"is 20x12, the model's images are 8x8; resize") as e:
     inpaint_run.load_images(config)
   assert main.is_startup_error(e.value) and "\n" not in str(e.value)
-  config.inpaint.images, config.inpaint.masks = "", str(tmp_path)  # a 20x12 "mask" for 8x8 digits
+  (tmp_path / "photo.jpg").unlink()
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+  (tmp_path / "b.png").write_bytes((tmp_path / "a.png").read_bytes()[:120])  # pixel data cut short
+  (tmp_path / "c.png").write_bytes(b"not an image")
+  for kept in ("b.png", "c.png"):
+    config.inpaint.num_images = 2 if kept == "b.png" else 3
+    with pytest.raises(ValueError, match=r"(b|c)\.png: not a readable image .*; remove or replace it") as e:
+      inpaint_run.load_images(config)
+    assert main.is_startup_error(e.value) and "\n" not in str(e.value)
+  config.inpaint.images, config.inpaint.masks = "", str(tmp_path)  # 8x8 and unreadable "masks" for 4 digits
   with pytest.raises(ValueError) as e:
     inpaint_run.load_known(config, 4)
   assert main.is_startup_error(e.value)

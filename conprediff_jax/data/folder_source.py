@@ -25,7 +25,7 @@ IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 # What Pillow raises on bad files: UnidentifiedImageError is an OSError; some plugins raise
 # SyntaxError / ValueError / struct errors; DecompressionBombError guards absurd sizes.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 def walk_images(root: pathlib.Path) -> Iterator[pathlib.Path]:
@@ -43,7 +43,7 @@ def walk_images(root: pathlib.Path) -> Iterator[pathlib.Path]:
         yield pathlib.Path(dirpath, name)
 
 
-def _describe(error: BaseException) -> str:
+def describe(error: BaseException) -> str:
   """One line, whatever Pillow put in the message."""
   return " ".join(f"{type(error).__name__}: {error}".split())
 
@@ -54,13 +54,13 @@ def _class_name(root: pathlib.Path, path: pathlib.Path) -> str:
   return parts[0] if len(parts) > 1 else ""
 
 
-def _header_problem(path: pathlib.Path) -> str | None:
+def header_problem(path: pathlib.Path) -> str | None:
   """Why the file cannot be used, judged from its header alone; None if it looks fine."""
   try:
     with Image.open(path) as image:
       mode, (w, h) = image.mode, image.size
-  except _DECODE_ERRORS as e:
-    return f"not a readable image ({_describe(e)})"
+  except DECODE_ERRORS as e:
+    return f"not a readable image ({describe(e)})"
   if w < 1 or h < 1:
     return f"empty image {w}x{h}"
   if mode not in imaging.CONVERTIBLE_MODES:
@@ -99,7 +99,7 @@ class FolderSource(Source):
     self.paths: list[pathlib.Path] = []
     labels = []
     for path in candidates:
-      problem = _header_problem(path)
+      problem = header_problem(path)
       if problem is not None:
         self._skip(str(path), problem)
         continue
@@ -147,8 +147,8 @@ class FolderSource(Source):
         continue
       try:
         image = self._load(j)
-      except _DECODE_ERRORS as e:
-        self._mark_bad(j, f"undecodable image ({_describe(e)})")
+      except DECODE_ERRORS as e:
+        self._mark_bad(j, f"undecodable image ({describe(e)})")
         continue
       return {"image": image, "label": self.labels[j]}
     raise ValueError(f"no image in config.data.data_dir={str(self.root)!r} decodes; "

@@ -42,12 +42,19 @@ def load_images(config) -> np.ndarray:
     raise ValueError(f"config.inpaint.images={p.images!r} holds no image files")
   out = []
   for path in paths:
+    problem = folder_source.header_problem(path)
+    if problem is not None:
+      raise ValueError(f"{path}: {problem}; remove or replace it in config.inpaint.images")
     with Image.open(path) as image:
       if image.size != (d.image_size, d.image_size):
         raise ValueError(f"{path} is {image.size[0]}x{image.size[1]}, the model's images are "
                          f"{d.image_size}x{d.image_size}; resize (or crop) them to that size first: inpainting "
                          "does not rescale, so that the known pixels come back unchanged")
-      out.append(imaging.to_model_image(image, d.image_size, d.channels))
+      try:  # the header was fine; the pixel data may still be truncated
+        out.append(imaging.to_model_image(image, d.image_size, d.channels))
+      except folder_source.DECODE_ERRORS as e:
+        raise ValueError(f"{path}: not a readable image ({folder_source.describe(e)}); remove or replace it in "
+                         "config.inpaint.images") from e
   return np.stack(out)
 
 
