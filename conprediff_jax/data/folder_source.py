@@ -68,6 +68,22 @@ def header_problem(path: pathlib.Path) -> str | None:
   return None
 
 
+def decode_at_size(path: pathlib.Path, size: int, decode, *, name: str, setting: str, wrong_size: str):
+  """`decode(image)` of the image file at `path`, which must be `size` x `size` (nothing rescaled). Every problem is
+  a one-line ValueError that starts with `name` (how to call the file) and, for unreadable files, names the config
+  `setting` that lists it; `wrong_size` says what was expected instead."""
+  problem = header_problem(path)
+  if problem is not None:
+    raise ValueError(f"{name}: {problem}; remove or replace it in {setting}")
+  with Image.open(path) as image:
+    if image.size != (size, size):
+      raise ValueError(f"{name} is {image.size[0]}x{image.size[1]}, {wrong_size}")
+    try:  # the header was fine; the pixel data may still be truncated
+      return decode(image)
+    except DECODE_ERRORS as e:
+      raise ValueError(f"{name}: not a readable image ({describe(e)}); remove or replace it in {setting}") from e
+
+
 class FolderSource(Source):
   """Images under `root` (recursively); labels from sorted top-level subfolder names.
 

@@ -74,18 +74,8 @@ def read_folder(directory: str, count: int, size: int) -> np.ndarray:
   if len(paths) not in (1, count):
     raise ValueError(f"config.inpaint.masks={directory!r} holds {len(paths)} masks for {count} images; give one "
                      "mask per image (matched in sorted order) or a single mask for all")
-  out = []
-  for path in paths:
-    problem = folder_source.header_problem(path)
-    if problem is not None:
-      raise ValueError(f"mask {path}: {problem}; remove or replace it in config.inpaint.masks")
-    with Image.open(path) as image:
-      if image.size != (size, size):
-        raise ValueError(f"mask {path} is {image.size[0]}x{image.size[1]}, its images are {size}x{size}; give "
-                         "masks of the images' size")
-      try:  # the header was fine; the pixel data may still be truncated
-        out.append(np.asarray(image.convert("L")) < 128)
-      except folder_source.DECODE_ERRORS as e:
-        raise ValueError(f"mask {path}: not a readable image ({folder_source.describe(e)}); remove or replace it "
-                         "in config.inpaint.masks") from e
+  out = [folder_source.decode_at_size(path, size, lambda image: np.asarray(image.convert("L")) < 128,
+                                      name=f"mask {path}", setting="config.inpaint.masks",
+                                      wrong_size=f"its images are {size}x{size}; give masks of the images' size")
+         for path in paths]
   return np.stack(out if len(out) == count else out * count)

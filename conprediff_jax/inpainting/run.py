@@ -16,7 +16,6 @@ import pathlib
 
 import jax
 import numpy as np
-from PIL import Image
 
 from conprediff_jax import images as images_lib
 from conprediff_jax import parallel, sampling
@@ -40,21 +39,12 @@ def load_images(config) -> np.ndarray:
   paths = list(folder_source.walk_images(pathlib.Path(root)))[:p.num_images]
   if not paths:
     raise ValueError(f"config.inpaint.images={p.images!r} holds no image files")
-  out = []
-  for path in paths:
-    problem = folder_source.header_problem(path)
-    if problem is not None:
-      raise ValueError(f"{path}: {problem}; remove or replace it in config.inpaint.images")
-    with Image.open(path) as image:
-      if image.size != (d.image_size, d.image_size):
-        raise ValueError(f"{path} is {image.size[0]}x{image.size[1]}, the model's images are "
-                         f"{d.image_size}x{d.image_size}; resize (or crop) them to that size first: inpainting "
-                         "does not rescale, so that the known pixels come back unchanged")
-      try:  # the header was fine; the pixel data may still be truncated
-        out.append(imaging.to_model_image(image, d.image_size, d.channels))
-      except folder_source.DECODE_ERRORS as e:
-        raise ValueError(f"{path}: not a readable image ({folder_source.describe(e)}); remove or replace it in "
-                         "config.inpaint.images") from e
+  size = d.image_size
+  wrong_size = (f"the model's images are {size}x{size}; resize (or crop) them to that size first: inpainting does "
+                "not rescale, so that the known pixels come back unchanged")
+  out = [folder_source.decode_at_size(path, size, lambda image: imaging.to_model_image(image, size, d.channels),
+                                      name=str(path), setting="config.inpaint.images", wrong_size=wrong_size)
+         for path in paths]
   return np.stack(out)
 
 
