@@ -50,20 +50,24 @@ class GaussianFamily(Family):
     guided = conditioning.classifier_free(out, cond, self.config.sample.guidance_scale)
     return lambda x, t: guided(x, t, extra)
 
+  def _sample(self, apply, key, shape):
+    """The config's sampler (sample.sampler, steps, eta) from pure noise."""
+    s = self.config.sample
+    return samplers.sample(apply, self.diffusion, key, shape, sampler=s.sampler, steps=s.steps, eta=s.eta)
+
   def feature_spec(self) -> FeatureSpec:
     m, d = self.config.model, self.config.data
     return FeatureSpec(grid=d.image_size, features=m.channels * m.channel_mults[0], targets=d.channels)
 
   def sampler(self, model_def, first_stage_def, num_images):
     del first_stage_def
-    s, d = self.config.sample, self.config.data
+    d = self.config.data
     shape = (num_images, d.image_size, d.image_size, d.channels)
 
     def sample(weights, first_stage_weights, key, cond):
       del first_stage_weights
       extra = mask_conditioning.nothing_known(shape) if self.mask_conditional else None
-      apply = self._apply(nnx.merge(model_def, weights), cond, extra)
-      return samplers.sample(apply, self.diffusion, key, shape, sampler=s.sampler, steps=s.steps, eta=s.eta)
+      return self._sample(self._apply(nnx.merge(model_def, weights), cond, extra), key, shape)
 
     return sample
 
@@ -76,8 +80,7 @@ class GaussianFamily(Family):
       denoiser = nnx.merge(model_def, weights)
       if self.mask_conditional:  # the UNet reads the known pixels; they are pasted back over its output
         apply = self._apply(denoiser, None, mask_conditioning.extra_channels(images, known))
-        out = samplers.sample(apply, self.diffusion, key, images.shape, sampler=s.sampler, steps=s.steps, eta=s.eta)
-        return jnp.where(known, images, out)
+        return jnp.where(known, images, self._sample(apply, key, images.shape))
       return repaint.inpaint(self._apply(denoiser, None, None), self.diffusion, key, images, known, steps=s.steps,
                              jump_length=p.jump_length, resamples=p.resamples)
 

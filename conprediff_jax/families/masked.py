@@ -61,18 +61,23 @@ class MaskedFamily(Family):
       model = nnx.merge(model_def, weights)
       tokenizer = nnx.merge(first_stage_def, tokenizer_weights)
       logits = conditioning.classifier_free(lambda t, c: model(t, c and c["label"])[0], cond, s.guidance_scale)
-      tokens = masked_process.maskgit_decode(
-          logits, key, batch=num_images, grid=self.grid, mask_id=model.mask_id,
-          steps=s.steps, schedule=self.config.masking.schedule, temperature=s.temperature,
-          choice_temperature=s.choice_temperature)
-      return jnp.clip(tokenizer.decode_tokens(tokens), -1.0, 1.0)
+      return self._decode(logits, key, num_images, model.mask_id, tokenizer)
 
     return sample
+
+  def _decode(self, logits_fn, key, num_images: int, mask_id: int, tokenizer, tokens=None):
+    """MaskGIT decoding with the config's sampling settings (from `tokens` where some are known), then the
+    tokenizer's decoder: images in [-1, 1]."""
+    s = self.config.sample
+    tokens = masked_process.maskgit_decode(
+        logits_fn, key, batch=num_images, grid=self.grid, mask_id=mask_id, steps=s.steps,
+        schedule=self.config.masking.schedule, temperature=s.temperature, choice_temperature=s.choice_temperature,
+        tokens=tokens)
+    return jnp.clip(tokenizer.decode_tokens(tokens), -1.0, 1.0)
 
   def inpainter(self, model_def, first_stage_def, num_images):
     """Known tokens fixed, the rest decoded by MaskGIT; then the known pixels pasted back over the decoder's output.
     A token is known where every pixel of its patch is (its encoding sees the unknown pixels as 0)."""
-    s = self.config.sample
 
     def inpaint(weights, tokenizer_weights, key, images, known):
       model = nnx.merge(model_def, weights)
@@ -81,11 +86,9 @@ class MaskedFamily(Family):
       b, g = tokens.shape[0], self.grid
       patch = known.shape[1] // g
       token_known = jnp.all(known[..., 0].reshape(b, g, patch, g, patch), axis=(2, 4))
-      tokens = masked_process.maskgit_decode(
-          lambda t: model(t)[0], key, batch=num_images, grid=g, mask_id=model.mask_id, steps=s.steps,
-          schedule=self.config.masking.schedule, temperature=s.temperature, choice_temperature=s.choice_temperature,
-          tokens=jnp.where(token_known, tokens, model.mask_id))
-      return jnp.where(known, images, jnp.clip(tokenizer.decode_tokens(tokens), -1.0, 1.0))
+      filled = self._decode(lambda t: model(t)[0], key, num_images, model.mask_id, tokenizer,
+                            tokens=jnp.where(token_known, tokens, model.mask_id))
+      return jnp.where(known, images, filled)
 
     return inpaint
 
