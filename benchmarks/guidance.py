@@ -9,7 +9,6 @@ config's steps, config.sample.num_images images per call, fetched to the host. A
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -23,31 +22,30 @@ SCALE = 3.0
 
 
 def make_samplers(config):
-  """name -> jitted `(weights, key, labels) -> images`, for the three ways of calling the denoiser."""
+  """name -> jitted `(weights, key, cond) -> images`, for the three ways of calling the denoiser."""
   family = families.get(config)
   model_def = families.abstract_model(family)[0]
   s, d = config.sample, config.data
   shape = (s.num_images, d.image_size, d.image_size, d.channels)
 
   def with_apply(make_apply):
-    def sample(weights, key, labels):
+    def sample(weights, key, cond):
       denoiser = nnx.merge(model_def, weights)
-      return samplers.sample(make_apply(denoiser, labels), family.diffusion, key, shape, steps=s.steps)
+      return samplers.sample(make_apply(denoiser, cond), family.diffusion, key, shape, steps=s.steps)
     return jax.jit(sample)
 
-  def batched(denoiser, labels):
-    fn = lambda x, t, c: denoiser(x, t, c["label"])[0]
-    return conditioning.classifier_free(fn, {"label": labels}, SCALE)
+  def batched(denoiser, cond):
+    return conditioning.classifier_free(lambda x, t, c: denoiser(x, t, c)[0], cond, SCALE)
 
-  def sequential(denoiser, labels):
-    null = jnp.full_like(labels, conditioning.NULL_LABEL)
+  def sequential(denoiser, cond):
+    null = conditioning.null_like(cond)
 
     def apply(x, t):
-      c, u = denoiser(x, t, labels)[0], denoiser(x, t, null)[0]
+      c, u = denoiser(x, t, cond)[0], denoiser(x, t, null)[0]
       return u + SCALE * (c - u)
     return apply
 
-  return {"unguided": with_apply(lambda denoiser, labels: lambda x, t: denoiser(x, t, labels)[0]),
+  return {"unguided": with_apply(lambda denoiser, cond: lambda x, t: denoiser(x, t, cond)[0]),
           "guided_batched": with_apply(batched), "guided_sequential": with_apply(sequential)}
 
 
@@ -59,17 +57,17 @@ def main():
   model = family.build(nnx.Rngs(0))
   weights = families.union(nnx.state(model, nnx.Param).to_pure_dict(),
                            nnx.state(model, families.BUFFERS).to_pure_dict())
-  labels = family.sample_cond(config.sample.num_images)["label"]
+  cond = family.sample_cond(config.sample.num_images)
   fns = make_samplers(config)
   key, calls = jax.random.key(0), [0]
 
   def call(fn):
     def run():
       calls[0] += 1
-      return np.asarray(fn(weights, jax.random.fold_in(key, calls[0]), labels))
+      return np.asarray(fn(weights, jax.random.fold_in(key, calls[0]), cond))
     return run
 
-  compile_s = {name: harness.timed(lambda fn=fn: fn.lower(weights, key, labels).compile())[1]
+  compile_s = {name: harness.timed(lambda fn=fn: fn.lower(weights, key, cond).compile())[1]
                for name, fn in fns.items()}
   times = harness.interleave({name: call(fn) for name, fn in fns.items()}, repeats=args.repeats,
                              warmup=args.warmup)

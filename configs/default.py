@@ -30,6 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.channels = 1
   config.data.num_classes = 10
   config.data.strict = False         # folder: refuse unreadable/wrong-shaped images instead of skipping them
+  # Text for text-conditional models (data/text.py): "digit_templates" (captions made from the digit labels) or a
+  # .txt file, one caption per example in the source's order; and/or precomputed embeddings (.npz, same order).
+  config.data.captions = ""
+  config.data.text_embeddings_file = ""
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "unet"
@@ -42,7 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout = 0.0
   config.model.class_conditional = False  # configs/digits_cond.py: class labels, classifier-free guidance
   config.model.mask_conditional = False   # configs/digits_inpaint.py: also reads known pixels + mask (inpainting)
+  config.model.text_conditional = False   # configs/digits_text.py: prompts, read by cross-attention
   config.model.dtype = "float32"     # compute dtype; parameters stay float32
+
+  config.text = text_settings()
 
   config.diffusion = ml_collections.ConfigDict()
   config.diffusion.schedule = "cosine"  # "linear" | "cosine"
@@ -95,6 +102,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.steps = 50
   config.sample.eta = 0.0
   config.sample.guidance_scale = 1.0  # conditional models: 1 = no guidance, w > 1 = u + w (c - u), 0 = unconditional
+  prompt_settings(config.sample)
 
   config.inpaint = ml_collections.ConfigDict()  # --mode=inpaint (conprediff_jax/inpainting/run.py)
   config.inpaint.images = ""         # a folder of images at the model's size; empty: the digits of `split`
@@ -119,3 +127,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh.shape = (-1, 1)        # -1: all remaining devices
   config.mesh.axes = ("data", "fsdp")
   return config
+
+
+def text_settings() -> ml_collections.ConfigDict:
+  """How a text-conditional model (model.text_conditional) reads its prompt (models/text_encoder.py)."""
+  text = ml_collections.ConfigDict()
+  text.encoder = "bytes"             # "bytes": a small byte-level transformer trained jointly | "precomputed":
+  #                                    embeddings a frozen encoder (T5, CLIP) made ahead, carried by the data
+  text.max_length = 48               # prompt positions: bytes, or embedding vectors; longer prompts are cut
+  text.width = 64                    # bytes: the encoder's width, which the cross-attention reads
+  text.depth = 2                     # bytes: transformer layers
+  text.num_heads = 4                 # bytes: attention heads
+  text.embedding_dim = 0             # precomputed: the stored embeddings' width (768 for CLIP ViT-L/14, ...)
+  return text
+
+
+def prompt_settings(sample: ml_collections.ConfigDict) -> None:
+  """What a text-conditional model samples (sample_requests.py): prompts in turn, one per row of samples.png."""
+  sample.prompts = ""                # prompts separated by "|": --config.sample.prompts='the digit 3|a handwritten 7'
+  sample.prompts_file = ""           # or a text file, one prompt per line
+  sample.prompt_embeddings_file = ""  # text.encoder="precomputed": .npz with prompts [P], embedding [P, L, D], mask

@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.mlp_ratio = 4
   config.model.dropout = 0.0
   config.model.class_conditional = False
+  config.model.text_conditional = False  # a text slot: the prompt's context vectors ahead of the grid
   config.model.dtype = "float32"
 
   config.masking = ml_collections.ConfigDict()
@@ -50,5 +51,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.steps = 8              # parallel decoding steps (at most the 16 tokens)
   config.sample.temperature = 1.0      # of the token distribution sampled at each step
   config.sample.choice_temperature = 4.5  # Gumbel noise on the confidences that pick what stays masked; anneals to 0
-  config.sample.guidance_scale = 1.0   # class-conditional models: classifier-free guidance on the logits
+  config.sample.guidance_scale = 1.0   # conditional models: classifier-free guidance on the logits
+  default.prompt_settings(config.sample)
   return config

@@ -2,30 +2,52 @@
 
 A `cond` is a dict of per-example arrays (leading axis: the batch), or None for an unconditional model:
 
-  "label"  int32 [B]  a class in [0, num_classes), or NULL_LABEL: "no class", the model's unconditional input
+  "label"           int32 [B]        a class in [0, num_classes), or NULL_LABEL: "no class"
+  "text_tokens"     int32 [B, L]     a prompt as byte-level tokens (`encode_text`; PAD after its end), for a model
+                                     with the built-in text encoder (config.text.encoder="bytes")
+  "text_embedding"  float32 [B, L, D]  a prompt embedded by a frozen encoder (T5, CLIP) ahead of time, and
+  "text_mask"       bool [B, L]        which of its L positions are real (config.text.encoder="precomputed")
+  "known_image"     float32 [B, H, W, C]  inpainting: the known pixels (0 elsewhere), and
+  "known_mask"      bool [B, H, W, 1]     where they are, for a mask-conditioned UNet (inpainting/mask_conditioning.py)
 
-Data batches carry the same keys beside "image" (`from_batch` takes them out). A model maps NULL_LABEL to a
-learned null embedding, so one network is both the conditional and the unconditional model that guidance needs.
+Data batches carry the same keys beside "image"; a model reads the ones `model_keys` names. Each key's NULLS value
+is "no condition" (no class, the empty prompt, nothing known), which the model maps to learned null inputs, so one network is both
+the conditional and the unconditional model that guidance needs.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 NULL_LABEL = -1
-KEYS = ("label",)
+# Byte-level text: token = byte + 1, so 0 can pad; BOS opens every encoded prompt inside the encoder.
+PAD, BOS, TEXT_VOCAB = 0, 257, 258
+NULLS = {"label": NULL_LABEL, "text_tokens": PAD, "text_embedding": 0.0, "text_mask": False, "known_image": 0.0,
+         "known_mask": False}
+KEYS = tuple(NULLS)
 
 
-def from_batch(batch: dict) -> dict | None:
-  """The conditioning keys of a data batch (None if it has none)."""
-  cond = {k: batch[k] for k in KEYS if k in batch}
+def model_keys(config) -> tuple[str, ...]:
+  """The condition keys the config's model reads (none for an unconditional model)."""
+  keys = ("label",) if config.model.get("class_conditional", False) else ()
+  if config.model.get("text_conditional", False):
+    keys += ("text_tokens",) if config.text.encoder == "bytes" else ("text_embedding", "text_mask")
+  if config.model.get("mask_conditional", False):
+    keys += ("known_image", "known_mask")
+  return keys
+
+
+def from_batch(batch: dict, keys: Sequence[str] = KEYS) -> dict | None:
+  """The conditioning `keys` of a data batch (None if it has none)."""
+  cond = {k: batch[k] for k in keys if k in batch}
   return cond or None
 
 
 def null_like(cond: dict) -> dict:
   """The unconditional input with the shapes of `cond`."""
-  return {k: jnp.full_like(v, NULL_LABEL) for k, v in cond.items()}
+  return {k: jnp.full_like(v, NULLS[k]) for k, v in cond.items()}
 
 
 def drop(cond: dict | None, key: jax.Array, rate: float) -> dict | None:
@@ -54,3 +76,17 @@ def classifier_free(fn: Callable, cond: dict | None, scale: float) -> Callable:
     return unconditional + scale * (conditional - unconditional)
 
   return guided
+
+
+def encode_text(prompts: Sequence[str], length: int) -> np.ndarray:
+  """int32 [N, length]: each prompt's UTF-8 bytes + 1, cut at `length` bytes, padded with PAD."""
+  tokens = np.full((len(prompts), length), PAD, np.int32)
+  for i, prompt in enumerate(prompts):
+    data = np.frombuffer(prompt.encode("utf-8")[:length], np.uint8)
+    tokens[i, :len(data)] = data.astype(np.int32) + 1
+  return tokens
+
+
+def decode_text(tokens: np.ndarray) -> list[str]:
+  """The prompts `encode_text` encoded (a prompt cut inside a multi-byte character loses that character)."""
+  return [bytes(int(t) - 1 for t in row if t != PAD).decode("utf-8", errors="ignore") for row in np.asarray(tokens)]

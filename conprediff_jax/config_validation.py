@@ -45,6 +45,7 @@ CHOICES: dict[str, tuple] = {
     "train.lr_schedule": ("constant", "cosine"),           # train.py LR_SCHEDULES
     "masking.schedule": ("cosine", "linear", "square"),    # families/masked_process.py MASK_SCHEDULES
     "inpaint.mask": ("border", "box", "half", "strokes"),  # inpainting/masks.py GENERATORS
+    "text.encoder": ("bytes", "precomputed"),              # models/text_encoder.py TextEncoder
     "eval.metric": ("class_accuracy", "fd_digits", "fid", "kid", "reconstruction_mse"),  # evaluate.py LOWER_IS_BETTER
 }
 # What differs by family: its network, and how it samples.
@@ -103,6 +104,11 @@ BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "model.commitment_cost": _NON_NEGATIVE,
     "model.codebook_decay": _FRACTION,
     "model.dead_code_threshold": _NON_NEGATIVE,
+    "text.max_length": _POSITIVE,
+    "text.width": _POSITIVE,
+    "text.depth": _NON_NEGATIVE,
+    "text.num_heads": _POSITIVE,
+    "text.embedding_dim": _NON_NEGATIVE,
     "inpaint.num_images": _POSITIVE,
     "inpaint.jump_length": _POSITIVE,
     "inpaint.resamples": _POSITIVE,
@@ -348,17 +354,49 @@ def _check_transformer(config) -> None:
                       f"use at most {tokens} (every step decodes at least one token)")
 
 
-def _check_classes(config) -> None:
+def _check_conditioning(config) -> None:
   if config.model.get("class_conditional") and config.data.num_classes < 1:
     raise ConfigError("data.num_classes", f"{config.data.num_classes} with config.model.class_conditional=True",
                       "set the number of classes, or class_conditional=False")
+  if config.model.get("text_conditional"):
+    _check_text(config)
   scale = config.get("sample", {}).get("guidance_scale", 1.0)
-  if scale != 1.0 and not config.model.get("class_conditional"):
+  if scale != 1.0 and not (config.model.get("class_conditional") or config.model.get("text_conditional")):
     raise ConfigError("sample.guidance_scale", f"{scale} for an unconditional model (guidance needs a condition)",
-                      "set config.model.class_conditional=True and train, or leave guidance_scale=1")
+                      "set config.model.class_conditional (or text_conditional) =True and train, or leave "
+                      "guidance_scale=1")
   if scale != 1.0 and config.train.get("cond_dropout", 0.0) == 0:
     raise ConfigError("sample.guidance_scale", f"{scale} with config.train.cond_dropout=0: the unconditional "
                       "model guidance subtracts was never trained", "train with cond_dropout > 0 (e.g. 0.1)")
+
+
+def _check_text(config) -> None:
+  """Where a text-conditional model's training text and its sampling prompts come from (checked now: samples are
+  written after training, too late to learn that there are no prompts)."""
+  t, d, s = config.text, config.data, config.sample
+  if t.encoder == "bytes":
+    if t.width % t.num_heads:
+      raise ConfigError("text.num_heads", f"{t.num_heads} does not divide config.text.width={t.width}",
+                        "use a divisor of the width")
+    if not d.captions:
+      raise ConfigError("data.captions", "is empty with config.model.text_conditional=True",
+                        "set 'digit_templates' (the embedded digits) or a captions file, one line per example")
+    if d.captions == "digit_templates" and d.name != "digits":
+      raise ConfigError("data.captions", f"'digit_templates' with config.data.name={d.name!r}",
+                        "give a captions file for this data (one caption per line, in the source's order)")
+    if d.captions != "digit_templates" and not os.path.isfile(os.path.expanduser(d.captions)):
+      raise ConfigError("data.captions", f"{d.captions!r} is neither 'digit_templates' nor an existing file",
+                        "point it at a captions file")
+    if not (s.prompts.strip(" |") or s.prompts_file):
+      raise ConfigError("sample.prompts", "is empty (and so is sample.prompts_file): a text-conditional model "
+                        "samples from prompts", "e.g. --config.sample.prompts='the digit 3|a handwritten seven'")
+    return
+  for key, value in (("text.embedding_dim", t.embedding_dim), ("data.text_embeddings_file", d.text_embeddings_file),
+                     ("sample.prompt_embeddings_file", s.prompt_embeddings_file)):
+    if not value:
+      raise ConfigError(key, f"is {value!r} with config.text.encoder='precomputed'",
+                        "set it: the width of the stored embeddings, the training data's embeddings (.npz: "
+                        "embedding, mask), and the sampling prompts' (.npz: prompts, embedding, mask)")
 
 
 def _check_data(config) -> None:
@@ -389,7 +427,7 @@ FAMILY_RULES: dict[str, tuple[Rule, ...]] = {
         lambda c: (token_grid(read_first_stage_config(c.first_stage.workdir)), "the tokenizer's token grid"))),
     "autoencoder": (_check_vq, _check_no_context),
 }
-RULES: tuple[Rule, ...] = (_check_classes, _check_data, _check_paths)  # every family's
+RULES: tuple[Rule, ...] = (_check_conditioning, _check_data, _check_paths)  # every family's
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -439,7 +477,7 @@ def _flatten(tree, prefix=""):
 
 # What sampling, evaluation, inpainting and export read from a trained model: with any of these changed they would
 # run the weights as another model (e.g. v-prediction weights read as eps), and silently produce garbage.
-INFERENCE_PREFIXES = ("family", "model.", "diffusion.schedule", "diffusion.timesteps", "diffusion.prediction",
+INFERENCE_PREFIXES = ("family", "model.", "text.", "diffusion.schedule", "diffusion.timesteps", "diffusion.prediction",
                       "data.image_size", "data.channels", "data.num_classes", "masking.")
 
 

@@ -71,19 +71,21 @@ def unknown_override(e: LookupError | AttributeError, argv: list[str]) -> str:
 
 
 def is_startup_error(e: Exception) -> bool:
-  """FileNotFoundError/ValueError from opening the data or the images and masks to inpaint, finding no checkpoint,
-  or exporting (inpainting) with a family that has no exporter (inpainter): user errors."""
+  """FileNotFoundError/ValueError from opening the data, the prompts to sample or the images and masks to inpaint,
+  finding no checkpoint, text embeddings of the wrong width, or exporting (inpainting) with a family that has no
+  exporter (inpainter): user errors."""
   if not isinstance(e, (FileNotFoundError, ValueError)):
     return False
-  from conprediff_jax import families, sampling  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import families, sample_requests, sampling  # pylint: disable=g-import-not-at-top
   from conprediff_jax.data import registry  # pylint: disable=g-import-not-at-top
-
   from conprediff_jax.inpainting import run as inpaint_run  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.models import text_encoder  # pylint: disable=g-import-not-at-top
 
   frames = [frame.f_code for frame, _ in traceback.walk_tb(e.__traceback__)]
-  reading_inputs = (registry.make_source, inpaint_run.load_images, inpaint_run.load_known)
+  reading_inputs = (registry.make_source, sample_requests.request, sample_requests.cond, inpaint_run.load_images,
+                    inpaint_run.load_known)
   refusing = (sampling.restore_ema_weights, families.Family.export, families.FAMILIES["gaussian"].export,
-              families.Family.inpainter)
+              families.Family.inpainter, text_encoder.TextEncoder.__call__)
   return (any(f.__code__ in frames for f in reading_inputs) or frames[-1] in [f.__code__ for f in refusing])
 
 

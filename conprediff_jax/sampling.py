@@ -17,6 +17,7 @@ from tqdm import tqdm
 from conprediff_jax import checkpointing
 from conprediff_jax import families
 from conprediff_jax import parallel
+from conprediff_jax import sample_requests
 
 
 def make_sample_fn(family: families.Family, model_def: nnx.GraphDef, num_images: int, *,
@@ -33,16 +34,21 @@ def make_sample_fn(family: families.Family, model_def: nnx.GraphDef, num_images:
 
 def generate(family: families.Family, sample_fn, weights, first_stage_weights, key, num_images: int,
              batch_size: int, *, progress: bool = False):
-  """`num_images` samples [N, H, W, C] in [-1, 1] plus their labels (or None), in fixed-size batches."""
-  batches, labels = [], []
+  """`num_images` samples [N, H, W, C] in [-1, 1], in fixed-size batches, and what each was asked for: a dict of
+  [N] arrays, empty for an unconditional model; "labels" the class each should show (where one is implied),
+  "prompts" and "prompt_index" its prompt."""
+  batches, asked = [], []
   for i, start in enumerate(tqdm(range(0, num_images, batch_size), desc="sampling", unit="batch",
                                  disable=not progress or jax.process_index() != 0)):
     cond = family.sample_cond(batch_size, offset=start)
     batches.append(parallel.to_host(sample_fn(weights, first_stage_weights, jax.random.fold_in(key, i), cond)))
-    if cond is not None and "label" in cond:
-      labels.append(np.asarray(cond["label"]))
+    asked.append(family.sample_request(batch_size, offset=start) or {})
   images = np.concatenate(batches)[:num_images]
-  return images, (np.concatenate(labels)[:num_images] if labels else None)
+  request = {k: np.concatenate([a[k] for a in asked])[:num_images] for k in asked[0]}
+  records = {"labels": sample_requests.classes(family.config, request or None)}
+  if "prompt" in request:
+    records.update(prompts=request["prompt"], prompt_index=request["prompt_index"])
+  return images, {k: v for k, v in records.items() if v is not None}
 
 
 def put_first_stage(first_stage: families.FirstStage | None, mesh):

@@ -216,19 +216,21 @@ def restore_or_init(run: Run, seed: int):
 # Samples.
 # ------------------------------------------------------------------------------------------------------------------
 def write_samples(trained: sampling.TrainedModel, workdir: str, writer: MetricWriter | None = None) -> np.ndarray:
-  """Samples from the inference weights into samples.png / samples.npz (uint8 [N, H, W, C] `images`, and the
-  requested class `labels` [N] for a class-conditional model); returns the images."""
+  """Samples from the inference weights into samples.png / samples.npz (uint8 [N, H, W, C] `images`, and what
+  they were asked for: the requested class `labels` [N], the `prompts` [N] of a text-conditional model); returns
+  the images."""
   config = trained.family.config
   key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)
-  images, labels = sampling.generate(trained.family, trained.sample_fn(config.sample.num_images), trained.weights,
-                                     trained.first_stage_weights, key, config.sample.num_images,
-                                     config.sample.num_images)
+  images, asked = sampling.generate(trained.family, trained.sample_fn(config.sample.num_images), trained.weights,
+                                    trained.first_stage_weights, key, config.sample.num_images,
+                                    config.sample.num_images)
   images = images_lib.to_uint8(images)
-  if jax.process_index() == 0:  # a class-conditional model's grid has one class per row
-    images_lib.save_grid(os.path.join(workdir, "samples.png"), images, row_keys=labels)
-    np.savez(os.path.join(workdir, "samples.npz"), images=images, **({} if labels is None else {"labels": labels}))
+  rows = asked.get("prompt_index", asked.get("labels"))  # a conditional grid: one prompt, or class, per row
+  if jax.process_index() == 0:
+    images_lib.save_grid(os.path.join(workdir, "samples.png"), images, row_keys=rows)
+    np.savez(os.path.join(workdir, "samples.npz"), images=images, **asked)
     if writer is not None:
-      writer.images(trained.step, "samples", images_lib.grid(images, row_keys=labels))
+      writer.images(trained.step, "samples", images_lib.grid(images, row_keys=rows))
   return images
 
 
@@ -263,6 +265,7 @@ def train(config, workdir: str) -> dict[str, Any]:
   exp, t = run.exp, config.train
   batch_sharding = parallel.batch_sharding(run.mesh)
   source = data_lib.make_source(config.data)
+  exp.family.sample_cond(1)  # what the final samples ask for (prompt files): read now, not after training
   batches = data_lib.Batches(source, global_batch_size=t.batch_size, seed=config.seed, sharding=batch_sharding)
   writer = MetricWriter(workdir)
   if jax.process_index() == 0:

@@ -88,25 +88,29 @@ def test_guided_sampler_at_scale_0_is_the_unconditional_model(family, tokenizer_
   assert np.abs(run(3.0, labels) - conditional).max() > 3e-2
 
 
-def test_digits_cond_and_inpaint_at_smoke_size_train_sample_by_class_and_inpaint(tmp_path):
-  """The own settings of configs/digits_cond.py and configs/digits_inpaint.py (where each differs from the default)
-  on the smoke config, together: two steps, guided samples labelled in samples.npz, then --mode=inpaint's run on
-  the checkpoint (the mask-conditioned path)."""
-  from configs import default, digits_cond, digits_inpaint  # pylint: disable=g-import-not-at-top
+def test_digits_cond_text_and_inpaint_at_smoke_size_train_sample_and_inpaint(tmp_path):
+  """The own settings of configs/digits_cond.py, digits_text.py and digits_inpaint.py (where each differs from the
+  default) on the smoke config, together in one model (one compile): two steps, guided samples with their labels
+  and prompts in samples.npz, then --mode=inpaint's run on the checkpoint (the mask-conditioned path)."""
+  from configs import default, digits_cond, digits_inpaint, digits_text  # pylint: disable=g-import-not-at-top
   from conprediff_jax import train  # pylint: disable=g-import-not-at-top
   from conprediff_jax.inpainting import run as inpaint_run  # pylint: disable=g-import-not-at-top
   base = default.get_config().to_dict()
   config = tiny_config()
-  for own in (digits_cond.get_config().to_dict(), digits_inpaint.get_config().to_dict()):
+  for own in (digits_cond.get_config().to_dict(), digits_text.get_config().to_dict(),
+              digits_inpaint.get_config().to_dict()):
     for section, values in own.items():
       if isinstance(values, dict):
         config[section].update({k: v for k, v in values.items() if v != base[section][k]})
-  assert config.model.class_conditional and config.model.mask_conditional and config.sample.guidance_scale != 1.0
+  assert config.model.class_conditional and config.model.mask_conditional and config.model.text_conditional
+  assert config.sample.guidance_scale != 1.0
+  config.text.update(width=16, depth=1, num_heads=2)
   config.train.steps, config.sample.num_images = 2, 12
   train.train(config, str(tmp_path))
   saved = np.load(tmp_path / "samples.npz")
   assert saved["images"].shape == (12, 8, 8, 1)
   np.testing.assert_array_equal(saved["labels"], np.arange(12) % 10)
+  assert list(saved["prompts"][:3]) == ["a handwritten zero", "the digit 1", "two, written by hand"]
   assert (tmp_path / "samples.png").exists()
 
   config.inpaint.update(num_images=4, jump_length=2, resamples=2)

@@ -94,6 +94,22 @@ MALFORMED = {
                                                  "sample.guidance_scale": 2.0}, "sample.guidance_scale", 1, 1),
     "condition always dropped": ({"model.class_conditional": True, "train.cond_dropout": 1.0},
                                  "train.cond_dropout", 1, 1),
+    "text without captions": ({"model.text_conditional": True, "sample.prompts": "a"}, "data.captions", 1, 1),
+    "digit captions for a folder": ({"model.text_conditional": True, "data.captions": "digit_templates",
+                                     "data.name": "folder", "data.data_dir": REPO}, "data.captions", 1, 1),
+    "captions file missing": ({"model.text_conditional": True, "data.captions": MISSING_DIR}, "data.captions", 1, 1),
+    "text without prompts": ({"model.text_conditional": True, "data.captions": "digit_templates",
+                              "sample.prompts": " | "}, "sample.prompts", 1, 1),
+    "text heads vs width": ({"model.text_conditional": True, "text.num_heads": 5}, "text.num_heads", 1, 1),
+    "unknown text encoder": ({"text.encoder": "clip"}, "text.encoder", 1, 1),
+    "precomputed without width": ({"model.text_conditional": True, "text.encoder": "precomputed"},
+                                  "text.embedding_dim", 1, 1),
+    "precomputed without prompts": ({"model.text_conditional": True, "text.encoder": "precomputed",
+                                     "text.embedding_dim": 8, "data.text_embeddings_file": REPO},
+                                    "sample.prompt_embeddings_file", 1, 1),
+    "guidance on text without dropout": ({"model.text_conditional": True, "data.captions": "digit_templates",
+                                          "sample.prompts": "a", "train.cond_dropout": 0.0,
+                                          "sample.guidance_scale": 2.0}, "sample.guidance_scale", 1, 1),
     "negative min-SNR gamma": ({"diffusion.min_snr_gamma": -1.0}, "diffusion.min_snr_gamma", 1, 1),
     "batch vs data parallelism": ({"train.batch_size": 6}, "train.batch_size", 4, 1),
     "batch vs data x fsdp": ({"mesh.shape": (2, 4), "train.batch_size": 12}, "train.batch_size", 8, 1),
@@ -117,7 +133,7 @@ def test_malformed_config_is_one_line_naming_the_key(changes, key, devices, proc
   assert "\n" not in message
 
 
-@pytest.mark.parametrize("name", ["default", "smoke", "digits_cond", "digits_inpaint"])
+@pytest.mark.parametrize("name", ["default", "smoke", "digits_cond", "digits_inpaint", "digits_text"])
 @pytest.mark.parametrize("devices,processes", [(1, 1), (2, 1), (8, 1), (8, 2)])
 def test_shipped_configs_pass(name, devices, processes):
   config = importlib.import_module(f"configs.{name}").get_config()

@@ -58,7 +58,8 @@ def _random_params(config, seed: int):
 def _denoiser_fn(config):
   """Jitted `(params, x, t, labels) -> output` of our UNet: one compile instead of op-by-op dispatch."""
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: models.build_denoiser(config, jax.random.key(0))))
-  return jax.jit(lambda params, x, t, labels=None: nnx.merge(graphdef, params)(x, t, labels)[0])
+  return jax.jit(lambda params, x, t, labels=None: nnx.merge(graphdef, params)(
+      x, t, None if labels is None else {"label": labels})[0])
 
 
 def _nchw(x: np.ndarray):

@@ -133,3 +133,8 @@ def test_export_without_an_exporter_is_a_one_line_user_error(tmp_path):
   with pytest.raises(ValueError, match="mask-conditioned UNet") as error:
     families.get(mask_conditional).export({}, str(tmp_path))
   assert main.is_startup_error(error.value) and "\n" not in str(error.value)
+  text_conditional = tiny_config()
+  text_conditional.model.text_conditional = True
+  with pytest.raises(ValueError, match="text-conditional UNet") as error:
+    families.get(text_conditional).export({}, str(tmp_path))
+  assert main.is_startup_error(error.value) and "\n" not in str(error.value)

@@ -169,7 +169,7 @@ def tiny_model(num_classes=0, dtype=jnp.float32, dropout=0.5):
 @nnx.jit
 def forward(model, tokens, labels=None, rngs=None):
   """One compiled program per model layout: cheaper to compile than running the model op by op."""
-  return model(tokens, labels, rngs=rngs)
+  return model(tokens, None if labels is None else {"label": labels}, rngs=rngs)
 
 
 def token_inputs():
@@ -211,7 +211,7 @@ def test_transformer_features_are_each_positions_own_without_blocks():
   # which also checks that the class token is the one dropped.
   model = MaskedTokenTransformer(**{**TINY, "depth": 0}, num_classes=5, rngs=nnx.Rngs(0))
   tokens = np.asarray(token_inputs())
-  logits, features = model(jnp.asarray(tokens), jnp.array([1, 2]))
+  logits, features = model(jnp.asarray(tokens), {"label": jnp.array([1, 2])})
   x = (np.asarray(model.token_embedding.embedding[...])[tokens] + np.asarray(model.row_embedding[...])[:, None]
        + np.asarray(model.col_embedding[...])[None, :])
   expected = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)  # LN at init: scale 1, bias 0

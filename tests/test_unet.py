@@ -44,12 +44,30 @@ def test_dropout_only_with_an_rng():
 def test_class_labels_change_the_output_and_none_is_the_null_class():
   model = UNet(**TINY, num_classes=10, rngs=nnx.Rngs(0))
   x, t = inputs()
-  with_labels, _ = model(x, t, jnp.array([1, 2, 3]))
-  other, _ = model(x, t, jnp.array([4, 5, 6]))
+  with_labels, _ = model(x, t, {"label": jnp.array([1, 2, 3])})
+  other, _ = model(x, t, {"label": jnp.array([4, 5, 6])})
   unconditional, _ = model(x, t)
-  null, _ = model(x, t, jnp.full((3,), 10))
-  dropped, _ = model(x, t, jnp.array([1, NULL_LABEL, 3]))  # conditioning.NULL_LABEL: that example's null class
+  null, _ = model(x, t, {"label": jnp.full((3,), 10)})
+  dropped, _ = model(x, t, {"label": jnp.array([1, NULL_LABEL, 3])})  # conditioning.NULL_LABEL: that example's null class
   assert float(jnp.abs(with_labels - other).max()) > 1e-4
   np.testing.assert_array_equal(unconditional, null)
   np.testing.assert_array_equal(dropped[1], null[1])
   np.testing.assert_array_equal(dropped[::2], with_labels[::2])
+
+
+def test_mask_conditioned_unet_reads_only_the_known_pixels_and_nothing_known_when_none_are_given():
+  from conprediff_jax.inpainting import mask_conditioning  # pylint: disable=g-import-not-at-top
+  model = UNet(**TINY, mask_conditional=True, rngs=nnx.Rngs(0))
+  assert model.conv_in.kernel.shape == (3, 3, 2 * 2 + 1, 8)  # x_t, the known pixels, the mask
+  forward = nnx.jit(lambda model, x, t, cond: model(x, t, cond)[0])
+  x, t = inputs()
+  images = jax.random.normal(jax.random.key(1), x.shape)
+  known = jnp.arange(8)[None, :, None, None] < jnp.array([2, 4, 8])[:, None, None, None]  # rows kept
+  known = jnp.broadcast_to(known, (3, 8, 8, 1))
+  out = forward(model, x, t, mask_conditioning.cond(images, known))
+  unknown_changed = forward(model, x, t, mask_conditioning.cond(jnp.where(known, images, 7.0), known))
+  np.testing.assert_allclose(unknown_changed, out, atol=1e-6)
+  known_changed = forward(model, x, t, mask_conditioning.cond(2 * images, known))
+  assert float(jnp.abs(known_changed - out).max()) > 1e-4
+  nothing = forward(model, x, t, mask_conditioning.cond(images, jnp.zeros_like(known)))
+  np.testing.assert_allclose(forward(model, x, t, None), nothing, atol=1e-6)

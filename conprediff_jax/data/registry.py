@@ -8,7 +8,7 @@ from collections.abc import Callable
 import ml_collections
 import numpy as np
 
-from conprediff_jax.data import digits, imaging
+from conprediff_jax.data import digits, imaging, text
 from conprediff_jax.data.source import ArraySource, Source
 
 SourceBuilder = Callable[[ml_collections.ConfigDict], Source]
@@ -53,4 +53,4 @@ def make_source(data_config: ml_collections.ConfigDict) -> Source:
   if source.num_classes > data_config.num_classes:
     raise ValueError(f"config.data.num_classes={data_config.num_classes} but the {name} data has "
                      f"{source.num_classes} classes; set config.data.num_classes={source.num_classes}")
-  return source
+  return text.with_text(source, data_config)

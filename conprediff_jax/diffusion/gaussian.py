@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from conprediff_jax import conditioning
+
 
 def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
   """Ho et al. 2020; the endpoints are for 1,000 steps and rescaled for other lengths."""
@@ -100,7 +102,7 @@ class GaussianDiffusion:
     k_t, k_noise, k_drop = jax.random.split(key, 3)
     t = jax.random.randint(k_t, x0.shape[:1], 0, self.timesteps)
     noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
-    out, features = model(self.q_sample(x0, t, noise), t, batch.get("label"),
+    out, features = model(self.q_sample(x0, t, noise), t, conditioning.from_batch(batch),
                           rngs=nnx.Rngs(dropout=k_drop) if dropout else None)
     weights = jnp.asarray(self.loss_weights(), jnp.float32)[t][:, None, None, None]
     loss = jnp.mean(weights * jnp.square(out - self.target(x0, t, noise)))

@@ -48,10 +48,16 @@ class AutoencoderFamily(Family):
     source = data_lib.make_source(data)
     return source.get_batch(np.arange(len(source)))
 
+  def _heldout_rows(self, num_images: int, offset: int) -> np.ndarray:
+    return (offset + np.arange(num_images)) % len(self.heldout["image"])
+
+  def sample_request(self, num_images: int, offset: int = 0) -> dict:
+    """A reconstruction should show its original's class."""
+    return {"label": self.heldout["label"][self._heldout_rows(num_images, offset)]}
+
   def sample_cond(self, num_images: int, offset: int = 0) -> dict:
-    """Held-out images in order (wrapping around), with their labels."""
-    rows = (offset + np.arange(num_images)) % len(self.heldout["image"])
-    return {"image": self.heldout["image"][rows], "label": self.heldout["label"][rows]}
+    """Held-out images in order (wrapping around)."""
+    return {"image": self.heldout["image"][self._heldout_rows(num_images, offset)]}
 
   def score(self, model: nnx.Module, samples: np.ndarray) -> dict[str, float]:
     """Reconstruction error of the held-out images, and their use of the codebook."""

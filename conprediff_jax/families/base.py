@@ -8,7 +8,8 @@ a VQ autoencoder). The trainer never asks which family it runs; it calls these m
   loss(model, first_stage, batch, key) -> LossOutput
   feature_spec()                   the grid and widths a context head reads, or None where it does not apply
   sampler(model_def, first_stage_def, num_images) -> pure (weights, first_stage_weights, key, cond) -> images
-  sample_cond(num_images, offset)  what a sampler is conditioned on (labels, or the images to reconstruct)
+  sample_request(num_images, offset)  what samples are asked for (classes, prompts), recorded beside them
+  sample_cond(num_images, offset)  what a sampler is conditioned on (the request's cond, or images to reconstruct)
   inpainter(model_def, first_stage_def, num_images) -> pure (weights, first_stage_weights, key, images, known)
   score(model, samples)            metrics of its own for --mode=eval (a tokenizer's reconstruction error)
   export(weights, out_dir)         the inference model in another framework's format, where there is one
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from conprediff_jax import conditioning
+from conprediff_jax import conditioning, sample_requests
 
 # What a model may hold besides nnx.Param: statistics that its own loss updates (never the optimiser).
 BUFFERS = nnx.BatchStat
@@ -94,12 +95,14 @@ class Family(abc.ABC):
   def sampler(self, model_def: nnx.GraphDef, first_stage_def: nnx.GraphDef | None, num_images: int) -> Sampler:
     """A pure function `(weights, first_stage_weights, key, cond) -> images float32 [N, H, W, C] in [-1, 1]`."""
 
+  def sample_request(self, num_images: int, offset: int = 0) -> dict | None:
+    """What samples `offset .. offset + num_images` are asked for (sample_requests.request: the classes, the
+    prompts, in turn); None for an unconditional model."""
+    return sample_requests.request(self.config, num_images, offset)
+
   def sample_cond(self, num_images: int, offset: int = 0) -> dict | None:
-    """The conditioning of samples `offset .. offset + num_images`: class-conditional models sample the classes
-    in turn (0, 1, ..., 0, 1, ...); unconditional ones take None."""
-    if not self.config.model.get("class_conditional", False):
-      return None
-    return {"label": jnp.arange(offset, offset + num_images, dtype=jnp.int32) % self.config.data.num_classes}
+    """The conditioning of samples `offset .. offset + num_images`: their request as the model's inputs."""
+    return sample_requests.cond(self.config, self.sample_request(num_images, offset))
 
   def inpainter(self, model_def: nnx.GraphDef, first_stage_def: nnx.GraphDef | None, num_images: int) -> Inpainter:
     """A pure function `(weights, first_stage_weights, key, images, known) -> images`: `images` float32
@@ -112,7 +115,7 @@ class Family(abc.ABC):
   def drop_condition(self, batch: dict, key: jax.Array) -> dict:
     """The batch a conditional model trains on: its condition dropped to the null one at `train.cond_dropout`
     (conditioning.drop); an unconditional model's batch loses its condition keys."""
-    cond = conditioning.from_batch(batch) if self.config.model.get("class_conditional", False) else None
+    cond = conditioning.from_batch(batch, conditioning.model_keys(self.config))
     rest = {k: v for k, v in batch.items() if k not in conditioning.KEYS}
     # A stream of its own, folded from the loss's key: the loss's own draws are the same with or without it.
     key = jax.random.fold_in(key, DROP_CONDITION_STREAM)

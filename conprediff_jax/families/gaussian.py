@@ -28,27 +28,21 @@ class GaussianFamily(Family):
   def loss(self, model, first_stage, batch, key) -> LossOutput:
     del first_stage
     batch = self.drop_condition(batch, key)
-    extra = None
-    if self.mask_conditional:
+    if self.mask_conditional:  # the known pixels of a random training mask join the condition
       x0 = batch["image"]
       known = mask_conditioning.random_known(jax.random.fold_in(key, MASK_STREAM), x0.shape[0], x0.shape[1],
                                              self.config.train.cond_dropout)
-      extra = mask_conditioning.extra_channels(x0, known)
-    point, features, x0 = self.diffusion.loss(_reading(model, extra), batch, key,
-                                              dropout=self.config.model.dropout > 0)
+      batch = {**batch, **mask_conditioning.cond(x0, known)}
+    point, features, x0 = self.diffusion.loss(model, batch, key, dropout=self.config.model.dropout > 0)
     return LossOutput(point, {"loss_point": point}, features, x0)
 
   @property
   def mask_conditional(self) -> bool:
     return bool(self.config.model.get("mask_conditional", False))
 
-  def _apply(self, denoiser, cond, extra):
-    """`apply(x_t, t)` for the samplers: guided when `cond` is given, reading `extra` channels when the UNet is
-    mask-conditioned."""
-    def out(x, t, extra, c):
-      return _reading(denoiser, extra)(x, t, c and c["label"])[0]
-    guided = conditioning.classifier_free(out, cond, self.config.sample.guidance_scale)
-    return lambda x, t: guided(x, t, extra)
+  def _apply(self, denoiser, cond, guidance_scale: float = 1.0):
+    """`apply(x_t, t)` for the samplers: the denoiser's output given `cond`, guided at `guidance_scale`."""
+    return conditioning.classifier_free(lambda x, t, c: denoiser(x, t, c)[0], cond, guidance_scale)
 
   def _sample(self, apply, key, shape):
     """The config's sampler (sample.sampler, steps, eta) from pure noise."""
@@ -66,8 +60,8 @@ class GaussianFamily(Family):
 
     def sample(weights, first_stage_weights, key, cond):
       del first_stage_weights
-      extra = mask_conditioning.nothing_known(shape) if self.mask_conditional else None
-      return self._sample(self._apply(nnx.merge(model_def, weights), cond, extra), key, shape)
+      apply = self._apply(nnx.merge(model_def, weights), cond, self.config.sample.guidance_scale)
+      return self._sample(apply, key, shape)
 
     return sample
 
@@ -79,9 +73,9 @@ class GaussianFamily(Family):
       del first_stage_weights
       denoiser = nnx.merge(model_def, weights)
       if self.mask_conditional:  # the UNet reads the known pixels; they are pasted back over its output
-        apply = self._apply(denoiser, None, mask_conditioning.extra_channels(images, known))
+        apply = self._apply(denoiser, mask_conditioning.cond(images, known))
         return jnp.where(known, images, self._sample(apply, key, images.shape))
-      return repaint.inpaint(self._apply(denoiser, None, None), self.diffusion, key, images, known, steps=s.steps,
+      return repaint.inpaint(self._apply(denoiser, None), self.diffusion, key, images, known, steps=s.steps,
                              jump_length=p.jump_length, resamples=p.resamples)
 
     return inpaint
@@ -90,12 +84,10 @@ class GaussianFamily(Family):
     if self.mask_conditional:
       raise ValueError("--mode=export: a mask-conditioned UNet (config.model.mask_conditional) reads extra input "
                        "channels that a diffusers DDIMPipeline does not pass; export an unconditional one")
+    if self.config.model.text_conditional:
+      raise ValueError("--mode=export: exporting a text-conditional UNet (as diffusers' UNet2DConditionModel, "
+                       "whose layout it follows, with its text encoder) is not built yet; export an unconditional "
+                       "or class-conditional one")
     from conprediff_jax.export import diffusers_export  # pylint: disable=g-import-not-at-top  # torch-free, lazy
     return diffusers_export.export_pipeline(self.config, weights, out_dir)
 
-
-def _reading(model, extra):
-  """The UNet with `extra` channels appended to its input (a mask-conditioned one), or as it is (extra None)."""
-  if extra is None:
-    return model
-  return lambda x, t, labels=None, rngs=None: model(jnp.concatenate([x, extra], -1), t, labels, rngs=rngs)

@@ -45,7 +45,8 @@ class MaskedFamily(Family):
     k_mask, k_drop = jax.random.split(key)
     inputs, mask = masked_process.mask_tokens(k_mask, tokens, model.mask_id, self.config.masking.schedule)
     rngs = nnx.Rngs(dropout=k_drop) if self.config.model.dropout > 0 else None
-    logits, features = model(inputs, self.drop_condition(batch, key).get("label"), rngs=rngs)
+    cond = conditioning.from_batch(self.drop_condition(batch, key))
+    logits, features = model(inputs, cond, rngs=rngs)
     loss, accuracy = masked_process.masked_cross_entropy(logits, tokens, mask)
     targets = first_stage.embed(tokens)  # the frozen codebook vectors of the clean tokens
     return LossOutput(loss, {"loss_point": loss, "masked_accuracy": accuracy}, features, targets)
@@ -60,7 +61,7 @@ class MaskedFamily(Family):
     def sample(weights, tokenizer_weights, key, cond):
       model = nnx.merge(model_def, weights)
       tokenizer = nnx.merge(first_stage_def, tokenizer_weights)
-      logits = conditioning.classifier_free(lambda t, c: model(t, c and c["label"])[0], cond, s.guidance_scale)
+      logits = conditioning.classifier_free(lambda t, c: model(t, c)[0], cond, s.guidance_scale)
       return self._decode(logits, key, num_images, model.mask_id, tokenizer)
 
     return sample

@@ -1,22 +1,19 @@
 """Mask-conditioned denoisers (`model.mask_conditional`): the UNet also reads the known pixels and the mask.
 
-Its input is [x_t, known pixels (0 where unknown), mask] along channels: 2C + 1 channels for C-channel images.
-Training draws a mask per example (`random_known`); sampling passes the real one, or nothing known at all for plain
-generation, which training covers by making `cond_dropout` of its examples fully unknown.
+They are part of its condition (`cond`: "known_image", "known_mask"; conditioning.py), which the UNet appends to
+its input along channels: [x_t, known pixels (0 where unknown), mask], 2C + 1 channels for C-channel images.
+Training draws a mask per example (`random_known`); inpainting passes the real one; plain generation passes none,
+which reads as nothing known (the null condition), and training covers it by making `cond_dropout` of its
+examples fully unknown.
 """
 
 import jax
 import jax.numpy as jnp
 
 
-def extra_channels(images: jax.Array, known: jax.Array) -> jax.Array:
-  """[B, H, W, C + 1]: the known pixels (0 elsewhere) and the mask as 0/1."""
-  return jnp.concatenate([jnp.where(known, images, 0.0), known.astype(images.dtype)], axis=-1)
-
-
-def nothing_known(shape) -> jax.Array:
-  """The extra channels for plain generation: [B, H, W, C + 1] zeros."""
-  return jnp.zeros(shape[:-1] + (shape[-1] + 1,), jnp.float32)
+def cond(images: jax.Array, known: jax.Array) -> dict:
+  """The condition of inpainting `images` [B, H, W, C] where `known` [B, H, W, 1] (True = keep)."""
+  return {"known_image": jnp.where(known, images, 0.0), "known_mask": known}
 
 
 def random_known(key: jax.Array, batch: int, size: int, none_rate: float) -> jax.Array:

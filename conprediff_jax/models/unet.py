@@ -5,8 +5,12 @@ up_blocks.{i}.upsamplers.0.conv, conv_norm_out, conv_out, ...) and the block lay
 every resnet and every downsampler; `num_res_blocks + 1` resnets per up block; up_blocks[0] at the lowest
 resolution) match diffusers, so an exporter only transposes kernels. Layout is NHWC.
 
-`__call__` returns `(output, features)`: `features` is the last up block's output before the output norm/conv,
-the per-position representation that a training-only context head may read.
+A text-conditional UNet (config.model.text_conditional) follows `UNet2DConditionModel` instead: every attention
+is a `Transformer2D` (models/cross_attention.py) whose cross-attention reads the prompt from `text_encoder`.
+
+`__call__(x, t, cond)` takes the conditioning dict (conprediff_jax/conditioning.py) and returns
+`(output, features)`: `features` is the last up block's output before the output norm/conv, the per-position
+representation that a training-only context head may read.
 """
 
 from collections.abc import Sequence
@@ -16,7 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from conprediff_jax.models import layers
+from conprediff_jax.models import attention, cross_attention, layers
+from conprediff_jax.models.text_encoder import text_encoder_from_config
 
 NORM_EPS = 1e-5  # diffusers UNet2DModel's norm_eps
 
@@ -81,12 +86,11 @@ class Attention(nnx.Module):
     self.to_v = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
     self.to_out = nnx.List([nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)])
 
-  def __call__(self, x):
+  def __call__(self, x, text=None):
+    del text  # self-attention only: the UNet's attentions share one call signature
     b, h, w, c = x.shape
     tokens = self.group_norm(x).reshape(b, h * w, c)
-    split = lambda t: t.reshape(b, h * w, self.heads, c // self.heads)
-    q, k, v = split(self.to_q(tokens)), split(self.to_k(tokens)), split(self.to_v(tokens))
-    out = jax.nn.dot_product_attention(q, k, v).reshape(b, h * w, c)
+    out = attention.attend(self.to_q(tokens), self.to_k(tokens), self.to_v(tokens), self.heads)
     return x + self.to_out[0](out).reshape(b, h, w, c)
 
 
@@ -112,21 +116,20 @@ class Upsample2D(nnx.Module):
 class DownBlock(nnx.Module):
   """DownBlock2D, or AttnDownBlock2D when `attention` is set."""
 
-  def __init__(self, cin, cout, temb_dim, *, num_layers, attention, add_downsample, heads, groups, dropout, rngs,
-               dtype=jnp.float32):
+  def __init__(self, cin, cout, temb_dim, *, num_layers, attention, add_downsample, make_attention, groups,
+               dropout, rngs, dtype=jnp.float32):
     self.resnets = nnx.List([
         ResnetBlock2D(cin if i == 0 else cout, cout, temb_dim, groups=groups, dropout=dropout, rngs=rngs, dtype=dtype)
         for i in range(num_layers)])
-    self.attentions = nnx.List([Attention(cout, heads=heads, groups=groups, rngs=rngs, dtype=dtype)
-                                for _ in range(num_layers)]) if attention else None
+    self.attentions = nnx.List([make_attention(cout) for _ in range(num_layers)]) if attention else None
     self.downsamplers = nnx.List([Downsample2D(cout, rngs=rngs, dtype=dtype)]) if add_downsample else None
 
-  def __call__(self, x, temb, rngs=None):
+  def __call__(self, x, temb, rngs=None, text=None):
     skips = []
     for i, resnet in enumerate(self.resnets):
       x = resnet(x, temb, rngs)
       if self.attentions is not None:
-        x = self.attentions[i](x)
+        x = self.attentions[i](x, text)
       skips.append(x)
     if self.downsamplers is not None:
       x = self.downsamplers[0](x)
@@ -137,52 +140,61 @@ class DownBlock(nnx.Module):
 class UpBlock(nnx.Module):
   """UpBlock2D, or AttnUpBlock2D when `attention` is set; each resnet consumes one skip connection."""
 
-  def __init__(self, skip_channels: Sequence[int], cin, cout, temb_dim, *, attention, add_upsample, heads, groups,
-               dropout, rngs, dtype=jnp.float32):
+  def __init__(self, skip_channels: Sequence[int], cin, cout, temb_dim, *, attention, add_upsample,
+               make_attention, groups, dropout, rngs, dtype=jnp.float32):
     ins = [cin] + [cout] * (len(skip_channels) - 1)
     self.resnets = nnx.List([
         ResnetBlock2D(c + s, cout, temb_dim, groups=groups, dropout=dropout, rngs=rngs, dtype=dtype)
         for c, s in zip(ins, skip_channels)])
-    self.attentions = nnx.List([Attention(cout, heads=heads, groups=groups, rngs=rngs, dtype=dtype)
-                                for _ in skip_channels]) if attention else None
+    self.attentions = nnx.List([make_attention(cout) for _ in skip_channels]) if attention else None
     self.upsamplers = nnx.List([Upsample2D(cout, rngs=rngs, dtype=dtype)]) if add_upsample else None
 
-  def __call__(self, x, skips, temb, rngs=None):
+  def __call__(self, x, skips, temb, rngs=None, text=None):
     for i, resnet in enumerate(self.resnets):
       x = resnet(jnp.concatenate([x, skips.pop()], axis=-1), temb, rngs)
       if self.attentions is not None:
-        x = self.attentions[i](x)
+        x = self.attentions[i](x, text)
     if self.upsamplers is not None:
       x = self.upsamplers[0](x)
     return x
 
 
 class MidBlock(nnx.Module):
-  """UNetMidBlock2D: resnet, attention, resnet."""
+  """UNetMidBlock2D (or UNetMidBlock2DCrossAttn): resnet, attention, resnet."""
 
-  def __init__(self, channels, temb_dim, *, heads, groups, dropout, rngs, dtype=jnp.float32):
+  def __init__(self, channels, temb_dim, *, make_attention, groups, dropout, rngs, dtype=jnp.float32):
     block = lambda: ResnetBlock2D(channels, channels, temb_dim, groups=groups, dropout=dropout, rngs=rngs, dtype=dtype)
     self.resnets = nnx.List([block(), block()])
-    self.attentions = nnx.List([Attention(channels, heads=heads, groups=groups, rngs=rngs, dtype=dtype)])
+    self.attentions = nnx.List([make_attention(channels)])
 
-  def __call__(self, x, temb, rngs=None):
-    return self.resnets[1](self.attentions[0](self.resnets[0](x, temb, rngs)), temb, rngs)
+  def __call__(self, x, temb, rngs=None, text=None):
+    return self.resnets[1](self.attentions[0](self.resnets[0](x, temb, rngs), text), temb, rngs)
 
 
 class UNet(nnx.Module):
-  """UNet2DModel-shaped denoiser: `(x [B,H,W,C], t [B], labels [B] | None) -> (out [B,H,W,C], features)`."""
+  """UNet2DModel-shaped denoiser: `(x [B,H,W,C], t [B], cond | None) -> (out [B,H,W,C], features)`.
+
+  `text_encoder` (None without text) turns the cond's prompt into the context every attention cross-attends to."""
 
   def __init__(self, *, image_size: int, in_channels: int, channels: int, channel_mults: Sequence[int],
                num_res_blocks: int, attention_resolutions: Sequence[int], num_heads: int, num_groups: int,
-               dropout: float = 0.0, num_classes: int = 0, out_channels: int | None = None,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               dropout: float = 0.0, num_classes: int = 0, mask_conditional: bool = False,
+               text_encoder: nnx.Module | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
     widths = [channels * m for m in channel_mults]
     temb_dim = 4 * channels
-    common = dict(heads=num_heads, groups=num_groups, dropout=dropout, rngs=rngs, dtype=dtype)
+    self.text_encoder = text_encoder
+    if text_encoder is None:
+      make_attention = lambda c: Attention(c, heads=num_heads, groups=num_groups, rngs=rngs, dtype=dtype)
+    else:
+      make_attention = lambda c: cross_attention.Transformer2D(c, text_encoder.dim, heads=num_heads,
+                                                               groups=num_groups, rngs=rngs, dtype=dtype)
+    common = dict(make_attention=make_attention, groups=num_groups, dropout=dropout, rngs=rngs, dtype=dtype)
     self.temb_in_dim = channels
     self.feature_dim = widths[0]
 
-    self.conv_in = _conv(in_channels, widths[0], rngs, dtype)
+    self.mask_conditional = mask_conditional
+    # A mask-conditioned UNet also reads the known pixels and the mask (inpainting/mask_conditioning.py).
+    self.conv_in = _conv(2 * in_channels + 1 if mask_conditional else in_channels, widths[0], rngs, dtype)
     self.time_embedding = TimestepEmbedding(channels, temb_dim, rngs=rngs, dtype=dtype)
     # One extra row: the null class, so a conditional model can also be run (and trained) unconditionally.
     self.class_embedding = nnx.Embed(num_classes + 1, temb_dim, rngs=rngs) if num_classes else None
@@ -207,21 +219,29 @@ class UNet(nnx.Module):
     self.up_blocks = nnx.List(up)
 
     self.conv_norm_out = _norm(widths[0], num_groups, rngs, dtype)
-    self.conv_out = _conv(widths[0], out_channels or in_channels, rngs, dtype)
+    self.conv_out = _conv(widths[0], in_channels, rngs, dtype)
 
-  def __call__(self, x, t, labels=None, rngs: nnx.Rngs | None = None):
-    """`rngs` (with a `dropout` stream) turns dropout on; without it the network is deterministic."""
+  def __call__(self, x, t, cond: dict | None = None, rngs: nnx.Rngs | None = None):
+    """`cond` keys the model does not read are ignored, missing ones read as null; `rngs` (with a `dropout`
+    stream) turns dropout on, without it the network is deterministic."""
+    cond = cond or {}
     temb = self.time_embedding(timestep_embedding(t, self.temb_in_dim))
     if self.class_embedding is not None:
-      temb = temb + self.class_embedding(layers.class_ids(labels, self.class_embedding.num_embeddings, x.shape[0]))
+      labels = layers.class_ids(cond.get("label"), self.class_embedding.num_embeddings, x.shape[0])
+      temb = temb + self.class_embedding(labels)
+    text = None if self.text_encoder is None else self.text_encoder(cond, x.shape[0])
+    if self.mask_conditional:  # missing keys: nothing known, the plain generation of a mask-conditioned UNet
+      known = cond.get("known_mask", jnp.zeros(x.shape[:-1] + (1,), bool))
+      pixels = cond.get("known_image", jnp.zeros_like(x))
+      x = jnp.concatenate([x, jnp.where(known, pixels, 0.0).astype(x.dtype), known.astype(x.dtype)], axis=-1)
     h = self.conv_in(x)
     skips = [h]
     for block in self.down_blocks:
-      h, block_skips = block(h, temb, rngs)
+      h, block_skips = block(h, temb, rngs, text)
       skips += block_skips
-    h = self.mid_block(h, temb, rngs)
+    h = self.mid_block(h, temb, rngs, text)
     for block in self.up_blocks:
-      h = block(h, skips, temb, rngs)
+      h = block(h, skips, temb, rngs, text)
     features = h
     out = self.conv_out(nnx.silu(self.conv_norm_out(h)))
     return out.astype(jnp.float32), features
@@ -229,11 +249,9 @@ class UNet(nnx.Module):
 
 def unet_from_config(config, *, rngs: nnx.Rngs) -> UNet:
   m, d = config.model, config.data
-  # A mask-conditioned UNet also reads the known pixels and the mask (inpainting/mask_conditioning.py).
-  in_channels = 2 * d.channels + 1 if m.get("mask_conditional") else d.channels
-  return UNet(image_size=d.image_size, in_channels=in_channels, out_channels=d.channels, channels=m.channels,
+  return UNet(image_size=d.image_size, in_channels=d.channels, channels=m.channels,
               channel_mults=tuple(m.channel_mults), num_res_blocks=m.num_res_blocks,
               attention_resolutions=tuple(m.attention_resolutions), num_heads=m.num_heads,
               num_groups=m.num_groups, dropout=m.dropout,
               num_classes=d.num_classes if m.class_conditional else 0,
-              dtype=jnp.dtype(m.dtype), rngs=rngs)
+              mask_conditional=m.get("mask_conditional", False), text_encoder=text_encoder_from_config(config, rngs=rngs), dtype=jnp.dtype(m.dtype), rngs=rngs)
