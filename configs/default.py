@@ -98,8 +98,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.sample = ml_collections.ConfigDict()
   config.sample.num_images = 64
-  config.sample.sampler = "ddim"     # "ddim" | "ddpm"
-  config.sample.steps = 50
+  config.sample.sampler = "ddim"     # "ddim" | "ddpm" | "dpm++2m" | "euler" | "heun" (diffusion/samplers.py)
+  config.sample.steps = 50           # model evaluations (heun: 2 * steps - 1)
+  config.sample.spacing = "uniform"  # noise levels: "uniform" | "linspace" | "trailing" | "karras"
   config.sample.eta = 0.0
   config.sample.guidance_scale = 1.0  # conditional models: 1 = no guidance, w > 1 = u + w (c - u), 0 = unconditional
   prompt_settings(config.sample)

@@ -51,7 +51,8 @@ CHOICES: dict[str, tuple] = {
 # What differs by family: its network, and how it samples.
 FAMILY_CHOICES: dict[str, dict[str, tuple]] = {
     "gaussian": {"model.name": ("unet",),                  # models/__init__.py MODELS
-                 "sample.sampler": ("ddim", "ddpm")},      # diffusion/samplers.py SAMPLERS
+                 "sample.sampler": ("ddim", "ddpm", "dpm++2m", "euler", "heun"),  # diffusion/samplers.py SAMPLERS
+                 "sample.spacing": ("karras", "linspace", "trailing", "uniform")},  # samplers.py SPACINGS
     "masked": {"model.name": ("transformer",), "sample.sampler": ("maskgit",)},
     "autoencoder": {"model.name": ("vq",)},
 }

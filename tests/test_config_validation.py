@@ -59,7 +59,8 @@ MALFORMED = {
     "unknown schedule": ({"diffusion.schedule": "quadratic"}, "diffusion.schedule", 1, 1),
     "unknown prediction": ({"diffusion.prediction": "x0"}, "diffusion.prediction", 1, 1),
     "unknown solver": ({"context.solver": "sinkorn"}, "context.solver", 1, 1),
-    "unknown sampler": ({"sample.sampler": "euler"}, "sample.sampler", 1, 1),
+    "unknown sampler": ({"sample.sampler": "euler_a"}, "sample.sampler", 1, 1),
+    "unknown spacing": ({"sample.spacing": "leading"}, "sample.spacing", 1, 1),
     "unsupported channels": ({"data.channels": 2}, "data.channels", 1, 1),
     "image size vs downsampling": ({"data.image_size": 9, "model.channel_mults": (1, 2)}, "data.image_size", 1, 1),
     "odd base width": ({"model.channels": 9, "model.num_groups": 3}, "model.channels", 1, 1),
@@ -173,6 +174,7 @@ def test_choices_match_the_registries(tokenizer_workdir):
   gaussian_choices = config_validation.FAMILY_CHOICES["gaussian"]
   assert sorted(gaussian_choices["model.name"]) == sorted(models.MODELS)
   assert sorted(gaussian_choices["sample.sampler"]) == sorted(samplers.SAMPLERS)
+  assert sorted(gaussian_choices["sample.spacing"]) == sorted(samplers.SPACINGS)
   assert sorted(config_validation.SCHEMAS) == sorted(config_validation.FAMILY_CHOICES) == sorted(families.FAMILIES)
   for name, family in families.FAMILIES.items():  # each family's reference config builds that family
     config = config_validation.family_schema(name).as_configdict()

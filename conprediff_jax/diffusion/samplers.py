@@ -1,13 +1,30 @@
-"""DDPM ancestral and DDIM samplers over a (possibly respaced) timestep sequence, registered by name.
+"""Samplers of the reverse process, registered by name, over a spacing of noise levels, also registered by name.
 
-A sampler sees only a denoiser `apply(x_t, t) -> model_out`; it never sees training-only modules. Each step maps
-(x_t, abar_t, abar_prev, x0, eps, noise) to x_prev by the published update:
+A sampler sees only a denoiser `apply(x_t, t) -> model_out` (t float32 [B]: a training timestep, fractional on the
+Karras spacing); it never sees training-only modules. It runs from pure noise at the spacing's first level down
+to abar = 1, where its output is the clean sample, as one `lax.fori_loop`, deterministic given its key.
 
-- DDIM (Song et al. 2021, eq. 12): x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z,
-  sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev).
-- DDPM (Ho et al. 2020, eqs. 6-7, respaced as in Nichol & Dhariwal 2021): with beta = 1 - abar_t / abar_prev,
-  mean = sqrt(abar_prev) beta / (1 - abar_t) x0 + sqrt(1 - beta) (1 - abar_prev) / (1 - abar_t) x_t,
-  variance = beta (1 - abar_prev) / (1 - abar_t); no noise on the final step.
+Spacings (`noise_levels`): the N training timesteps the model is evaluated at, highest noise first.
+  uniform   round(linspace(T - 1, 0, N)): DDIM's uniform respacing, ending at t = 0
+  linspace  round(linspace(0, T - 1, N + 1)), without 0, descending: diffusers' "linspace" for its multistep
+            solvers (the last evaluation is at t ~ T / N, not at t = 0)
+  trailing  round(arange(T, 0, -T / N)) - 1: diffusers' "trailing" (Lin et al. 2024)
+  karras    sigma_i = (smax^(1/7) + i / (N - 1) (smin^(1/7) - smax^(1/7)))^7 between the schedule's sigma at
+            T - 1 and at 0 (Karras et al. 2022), sigma = sqrt((1 - abar) / abar), t by interpolating log sigma
+Then one last step to abar = 1 (sigma = 0).
+
+Samplers (x0 is the model's clean estimate, clipped to [-1, 1] unless clip_x0=False; eps the noise it implies):
+  ddim    Song et al. 2021, eq. 12: x' = sqrt(a') x0 + sqrt(1 - a' - s^2) eps + s z,
+          s = eta sqrt((1 - a') / (1 - a)) sqrt(1 - a / a')
+  ddpm    Ho et al. 2020, eqs. 6-7 (respaced as in Nichol & Dhariwal 2021): with b = 1 - a / a', mean
+          sqrt(a') b / (1 - a) x0 + sqrt(1 - b) (1 - a') / (1 - a) x_t, variance b (1 - a') / (1 - a)
+  euler   Euler on the probability-flow ODE in Karras et al.'s variables (x / sqrt(a), sigma):
+          x' = x + (s' - s) d, d = (x - x0) / s (algebraically DDIM at eta = 0; the spacing is what differs)
+  heun    Karras et al. 2022, Algorithm 1 (deterministic): the Euler step corrected by the slope at its end,
+          x' = x + (s' - s) (d + d') / 2; no correction on the last step (s' = 0): 2N - 1 evaluations
+  dpm++2m DPM-Solver++(2M), Lu et al. 2022, Algorithm 2: with lambda = log(sqrt(a) / sqrt(1 - a)),
+          h = lambda' - lambda, x' = (sigma' / sigma) x - alpha' (exp(-h) - 1) D, D = (1 + 1 / 2r) x0 - 1 / 2r x0_prev,
+          r = h_prev / h; first order (D = x0) on the first and the last step, as diffusers' lower_order_final
 """
 
 from collections.abc import Callable
@@ -17,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from conprediff_jax.diffusion.gaussian import GaussianDiffusion
+
+KARRAS_RHO = 7.0
 
 
 def ddim_update(x_t, abar_t, abar_prev, x0, eps, noise, *, eta: float = 0.0):
@@ -33,7 +52,22 @@ def ddpm_update(x_t, abar_t, abar_prev, x0, eps, noise, *, eta: float = 1.0):
   return mean + jnp.sqrt(variance) * noise
 
 
-SAMPLERS = {"ddim": ddim_update, "ddpm": ddpm_update}
+def _karras_sigma(abar):
+  return jnp.sqrt((1 - abar) / abar)
+
+
+def euler_update(x_t, abar_t, abar_prev, x0, eps, noise, *, eta: float = 0.0):
+  """One Euler step in Karras et al.'s variables, mapped back to x_t's scale."""
+  del eps, noise, eta
+  sigma, sigma_next = _karras_sigma(abar_t), _karras_sigma(abar_prev)
+  x = x_t / jnp.sqrt(abar_t)
+  x_next = x + (sigma_next - sigma) * (x - x0) / sigma
+  return jnp.sqrt(abar_prev) * x_next
+
+
+SINGLE_STEP = {"ddim": ddim_update, "ddpm": ddpm_update, "euler": euler_update}
+SAMPLERS = ("ddim", "ddpm", "dpm++2m", "euler", "heun")
+SPACINGS = ("karras", "linspace", "trailing", "uniform")
 
 
 def timestep_sequence(num_timesteps: int, steps: int) -> np.ndarray:
@@ -43,32 +77,98 @@ def timestep_sequence(num_timesteps: int, steps: int) -> np.ndarray:
   return np.round(np.linspace(num_timesteps - 1, 0, steps)).astype(np.int32)
 
 
+def noise_levels(alphas_cumprod: np.ndarray, steps: int, spacing: str = "uniform") -> tuple[np.ndarray, np.ndarray]:
+  """(t float64 [N], abar float64 [N + 1]): where the model is evaluated, and the noise level of each of those
+  points followed by the final abar = 1."""
+  T = len(alphas_cumprod)
+  if spacing not in SPACINGS:
+    raise ValueError(f"config.sample.spacing must be one of {list(SPACINGS)}, got {spacing!r}")
+  if spacing == "uniform":
+    t = timestep_sequence(T, steps).astype(np.float64)
+  elif not 1 <= steps <= T:
+    raise ValueError(f"config.sample.steps must be in [1, {T}], got {steps}")
+  elif spacing == "linspace":
+    t = np.round(np.linspace(0, T - 1, steps + 1))[::-1][:-1]
+  elif spacing == "trailing":
+    t = np.round(np.arange(T, 0, -T / steps)) - 1
+  else:
+    log_sigmas = np.log(np.sqrt((1 - alphas_cumprod) / alphas_cumprod))  # increasing in t
+    ramp = np.linspace(0, 1, steps)
+    high, low = np.exp(log_sigmas[-1]) ** (1 / KARRAS_RHO), np.exp(log_sigmas[0]) ** (1 / KARRAS_RHO)
+    sigmas = (high + ramp * (low - high)) ** KARRAS_RHO
+    t = np.interp(np.log(sigmas), log_sigmas, np.arange(T, dtype=np.float64))
+    return t, np.append(1 / (1 + sigmas**2), 1.0)
+  abar = np.interp(t, np.arange(T), alphas_cumprod)
+  return t, np.append(abar, 1.0)
+
+
 def sample(apply: Callable, diffusion: GaussianDiffusion, key: jax.Array, shape: tuple[int, ...], *,
-           sampler: str = "ddim", steps: int = 50, eta: float = 0.0, clip_x0: bool = True,
-           x_T: jax.Array | None = None) -> jax.Array:
+           sampler: str = "ddim", steps: int = 50, eta: float = 0.0, spacing: str = "uniform",
+           clip_x0: bool = True, x_T: jax.Array | None = None) -> jax.Array:
   """Runs the reverse process from pure noise with `lax.fori_loop`; deterministic given `key`.
 
-  `apply(x_t, t [B] int32) -> model_out`. With the last step's abar_prev = 1 the output is the predicted x0.
+  `apply(x_t, t [B] float32) -> model_out`. The output is the last step's clean estimate (abar = 1).
   """
   if sampler not in SAMPLERS:
-    raise ValueError(f"config.sample.sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
-  update = SAMPLERS[sampler]
-  ts = timestep_sequence(diffusion.timesteps, steps)
-  abar = diffusion.alphas_cumprod
-  abar_t = jnp.asarray(abar[ts], jnp.float32)
-  abar_prev = jnp.asarray(np.append(abar[ts[1:]], 1.0), jnp.float32)
-  ts = jnp.asarray(ts)
-
+    raise ValueError(f"config.sample.sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
+  t_np, abar_np = noise_levels(diffusion.alphas_cumprod, steps, spacing)
+  t, abar = jnp.asarray(t_np, jnp.float32), jnp.asarray(abar_np, jnp.float32)
   key_init, key_loop = jax.random.split(key)
   x = jax.random.normal(key_init, shape, jnp.float32) if x_T is None else x_T
 
-  def body(i, x):
-    t = jnp.full(shape[:1], ts[i], jnp.int32)
-    x0, eps = diffusion.to_x0_eps(x, abar_t[i], apply(x, t))
+  def predict(x, i):
+    """(x0, eps) of the model at level i."""
+    a = abar[i]
+    x0, eps = diffusion.to_x0_eps(x, a, apply(x, jnp.full(shape[:1], t[i])))
     if clip_x0:
       x0 = jnp.clip(x0, -1.0, 1.0)
-      eps = (x - jnp.sqrt(abar_t[i]) * x0) / jnp.sqrt(1 - abar_t[i])
-    noise = jax.random.normal(jax.random.fold_in(key_loop, i), shape, jnp.float32)
-    return update(x, abar_t[i], abar_prev[i], x0, eps, noise, eta=eta)
+      eps = (x - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
+    return x0, eps
 
-  return jax.lax.fori_loop(0, steps, body, x)
+  if sampler in SINGLE_STEP:
+    update = SINGLE_STEP[sampler]
+
+    def body(i, x):
+      x0, eps = predict(x, i)
+      noise = jax.random.normal(jax.random.fold_in(key_loop, i), shape, jnp.float32)
+      return update(x, abar[i], abar[i + 1], x0, eps, noise, eta=eta)
+
+    return jax.lax.fori_loop(0, steps, body, x)
+  if sampler == "heun":
+    return _heun(predict, abar, steps, x)
+  return _dpmpp_2m(predict, abar, steps, x)
+
+
+def _heun(predict, abar, steps, x):
+  def body(i, x):
+    x0, _ = predict(x, i)
+    euler = euler_update(x, abar[i], abar[i + 1], x0, None, None)
+    x0_end, _ = predict(euler, i + 1)
+    sigma, sigma_next = _karras_sigma(abar[i]), _karras_sigma(abar[i + 1])
+    scaled, scaled_end = x / jnp.sqrt(abar[i]), euler / jnp.sqrt(abar[i + 1])
+    slope = ((scaled - x0) / sigma + (scaled_end - x0_end) / sigma_next) / 2
+    return jnp.sqrt(abar[i + 1]) * (scaled + (sigma_next - sigma) * slope)
+
+  x = jax.lax.fori_loop(0, steps - 1, body, x)  # the last step ends at sigma = 0: Euler, no correction
+  x0, _ = predict(x, steps - 1)
+  return euler_update(x, abar[steps - 1], abar[steps], x0, None, None)
+
+
+def _dpmpp_2m(predict, abar, steps, x):
+  alpha, sigma = jnp.sqrt(abar), jnp.sqrt(1 - abar)
+  # lambda = log(alpha / sigma) is +inf at abar = 1: the last step uses exp(-h) = (sigma' alpha) / (alpha' sigma).
+  lam = jnp.log(alpha[:-1]) - jnp.log(sigma[:-1])
+
+  def body(i, carry):
+    x, x0_prev = carry
+    x0, _ = predict(x, i)
+    decay = (sigma[i + 1] * alpha[i]) / (alpha[i + 1] * sigma[i])  # exp(-h)
+    first_or_last = (i == 0) | (i == steps - 1)
+    h = lam[jnp.minimum(i + 1, steps - 1)] - lam[i]
+    h_prev = lam[i] - lam[jnp.maximum(i - 1, 0)]
+    r = jnp.where(first_or_last, 1.0, h_prev / jnp.where(first_or_last, 1.0, h))
+    second = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+    d = jnp.where(first_or_last, x0, second)
+    return (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * (decay - 1) * d, x0
+
+  return jax.lax.fori_loop(0, steps, body, (x, jnp.zeros_like(x)))[0]

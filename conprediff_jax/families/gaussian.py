@@ -47,7 +47,8 @@ class GaussianFamily(Family):
   def _sample(self, apply, key, shape):
     """The config's sampler (sample.sampler, steps, eta) from pure noise."""
     s = self.config.sample
-    return samplers.sample(apply, self.diffusion, key, shape, sampler=s.sampler, steps=s.steps, eta=s.eta)
+    return samplers.sample(apply, self.diffusion, key, shape, sampler=s.sampler, steps=s.steps, eta=s.eta,
+                           spacing=s.spacing)
 
   def feature_spec(self) -> FeatureSpec:
     m, d = self.config.model, self.config.data
