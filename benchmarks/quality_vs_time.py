@@ -18,6 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/torch_peer_sample.py
 
 import importlib.util  # pylint: disable=g-import-not-at-top,wrong-import-position
+import json  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tempfile  # pylint: disable=g-import-not-at-top,wrong-import-position
 import time  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -59,7 +60,10 @@ def main():
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--grid", default=DEFAULT_GRID, help="sampler:spacing:steps,steps;...")
   p.add_argument("--no-plot", action="store_true")
+  p.add_argument("--replot", metavar="LOG", help="only redraw the plot from an earlier run's output")
   args = p.parse_args()
+  if args.replot:
+    return replot(args.replot, PLOT)
   harness.start(args, "Sample quality against sampling time")
   spec = importlib.util.spec_from_file_location("benchmark_config", args.config)
   module = importlib.util.module_from_spec(spec)
@@ -129,24 +133,56 @@ def main():
     plot(results, reference, peer_s, PLOT)
 
 
-def plot(results, reference: float, peer_s: float, path: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for name in dict.fromkeys((r["sampler"], r["spacing"]) for r in results):
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def plot(results, reference: float, peer_s: float, path: str, size=(760, 460), margin=60) -> None:
+  """FD-digits against ms per image, both log-scaled, a line per (sampler, spacing); the DDIM-250 + 5% level
+  dashed, diffusers' DDIM-50 time dotted. Drawn with PIL (no plotting library is a dependency)."""
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  ms = np.log10([r["seconds_per_image"] * 1e3 for r in results] + [peer_s * 1e3])
+  fd = np.log10([r["fd_digits"] for r in results] + [WITHIN * reference])
+  (x0, x1), (y0, y1) = (ms.min() - 0.05, ms.max() + 0.05), (fd.min() - 0.05, fd.max() + 0.05)
+  w, h = size
+  sx = lambda v: margin + (np.log10(v) - x0) / (x1 - x0) * (w - 2 * margin)
+  sy = lambda v: h - margin - (np.log10(v) - y0) / (y1 - y0) * (h - 2 * margin)
+  image = Image.new("RGB", size, "white")
+  draw = ImageDraw.Draw(image)
+  draw.rectangle([margin, margin, w - margin, h - margin], outline="black")
+  level, peer = sy(WITHIN * reference), sx(peer_s * 1e3)
+  for x in range(margin, w - margin, 8):
+    draw.line([(x, level), (x + 4, level)], fill="gray")
+  for y in range(margin, h - margin, 6):
+    draw.point((peer, y), fill="black")
+  draw.text((margin + 4, level - 12), f"DDIM-250 FD-digits + 5% ({WITHIN * reference:.1f})", fill="gray")
+  draw.text((peer + 4, h - margin - 14), "diffusers DDIM-50", fill="black")
+  names = list(dict.fromkeys((r["sampler"], r["spacing"]) for r in results))
+  for k, name in enumerate(names):
+    colour = COLOURS[k % len(COLOURS)]
     rs = sorted((r for r in results if (r["sampler"], r["spacing"]) == name), key=lambda r: r["steps"])
-    ax.plot([r["seconds_per_image"] * 1e3 for r in rs], [r["fd_digits"] for r in rs], "o-", label=" ".join(name))
-  ax.axhline(WITHIN * reference, color="gray", ls="--", lw=1, label="DDIM-250 FD-digits + 5%")
-  ax.axvline(peer_s * 1e3, color="black", ls=":", lw=1, label="diffusers DDIM-50 time")
-  ax.set_xscale("log")
-  ax.set_yscale("log")
-  ax.set_xlabel("ms per image")
-  ax.set_ylabel("FD-digits")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
+    points = [(sx(r["seconds_per_image"] * 1e3), sy(r["fd_digits"])) for r in rs]
+    if len(points) > 1:
+      draw.line(points, fill=colour, width=2)
+    for (x, y), r in zip(points, rs):
+      draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+      draw.text((x + 4, y - 12), str(r["steps"]), fill=colour)
+    draw.text((w - margin - 150, margin + 6 + 14 * k), " ".join(name), fill=colour)
+  for value in (10 ** np.ceil(x0), 10 ** np.floor(x1)):
+    draw.text((sx(value) - 10, h - margin + 6), f"{value:g} ms", fill="black")
+  for value in (10 ** np.ceil(y0), 10 ** np.floor(y1)):
+    draw.text((4, sy(value) - 6), f"FD {value:g}", fill="black")
+  draw.text((w // 2 - 120, h - margin + 24), "x: ms per image, y: FD-digits (both log)", fill="black")
+  image.save(path)
   print(f"\nwrote {path}")
+
+
+def replot(log: str, path: str) -> None:
+  """The plot again from a run's printed JSON lines (python -m benchmarks.quality_vs_time > log)."""
+  records = [json.loads(line[5:]) for line in open(log, encoding="utf-8") if line.startswith("JSON {")]
+  results = [r for r in records if r.get("figure") == FIGURE and "fd_digits" in r]
+  reference = next(r["fd_digits"] for r in results if (r["sampler"], r["spacing"], r["steps"]) == REFERENCE)
+  peer = next(r for r in records if r.get("workload", "").startswith("diffusers"))
+  plot(results, reference, 1 / peer["images_per_s"], path)
 
 
 if __name__ == "__main__":

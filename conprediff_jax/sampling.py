@@ -38,11 +38,13 @@ def generate(family: families.Family, sample_fn, weights, first_stage_weights, k
   [N] arrays, empty for an unconditional model; "labels" the class each should show (where one is implied),
   "prompts" and "prompt_index" its prompt."""
   batches, asked = [], []
-  for i, start in enumerate(tqdm(range(0, num_images, batch_size), desc="sampling", unit="batch",
-                                 disable=not progress or jax.process_index() != 0)):
+  bar = tqdm(total=num_images, desc="sampling", unit="img", disable=not progress or jax.process_index() != 0)
+  for i, start in enumerate(range(0, num_images, batch_size)):  # the bar shows images/s and the time left
     cond = family.sample_cond(batch_size, offset=start)
     batches.append(parallel.to_host(sample_fn(weights, first_stage_weights, jax.random.fold_in(key, i), cond)))
     asked.append(family.sample_request(batch_size, offset=start) or {})
+    bar.update(min(batch_size, num_images - start))
+  bar.close()
   images = np.concatenate(batches)[:num_images]
   request = {k: np.concatenate([a[k] for a in asked])[:num_images] for k in asked[0]}
   records = {"labels": sample_requests.classes(family.config, request or None)}
