@@ -59,6 +59,7 @@ def main():
   p.add_argument("--num-samples", type=int, default=512)
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--grid", default=DEFAULT_GRID, help="sampler:spacing:steps,steps;...")
+  p.add_argument("--sigma-max", type=float, default=0.0, help="config.sample.sigma_max of the karras rows")
   p.add_argument("--no-plot", action="store_true")
   p.add_argument("--replot", metavar="LOG", help="only redraw the plot from an earlier run's output")
   args = p.parse_args()
@@ -81,7 +82,7 @@ def main():
     runs.insert(0, REFERENCE)
   for sampler, spacing, steps in runs:
     run_config = config.copy_and_resolve_references()
-    run_config.sample.update(sampler=sampler, spacing=spacing, steps=steps)
+    run_config.sample.update(sampler=sampler, spacing=spacing, steps=steps, sigma_max=args.sigma_max)
     family = families.get(run_config)
     fn = sampling.make_sample_fn(family, trained.model_def, args.batch, mesh=trained.mesh,
                                  weight_shardings=trained.shardings)
@@ -90,6 +91,8 @@ def main():
     images, _ = sampling.generate(family, fn, trained.weights, None, key, args.num_samples, args.batch)
     seconds = (time.perf_counter() - start) / args.num_samples
     fd = metric.fd(images_lib.to_uint8(images).astype(np.float32) / 127.5 - 1.0)
+    if spacing == "karras" and args.sigma_max:
+      spacing = f"karras, sigma_max {args.sigma_max:g}"
     result = dict(sampler=sampler, spacing=spacing, steps=steps, evaluations=evaluations(sampler, steps),
                   fd_digits=fd, seconds_per_image=seconds, images_per_s=1 / seconds, compile_s=compile_s)
     results.append(result)

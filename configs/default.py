@@ -101,6 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.sampler = "ddim"     # "ddim" | "ddpm" | "dpm++2m" | "euler" | "heun" (diffusion/samplers.py)
   config.sample.steps = 50           # model evaluations (heun: 2 * steps - 1)
   config.sample.spacing = "uniform"  # noise levels: "uniform" | "linspace" | "trailing" | "karras"
+  config.sample.sigma_max = 0.0      # karras: cap on the largest sigma (0: the schedule's own; EDM uses 80)
   config.sample.eta = 0.0
   config.sample.guidance_scale = 1.0  # conditional models: 1 = no guidance, w > 1 = u + w (c - u), 0 = unconditional
   prompt_settings(config.sample)

@@ -94,6 +94,7 @@ BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "sample.num_images": _POSITIVE,
     "sample.steps": _POSITIVE,
     "sample.eta": _NON_NEGATIVE,
+    "sample.sigma_max": _NON_NEGATIVE,
     "sample.temperature": _NON_NEGATIVE,
     "sample.choice_temperature": _NON_NEGATIVE,
     "sample.guidance_scale": _NON_NEGATIVE,

@@ -10,7 +10,8 @@ Spacings (`noise_levels`): the N training timesteps the model is evaluated at, h
             solvers (the last evaluation is at t ~ T / N, not at t = 0)
   trailing  round(arange(T, 0, -T / N)) - 1: diffusers' "trailing" (Lin et al. 2024)
   karras    sigma_i = (smax^(1/7) + i / (N - 1) (smin^(1/7) - smax^(1/7)))^7 between the schedule's sigma at
-            T - 1 and at 0 (Karras et al. 2022), sigma = sqrt((1 - abar) / abar), t by interpolating log sigma
+            T - 1 (or `sigma_max`, if smaller: EDM's 80) and at 0 (Karras et al. 2022),
+            sigma = sqrt((1 - abar) / abar), t by interpolating log sigma
 Then one last step to abar = 1 (sigma = 0).
 
 Samplers (x0 is the model's clean estimate, clipped to [-1, 1] unless clip_x0=False; eps the noise it implies):
@@ -77,9 +78,10 @@ def timestep_sequence(num_timesteps: int, steps: int) -> np.ndarray:
   return np.round(np.linspace(num_timesteps - 1, 0, steps)).astype(np.int32)
 
 
-def noise_levels(alphas_cumprod: np.ndarray, steps: int, spacing: str = "uniform") -> tuple[np.ndarray, np.ndarray]:
+def noise_levels(alphas_cumprod: np.ndarray, steps: int, spacing: str = "uniform",
+                 sigma_max: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
   """(t float64 [N], abar float64 [N + 1]): where the model is evaluated, and the noise level of each of those
-  points followed by the final abar = 1."""
+  points followed by the final abar = 1. `sigma_max` > 0 caps the Karras spacing's largest sigma."""
   T = len(alphas_cumprod)
   if spacing not in SPACINGS:
     raise ValueError(f"config.sample.spacing must be one of {list(SPACINGS)}, got {spacing!r}")
@@ -94,7 +96,8 @@ def noise_levels(alphas_cumprod: np.ndarray, steps: int, spacing: str = "uniform
   else:
     log_sigmas = np.log(np.sqrt((1 - alphas_cumprod) / alphas_cumprod))  # increasing in t
     ramp = np.linspace(0, 1, steps)
-    high, low = np.exp(log_sigmas[-1]) ** (1 / KARRAS_RHO), np.exp(log_sigmas[0]) ** (1 / KARRAS_RHO)
+    top = min(np.exp(log_sigmas[-1]), sigma_max) if sigma_max > 0 else np.exp(log_sigmas[-1])
+    high, low = top ** (1 / KARRAS_RHO), np.exp(log_sigmas[0]) ** (1 / KARRAS_RHO)
     sigmas = (high + ramp * (low - high)) ** KARRAS_RHO
     t = np.interp(np.log(sigmas), log_sigmas, np.arange(T, dtype=np.float64))
     return t, np.append(1 / (1 + sigmas**2), 1.0)
@@ -104,14 +107,14 @@ def noise_levels(alphas_cumprod: np.ndarray, steps: int, spacing: str = "uniform
 
 def sample(apply: Callable, diffusion: GaussianDiffusion, key: jax.Array, shape: tuple[int, ...], *,
            sampler: str = "ddim", steps: int = 50, eta: float = 0.0, spacing: str = "uniform",
-           clip_x0: bool = True, x_T: jax.Array | None = None) -> jax.Array:
+           sigma_max: float = 0.0, clip_x0: bool = True, x_T: jax.Array | None = None) -> jax.Array:
   """Runs the reverse process from pure noise with `lax.fori_loop`; deterministic given `key`.
 
   `apply(x_t, t [B] float32) -> model_out`. The output is the last step's clean estimate (abar = 1).
   """
   if sampler not in SAMPLERS:
     raise ValueError(f"config.sample.sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
-  t_np, abar_np = noise_levels(diffusion.alphas_cumprod, steps, spacing)
+  t_np, abar_np = noise_levels(diffusion.alphas_cumprod, steps, spacing, sigma_max)
   t, abar = jnp.asarray(t_np, jnp.float32), jnp.asarray(abar_np, jnp.float32)
   key_init, key_loop = jax.random.split(key)
   x = jax.random.normal(key_init, shape, jnp.float32) if x_T is None else x_T

@@ -48,7 +48,7 @@ class GaussianFamily(Family):
     """The config's sampler (sample.sampler, steps, eta) from pure noise."""
     s = self.config.sample
     return samplers.sample(apply, self.diffusion, key, shape, sampler=s.sampler, steps=s.steps, eta=s.eta,
-                           spacing=s.spacing)
+                           spacing=s.spacing, sigma_max=s.sigma_max)
 
   def feature_spec(self) -> FeatureSpec:
     m, d = self.config.model, self.config.data
