@@ -3,14 +3,17 @@
     python -m conprediff_jax.main                      # same as --config=configs/default.py --workdir=workdirs/default
 
 Trains 1,300 steps at batch 24 (cosine learning-rate decay; v-prediction with Min-SNR-5 loss weights) and writes
-`samples.png` / `samples.npz` (64 DDIM samples from the EMA parameters), most of them legible digits. From a fresh
-clone: 167 s on a 2-core AMD EPYC (fp32 matmul 400 GFLOP/s, `python -m benchmarks.machine`; 2026-12-03), an
-estimated ~8 minutes on a 2-core Intel Xeon of ~95 GFLOP/s. `--mode=eval` then gives FD-digits 21.0 (seeds 1 and
-2: 20.9, 22.7; 512 samples). That is better and steadier than the eps default it replaced (22.2, 31.2, 27.7), and
-still short of the former long default (batch 64, 1,500 steps, constant rate, eps: `--config.train.batch_size=64
---config.train.steps=1500 --config.train.lr_schedule=constant --config.diffusion.prediction=eps
---config.diffusion.min_snr_gamma=0`), which scored 18.0 +- 0.4 over 3 seeds but took 499 s on the EPYC and ~24
-minutes on the Xeon. docs/benchmarks.md ("The README's commands") has the runs between them.
+`samples.png` / `samples.npz` (64 samples from the EMA parameters: DPM-Solver++(2M), 15 steps on Karras sigmas
+capped at 80), most of them legible digits. From a fresh clone: 167 s on a 2-core AMD EPYC (fp32 matmul 400
+GFLOP/s, `python -m benchmarks.machine`; 2026-12-03, with the former DDIM-50 sampler), an estimated ~8 minutes on a
+2-core Intel Xeon of ~95 GFLOP/s. `--mode=eval` then gives FD-digits 18.3 (seeds 1 and 2: 18.0, 18.3; 512
+samples): level with the former long default (batch 64, 1,500 steps, constant rate, eps:
+`--config.train.batch_size=64 --config.train.steps=1500 --config.train.lr_schedule=constant
+--config.diffusion.prediction=eps --config.diffusion.min_snr_gamma=0 --config.sample.sampler=ddim
+--config.sample.steps=50 --config.sample.spacing=uniform`), which scored 18.0 +- 0.4 over 3 seeds but took 499 s
+on the EPYC and ~24 minutes on the Xeon. The same checkpoints sampled with DDIM-50 (`--config.sample.sampler=ddim
+--config.sample.steps=50 --config.sample.spacing=uniform`) score 21.0, 20.9, 22.7. docs/benchmarks.md ("The
+README's commands", figure 10) has the runs between them.
 """
 
 import ml_collections
@@ -98,10 +101,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.sample = ml_collections.ConfigDict()
   config.sample.num_images = 64
-  config.sample.sampler = "ddim"     # "ddim" | "ddpm" | "dpm++2m" | "euler" | "heun" (diffusion/samplers.py)
-  config.sample.steps = 50           # model evaluations (heun: 2 * steps - 1)
-  config.sample.spacing = "uniform"  # noise levels: "uniform" | "linspace" | "trailing" | "karras"
-  config.sample.sigma_max = 0.0      # karras: cap on the largest sigma (0: the schedule's own; EDM uses 80)
+  # DPM-Solver++(2M), 15 steps on Karras sigmas capped at 80: FD-digits 18.3, 18.0, 18.3 on seeds 0-2, against
+  # DDIM-50's 21.0, 20.9, 22.7 on the same checkpoints (docs/benchmarks.md figure 10), at 15 model evaluations.
+  config.sample.sampler = "dpm++2m"  # "ddim" | "ddpm" | "dpm++2m" | "euler" | "heun" (diffusion/samplers.py)
+  config.sample.steps = 15           # model evaluations (heun: 2 * steps - 1)
+  config.sample.spacing = "karras"   # noise levels: "uniform" | "linspace" | "trailing" | "karras"
+  config.sample.sigma_max = 80.0     # karras: cap on the largest sigma (0: the schedule's own; EDM's 80)
   config.sample.eta = 0.0
   config.sample.guidance_scale = 1.0  # conditional models: 1 = no guidance, w > 1 = u + w (c - u), 0 = unconditional
   prompt_settings(config.sample)
@@ -112,6 +117,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.inpaint.masks = ""          # a folder of mask images (white = fill), one per image or one for all
   config.inpaint.mask = "box"        # generated when `masks` is empty: "box" | "strokes" | "half" | "border"
   config.inpaint.num_images = 16
+  config.inpaint.steps = 50          # RePaint (Gaussian models): its ancestral schedule's steps
   config.inpaint.jump_length = 10    # RePaint (Gaussian models): re-noise this many steps back ...
   config.inpaint.resamples = 10      # ... this many times per jump point; 1 = plain replacement, no resampling
 

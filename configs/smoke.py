@@ -29,4 +29,5 @@ def get_config():
   config.checkpoint.every_steps = 3
   config.sample.num_images = 8
   config.sample.steps = 4
+  config.inpaint.steps = 4
   return config

@@ -112,6 +112,7 @@ BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "text.num_heads": _POSITIVE,
     "text.embedding_dim": _NON_NEGATIVE,
     "inpaint.num_images": _POSITIVE,
+    "inpaint.steps": _POSITIVE,
     "inpaint.jump_length": _POSITIVE,
     "inpaint.resamples": _POSITIVE,
     "eval.every_steps": _NON_NEGATIVE,  # 0: no periodic eval
@@ -277,10 +278,10 @@ def _grid_check(grid_of: Callable[[ml_collections.ConfigDict], tuple[int, str]])
 
 
 def _check_sampling(config) -> None:
-  steps, timesteps = config.sample.steps, config.diffusion.timesteps
-  if steps > timesteps:
-    raise ConfigError("sample.steps", f"{steps} exceeds config.diffusion.timesteps={timesteps}",
-                      f"use at most {timesteps}")
+  timesteps = config.diffusion.timesteps
+  for key, steps in (("sample.steps", config.sample.steps), ("inpaint.steps", config.inpaint.steps)):
+    if steps > timesteps:
+      raise ConfigError(key, f"{steps} exceeds config.diffusion.timesteps={timesteps}", f"use at most {timesteps}")
 
 
 def _check_levels(config) -> None:

@@ -105,7 +105,7 @@ def test_digits_cond_text_and_inpaint_at_smoke_size_train_sample_and_inpaint(tmp
   assert config.model.class_conditional and config.model.mask_conditional and config.model.text_conditional
   assert config.sample.guidance_scale != 1.0
   config.text.update(width=16, depth=1, num_heads=2)
-  config.train.steps, config.sample.num_images = 2, 12
+  config.train.steps, config.sample.num_images, config.sample.steps = 2, 12, 4
   train.train(config, str(tmp_path))
   saved = np.load(tmp_path / "samples.npz")
   assert saved["images"].shape == (12, 8, 8, 1)

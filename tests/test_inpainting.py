@@ -145,7 +145,7 @@ def test_images_of_another_size_are_a_user_error_that_says_what_to_do(tmp_path):
 def test_each_familys_inpainter_keeps_known_pixels_and_fills_the_rest(family, tokenizer_workdir):
   config = tiny_config(family, tokenizer_workdir)
   config.sample.steps = 2
-  config.inpaint.update(jump_length=1, resamples=2)
+  config.inpaint.update(steps=2, jump_length=1, resamples=2)
   fam = families.get(config)
   model_def, params, buffers = families.abstract_model(fam)
   leaves, treedef = jax.tree.flatten(families.union(params, buffers))

@@ -68,7 +68,7 @@ class GaussianFamily(Family):
 
   def inpainter(self, model_def, first_stage_def, num_images):
     del first_stage_def, num_images
-    s, p = self.config.sample, self.config.inpaint
+    p = self.config.inpaint
 
     def inpaint(weights, first_stage_weights, key, images, known):
       del first_stage_weights
@@ -76,7 +76,7 @@ class GaussianFamily(Family):
       if self.mask_conditional:  # the UNet reads the known pixels; they are pasted back over its output
         apply = self._apply(denoiser, mask_conditioning.cond(images, known))
         return jnp.where(known, images, self._sample(apply, key, images.shape))
-      return repaint.inpaint(self._apply(denoiser, None), self.diffusion, key, images, known, steps=s.steps,
+      return repaint.inpaint(self._apply(denoiser, None), self.diffusion, key, images, known, steps=p.steps,
                              jump_length=p.jump_length, resamples=p.resamples)
 
     return inpaint
