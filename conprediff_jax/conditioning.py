@@ -7,7 +7,7 @@ A `cond` is a dict of per-example arrays (leading axis: the batch), or None for 
                                      with the built-in text encoder (config.text.encoder="bytes")
   "text_embedding"  float32 [B, L, D]  a prompt embedded by a frozen encoder (T5, CLIP) ahead of time, and
   "text_mask"       bool [B, L]        which of its L positions are real (config.text.encoder="precomputed")
-  "known_image"     float32 [B, H, W, C]  inpainting: the known pixels (0 elsewhere), and
+  "known_image"     float32 [B, H, W, C]  inpainting: the image, of which only the known pixels are read, and
   "known_mask"      bool [B, H, W, 1]     where they are, for a mask-conditioned UNet (inpainting/mask_conditioning.py)
 
 Data batches carry the same keys beside "image"; a model reads the ones `model_keys` names. Each key's NULLS value

@@ -35,6 +35,13 @@ def _prompt_embeddings(path: str) -> tuple[tuple[str, ...], dict[str, np.ndarray
   return prompts, embeddings
 
 
+@functools.lru_cache(maxsize=8)
+def _prompts_file(path: str) -> tuple[str, ...]:
+  """Read once per process: every batch of samples asks for its prompts."""
+  with open(os.path.expanduser(path), encoding="utf-8") as f:
+    return tuple(line.strip() for line in f if line.strip())
+
+
 def prompts(config) -> list[str]:
   """The prompts a text-conditional config samples, in order; a one-line error when it names none."""
   s = config.sample
@@ -44,8 +51,7 @@ def prompts(config) -> list[str]:
                        "samples the prompts embedded there (.npz with prompts, embedding, mask)")
     return list(_prompt_embeddings(s.prompt_embeddings_file)[0])
   if s.prompts_file:
-    with open(os.path.expanduser(s.prompts_file), encoding="utf-8") as f:
-      found = [line.strip() for line in f if line.strip()]
+    found = list(_prompts_file(s.prompts_file))
   else:
     found = [p.strip() for p in s.prompts.split("|") if p.strip()]
   if not found:

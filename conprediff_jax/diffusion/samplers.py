@@ -139,7 +139,7 @@ def sample(apply: Callable, diffusion: GaussianDiffusion, key: jax.Array, shape:
     return jax.lax.fori_loop(0, steps, body, x)
   if sampler == "heun":
     return _heun(predict, abar, steps, x)
-  return _dpmpp_2m(predict, abar, steps, x)
+  return _dpmpp_2m(predict, abar_np, steps, x)
 
 
 def _heun(predict, abar, steps, x):
@@ -157,21 +157,22 @@ def _heun(predict, abar, steps, x):
   return euler_update(x, abar[steps - 1], abar[steps], x0, None, None)
 
 
-def _dpmpp_2m(predict, abar, steps, x):
-  alpha, sigma = jnp.sqrt(abar), jnp.sqrt(1 - abar)
-  # lambda = log(alpha / sigma) is +inf at abar = 1: the last step uses exp(-h) = (sigma' alpha) / (alpha' sigma).
-  lam = jnp.log(alpha[:-1]) - jnp.log(sigma[:-1])
+def _dpmpp_2m(predict, abar: np.ndarray, steps, x):
+  """The levels are fixed, so every coefficient is computed once, in float64: step i maps x to
+  keep_i x + push_i D_i with D_i = now_i x0_i - before_i x0_{i-1}."""
+  alpha, sigma = np.sqrt(abar), np.sqrt(1 - abar)
+  decay = (sigma[1:] * alpha[:-1]) / (alpha[1:] * sigma[:-1])  # exp(-h): finite at abar = 1, where lambda is not
+  keep, push = sigma[1:] / sigma[:-1], alpha[1:] * (1 - decay)
+  lam = np.log(alpha[:-1] / sigma[:-1])
+  now, before = np.ones(steps), np.zeros(steps)  # first order on the first and the last step
+  if steps > 2:
+    half_over_r = 0.5 * (lam[2:] - lam[1:-1]) / (lam[1:-1] - lam[:-2])  # 1 / 2r, r = h_prev / h
+    now[1:-1], before[1:-1] = 1 + half_over_r, half_over_r
+  keep, push, now, before = (jnp.asarray(v, jnp.float32) for v in (keep, push, now, before))
 
   def body(i, carry):
     x, x0_prev = carry
     x0, _ = predict(x, i)
-    decay = (sigma[i + 1] * alpha[i]) / (alpha[i + 1] * sigma[i])  # exp(-h)
-    first_or_last = (i == 0) | (i == steps - 1)
-    h = lam[jnp.minimum(i + 1, steps - 1)] - lam[i]
-    h_prev = lam[i] - lam[jnp.maximum(i - 1, 0)]
-    r = jnp.where(first_or_last, 1.0, h_prev / jnp.where(first_or_last, 1.0, h))
-    second = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-    d = jnp.where(first_or_last, x0, second)
-    return (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * (decay - 1) * d, x0
+    return keep[i] * x + push[i] * (now[i] * x0 - before[i] * x0_prev), x0
 
   return jax.lax.fori_loop(0, steps, body, (x, jnp.zeros_like(x)))[0]

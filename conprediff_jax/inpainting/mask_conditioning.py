@@ -12,8 +12,9 @@ import jax.numpy as jnp
 
 
 def cond(images: jax.Array, known: jax.Array) -> dict:
-  """The condition of inpainting `images` [B, H, W, C] where `known` [B, H, W, 1] (True = keep)."""
-  return {"known_image": jnp.where(known, images, 0.0), "known_mask": known}
+  """The condition of inpainting `images` [B, H, W, C] where `known` [B, H, W, 1] (True = keep); the UNet reads
+  only the known pixels."""
+  return {"known_image": images, "known_mask": known}
 
 
 def random_known(key: jax.Array, batch: int, size: int, none_rate: float) -> jax.Array:

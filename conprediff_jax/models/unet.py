@@ -254,4 +254,5 @@ def unet_from_config(config, *, rngs: nnx.Rngs) -> UNet:
               attention_resolutions=tuple(m.attention_resolutions), num_heads=m.num_heads,
               num_groups=m.num_groups, dropout=m.dropout,
               num_classes=d.num_classes if m.class_conditional else 0,
-              mask_conditional=m.get("mask_conditional", False), text_encoder=text_encoder_from_config(config, rngs=rngs), dtype=jnp.dtype(m.dtype), rngs=rngs)
+              mask_conditional=m.get("mask_conditional", False),
+              text_encoder=text_encoder_from_config(config, rngs=rngs), dtype=jnp.dtype(m.dtype), rngs=rngs)
