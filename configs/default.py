@@ -4,7 +4,7 @@
 
 Trains 1,300 steps at batch 24 (cosine learning-rate decay; v-prediction with Min-SNR-5 loss weights) and writes
 `samples.png` / `samples.npz` (64 samples from the EMA parameters: DPM-Solver++(2M), 15 steps on Karras sigmas
-capped at 80), most of them legible digits. From a fresh clone: 185 s on a 2-core AMD EPYC (fp32 matmul 360-430
+capped at 80), most of them legible digits. From a fresh clone: 154-185 s on a 2-core AMD EPYC (fp32 matmul 360-430
 GFLOP/s, `python -m benchmarks.machine`; 2026-12-03; 167 s in an earlier run that day with the former DDIM-50
 sampler), an estimated ~8 minutes on a 2-core Intel Xeon of ~95 GFLOP/s. `--mode=eval` then gives FD-digits 18.3 (seeds 1 and 2: 18.0, 18.3; 512
 samples): level with the former long default (batch 64, 1,500 steps, constant rate, eps:
