@@ -27,7 +27,9 @@ from conprediff_jax import config_validation
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEFAULT_CONFIG = os.path.join(_REPO, "configs", "default.py")
 
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Training configuration file.",
+# No default here: ml_collections would load a default at import and apply the command line's overrides to it
+# there, outside any error handling; parse_flags supplies configs/default.py instead.
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file (default: configs/default.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/default", "Checkpoints, metrics and samples go here.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool("allow_config_change", False,
@@ -45,6 +47,8 @@ def fail(message: str):
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with a one-line error and exit 2 instead of a traceback or a usage dump."""
+  if not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
+    argv = [argv[0], f"--config={_DEFAULT_CONFIG}", *argv[1:]]
   try:
     rest = flags.FLAGS(argv)
     _CONFIG.value.keys()  # a config file that failed to load raises only when first used
@@ -136,8 +140,11 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   # Orbax logs every save at INFO; keep its warnings and our own messages.
   logging.get_absl_handler().addFilter(lambda r: "/orbax/" not in r.pathname or r.levelno >= std_logging.WARNING)
+  from conprediff_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   try:
     result = run(config, workdir, mode)
+  except workdir_lock.WorkdirBusy as e:
+    fail(str(e))
   except (FileNotFoundError, ValueError) as e:
     if not is_startup_error(e):
       raise

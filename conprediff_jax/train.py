@@ -18,6 +18,7 @@ A frozen first stage (a tokenizer) is not part of the state: it is loaded once p
 its own argument, neither optimised nor re-saved.
 """
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -41,6 +42,7 @@ from conprediff_jax import families
 from conprediff_jax import images as images_lib
 from conprediff_jax import parallel
 from conprediff_jax import sampling
+from conprediff_jax import workdir_lock
 from conprediff_jax.metric_writers import MetricWriter, read_jsonl
 
 
@@ -259,8 +261,16 @@ class _StopRequest:
 
 
 def train(config, workdir: str) -> dict[str, Any]:
-  """Trains to config.train.steps (resuming from the workdir), checkpoints, then writes samples."""
+  """Trains to config.train.steps (resuming from the workdir), checkpoints, then writes samples.
+
+  Raises workdir_lock.WorkdirBusy, before anything is written, if another process is training into `workdir`.
+  """
   os.makedirs(workdir, exist_ok=True)
+  with workdir_lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+    return _train(config, workdir)
+
+
+def _train(config, workdir: str) -> dict[str, Any]:
   run = setup(config, workdir)
   exp, t = run.exp, config.train
   batch_sharding = parallel.batch_sharding(run.mesh)

@@ -230,6 +230,27 @@ def test_cli_rejects_in_one_line_with_exit_2(tmp_path, flags, named):
   assert "Traceback" not in proc.stderr
 
 
+# What a newcomer types first: the default config, no --config flag (ml_collections once applied these overrides
+# while importing main.py, outside any error handling: a 40-line traceback).
+FIRST_CONTACT = {
+    "typo in an override key": (["--config.trian.steps=5"], "--config.trian.steps: 'trian' is not a config key; "
+                                                            "Did you mean \"train\""),
+    "override of the wrong type": (["--config.train.steps=five"], "--config.train.steps"),
+    "override of a section": (["--config.train=5"], "--config.train"),
+    "unknown flag": (["--wokdir=/tmp/x"], "'wokdir'. Did you mean: workdir"),
+}
+
+
+@pytest.mark.parametrize("flags,named", FIRST_CONTACT.values(), ids=FIRST_CONTACT.keys())
+def test_cli_without_config_flag_rejects_in_one_line(tmp_path, flags, named):
+  cmd = [sys.executable, "-m", "conprediff_jax.main", *flags]
+  proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+                        timeout=120, check=False)
+  assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+  assert proc.stderr.startswith("error: ") and named in proc.stderr, proc.stderr
+  assert not os.listdir(tmp_path)  # no workdir made
+
+
 def test_workdir_of_another_config_is_refused_but_resumable_changes_pass(tmp_path):
   config = smoke()
   (tmp_path / "config.json").write_text(config.to_json_best_effort())

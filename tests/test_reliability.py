@@ -15,6 +15,7 @@ import pytest
 
 from conprediff_jax import data as data_lib
 from conprediff_jax import train
+from conprediff_jax import workdir_lock
 from conprediff_jax.data.digits import load_digits
 from conprediff_jax.metric_writers import read_jsonl
 
@@ -44,6 +45,25 @@ def wait_for(predicate, proc, timeout=300):
     assert proc.poll() is None, proc.communicate()[1][-3000:]
     assert time.time() < deadline, "timed out"
     time.sleep(0.05)
+
+
+def test_second_run_on_a_workdir_is_refused_until_the_first_dies(tmp_path):
+  # The first run is a process holding the lock as train() does; SIGKILL, which no handler sees, must free it.
+  holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom conprediff_jax import workdir_lock\n"
+                             f"with workdir_lock.hold({str(tmp_path)!r}):\n  print('held', flush=True)\n"
+                             "  time.sleep(600)"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline() == "held\n"
+  second = start_main(tmp_path, "--config.train.steps=2")
+  _, err = second.communicate(timeout=300)
+  assert second.returncode == 2 and "Traceback" not in err, err[-2000:]
+  assert err.splitlines()[-1].startswith(f"error: --workdir={tmp_path} is being trained by pid {holder.pid} on host ")
+  assert os.listdir(tmp_path) == [workdir_lock.LOCK_FILE]  # refused before writing anything
+  holder.kill()
+  holder.wait()
+  with workdir_lock.hold(str(tmp_path)):
+    with pytest.raises(workdir_lock.WorkdirBusy, match="is being trained by pid"):  # flock is per open file
+      with workdir_lock.hold(str(tmp_path)):
+        pass
 
 
 def test_nonfinite_step_leaves_state_untouched(config):
