@@ -36,7 +36,8 @@ TARGET = 3.0
 WITHIN = 1.05  # "at DDIM-250 quality": FD-digits at most 5% above it
 REFERENCE = ("ddim", "uniform", 250)
 DEFAULT_GRID = ("ddim:uniform:10,20,50,100,250;ddim:trailing:5,10,20;dpm++2m:linspace:5,8,10,15,20;"
-                "dpm++2m:karras:5,8,10,15,20;euler:karras:10,20,50;heun:karras:5,8,10")
+                "dpm++2m:karras:5,8,10,15,20;unipc:linspace:5,8,10,15,20;unipc:karras:5,8,10,15,20;euler:karras:10,20,50;"
+                "heun:karras:5,8,10")
 PLOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "sampling_quality.png")
 
 
@@ -61,7 +62,8 @@ def main():
   p.add_argument("--grid", default=DEFAULT_GRID, help="sampler:spacing:steps,steps;...")
   p.add_argument("--sigma-max", type=float, default=0.0, help="config.sample.sigma_max of the karras rows")
   p.add_argument("--no-plot", action="store_true")
-  p.add_argument("--replot", metavar="LOG", help="only redraw the plot from an earlier run's output")
+  p.add_argument("--replot", metavar="LOG", nargs="+",
+                 help="only redraw the plot from earlier runs' output (a row in several logs: the first one's)")
   args = p.parse_args()
   if args.replot:
     return replot(args.replot, PLOT)
@@ -179,10 +181,14 @@ def plot(results, reference: float, peer_s: float, path: str, size=(760, 460), m
   print(f"\nwrote {path}")
 
 
-def replot(log: str, path: str) -> None:
-  """The plot again from a run's printed JSON lines (python -m benchmarks.quality_vs_time > log)."""
-  records = [json.loads(line[5:]) for line in open(log, encoding="utf-8") if line.startswith("JSON {")]
-  results = [r for r in records if r.get("figure") == FIGURE and "fd_digits" in r]
+def replot(logs: list[str], path: str) -> None:
+  """The plot again from runs' printed JSON lines (python -m benchmarks.quality_vs_time > log)."""
+  records = [json.loads(line[5:]) for log in logs for line in open(log, encoding="utf-8") if line.startswith("JSON {")]
+  rows = {}
+  for r in records:
+    if r.get("figure") == FIGURE and "fd_digits" in r:
+      rows.setdefault((r["sampler"], r["spacing"], r["steps"]), r)
+  results = list(rows.values())
   reference = next(r["fd_digits"] for r in results if (r["sampler"], r["spacing"], r["steps"]) == REFERENCE)
   peer = next(r for r in records if r.get("workload", "").startswith("diffusers"))
   plot(results, reference, 1 / peer["images_per_s"], path)

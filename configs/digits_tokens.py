@@ -47,8 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.sample = ml_collections.ConfigDict()
   config.sample.num_images = 64
+  config.sample.batch_size = 64        # per sampler call; more images are streamed to samples/, a batch per file
   config.sample.sampler = "maskgit"
   config.sample.steps = 8              # parallel decoding steps (at most the 16 tokens)
+  config.sample.schedule = "cosine"    # how many stay masked after each step: "cosine" | "linear" | "square"
   config.sample.temperature = 1.0      # of the token distribution sampled at each step
   config.sample.choice_temperature = 4.5  # Gumbel noise on the confidences that pick what stays masked; anneals to 0
   config.sample.guidance_scale = 1.0   # conditional models: classifier-free guidance on the logits

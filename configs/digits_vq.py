@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.sample = ml_collections.ConfigDict()
   config.sample.num_images = 32  # held-out digits shown with their reconstructions
+  config.sample.batch_size = 32
 
   config.eval.split = "train[1600:]"  # what reconstructions are scored on
   config.eval.num_samples = 197

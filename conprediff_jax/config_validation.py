@@ -51,9 +51,10 @@ CHOICES: dict[str, tuple] = {
 # What differs by family: its network, and how it samples.
 FAMILY_CHOICES: dict[str, dict[str, tuple]] = {
     "gaussian": {"model.name": ("unet",),                  # models/__init__.py MODELS
-                 "sample.sampler": ("ddim", "ddpm", "dpm++2m", "euler", "heun"),  # diffusion/samplers.py SAMPLERS
+                 "sample.sampler": ("ddim", "ddpm", "dpm++2m", "euler", "heun", "unipc"),  # diffusion/samplers.py SAMPLERS
                  "sample.spacing": ("karras", "linspace", "trailing", "uniform")},  # samplers.py SPACINGS
-    "masked": {"model.name": ("transformer",), "sample.sampler": ("maskgit",)},
+    "masked": {"model.name": ("transformer",), "sample.sampler": ("maskgit",),
+               "sample.schedule": ("cosine", "linear", "square")},  # masked_process.py MASK_SCHEDULES
     "autoencoder": {"model.name": ("vq",)},
 }
 
@@ -92,6 +93,7 @@ BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "checkpoint.every_steps": _POSITIVE,
     "checkpoint.max_to_keep": _POSITIVE,
     "sample.num_images": _POSITIVE,
+    "sample.batch_size": _POSITIVE,
     "sample.steps": _POSITIVE,
     "sample.eta": _NON_NEGATIVE,
     "sample.sigma_max": _NON_NEGATIVE,

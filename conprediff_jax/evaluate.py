@@ -31,39 +31,61 @@ class Evaluator:
     self._digits = None
     self._inception = None
 
-  def generate(self, ema_params, step: int):
+  def batches(self, ema_params, step: int):
+    """The samples scored at `step`, batch by batch (see sampling.sample_batches)."""
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.config.seed), 2**31 - 2), step)
-    return sampling.generate(self.model.family, self.sample_fn, ema_params, self.model.first_stage_weights, key,
-                             self.config.eval.num_samples, self.config.eval.batch_size, progress=True)
+    return sampling.sample_batches(self.model.family, self.sample_fn, ema_params, self.model.first_stage_weights,
+                                   key, self.config.eval.num_samples, self.config.eval.batch_size, progress=True)
 
   def __call__(self, ema_params, step: int) -> dict[str, float]:
-    samples, asked = self.generate(ema_params, step)
-    # Score what would be saved as images: quantised to uint8, as the reference FID implementations do.
-    as_uint8 = images_lib.to_uint8(samples)
+    """Streams the samples through every metric's features; no more than a batch of images is held at once."""
+    family = self.model.family
+    model = nnx.merge(self.model.model_def, ema_params)
+    digits, inception, family_totals = [], [], {}
+    for offset, samples, asked in self.batches(ema_params, step):
+      # Score what would be saved as images: quantised to uint8, as the reference FID implementations do.
+      as_uint8 = images_lib.to_uint8(samples)
+      if self.config.data.name == "digits":
+        digits.append(self._digits_batch(as_uint8, asked.get("labels")))
+      if self.config.eval.inception_weights:
+        inception.append(self._inception_features(as_uint8))
+      for k, v in family.score_batch(model, samples, offset).items():
+        family_totals[k] = family_totals.get(k, 0) + v
     metrics = {}
-    if self.config.data.name == "digits":
-      metrics.update(self._digits_metrics(as_uint8, asked.get("labels")))
-    if self.config.eval.inception_weights:
-      metrics.update(self._inception_metrics(as_uint8))
-    metrics.update(self.model.family.score(nnx.merge(self.model.model_def, ema_params), samples))
+    if digits:
+      metrics.update(self._digits_metrics(digits))
+    if inception:
+      metrics.update(self._inception_metrics(np.concatenate(inception)))
+    metrics.update(family.score(family_totals))
     return metrics
 
-  def _digits_metrics(self, images_uint8, labels) -> dict[str, float]:
+  def _digits_batch(self, images_uint8, labels) -> tuple[np.ndarray, np.ndarray | None]:
+    """(features, whether each sample shows the class it was asked for; None where no class was asked)."""
     if self._digits is None:
       self._digits = evaluation.DigitsMetric.load_or_train(os.path.join(self.workdir, "eval_cache"),
                                                            self.config.data.image_size, seed=0)
     images = images_uint8.astype(np.float32) / 127.5 - 1.0
-    out = {"fd_digits": self._digits.fd(images)}
+    correct = None
     if labels is not None:  # over the samples whose request names a class
       named = labels >= 0
-      out["class_accuracy"] = self._digits.accuracy(images[named], labels[named])
+      correct = self._digits.classify(images[named]) == labels[named]
+    return self._digits.features(images), correct
+
+  def _digits_metrics(self, batches) -> dict[str, float]:
+    mu, sigma = evaluation.feature_statistics(np.concatenate([features for features, _ in batches]))
+    out = {"fd_digits": evaluation.frechet_distance(mu, sigma, *self._digits.reference_statistics)}
+    if batches[0][1] is not None:
+      correct = np.concatenate([c for _, c in batches])
+      out["class_accuracy"] = float(np.mean(correct)) if len(correct) else float("nan")
     return out
 
-  def _inception_metrics(self, images_uint8) -> dict[str, float]:
+  def _inception_features(self, images_uint8) -> np.ndarray:
     e = self.config.eval
     if self._inception is None:
       self._inception = evaluation.InceptionFeatures(e.inception_weights, expected_sha256=e.inception_sha256 or None)
-    features = self._inception.extract_features(images_uint8)
+    return self._inception.extract_features(images_uint8)
+
+  def _inception_metrics(self, features) -> dict[str, float]:
     mu, sigma = evaluation.feature_statistics(features)
     ref_mu, ref_sigma, ref_features = self._reference()
     out = {"fid": evaluation.frechet_distance(mu, sigma, ref_mu, ref_sigma)}

@@ -32,25 +32,42 @@ def make_sample_fn(family: families.Family, model_def: nnx.GraphDef, num_images:
   return jax.jit(sample_fn, in_shardings=(weight_shardings, replicated, replicated, replicated), out_shardings=out)
 
 
+def sample_batches(family: families.Family, sample_fn, weights, first_stage_weights, key, num_images: int,
+                   batch_size: int, *, first_batch: int = 0, progress: bool = False):
+  """Yields `(offset, images, asked)` for each batch of `batch_size` samples, from batch `first_batch` on: images
+  [n, H, W, C] in [-1, 1] on the host (the last batch cut to `num_images`), and what each was asked for (`records`).
+  Batch i depends only on (key, i, batch_size): a stream resumed at `first_batch` is the same stream. The progress
+  bar shows images/s and the time left."""
+  starts = range(0, num_images, batch_size)
+  bar = tqdm(total=num_images, initial=min(first_batch * batch_size, num_images), desc="sampling", unit="img",
+             disable=not progress or jax.process_index() != 0)
+  for i in range(first_batch, len(starts)):
+    start = starts[i]
+    n = min(batch_size, num_images - start)
+    cond = family.sample_cond(batch_size, offset=start)
+    images = parallel.to_host(sample_fn(weights, first_stage_weights, jax.random.fold_in(key, i), cond))[:n]
+    yield start, images, records(family, n, start)
+    bar.update(n)
+  bar.close()
+
+
+def records(family: families.Family, num_images: int, offset: int) -> dict[str, np.ndarray]:
+  """What samples offset..offset + num_images were asked for: a dict of [n] arrays, empty for an unconditional
+  model; "labels" the class each should show (where one is implied), "prompts" and "prompt_index" its prompt."""
+  request = family.sample_request(num_images, offset=offset)
+  asked = {"labels": sample_requests.classes(family.config, request)}
+  if request and "prompt" in request:
+    asked.update(prompts=request["prompt"], prompt_index=request["prompt_index"])
+  return {k: v for k, v in asked.items() if v is not None}
+
+
 def generate(family: families.Family, sample_fn, weights, first_stage_weights, key, num_images: int,
              batch_size: int, *, progress: bool = False):
-  """`num_images` samples [N, H, W, C] in [-1, 1], in fixed-size batches, and what each was asked for: a dict of
-  [N] arrays, empty for an unconditional model; "labels" the class each should show (where one is implied),
-  "prompts" and "prompt_index" its prompt."""
-  batches, asked = [], []
-  bar = tqdm(total=num_images, desc="sampling", unit="img", disable=not progress or jax.process_index() != 0)
-  for i, start in enumerate(range(0, num_images, batch_size)):  # the bar shows images/s and the time left
-    cond = family.sample_cond(batch_size, offset=start)
-    batches.append(parallel.to_host(sample_fn(weights, first_stage_weights, jax.random.fold_in(key, i), cond)))
-    asked.append(family.sample_request(batch_size, offset=start) or {})
-    bar.update(min(batch_size, num_images - start))
-  bar.close()
-  images = np.concatenate(batches)[:num_images]
-  request = {k: np.concatenate([a[k] for a in asked])[:num_images] for k in asked[0]}
-  records = {"labels": sample_requests.classes(family.config, request or None)}
-  if "prompt" in request:
-    records.update(prompts=request["prompt"], prompt_index=request["prompt_index"])
-  return images, {k: v for k, v in records.items() if v is not None}
+  """All of `sample_batches` at once: (images [N, H, W, C] in [-1, 1], records [N])."""
+  batches = list(sample_batches(family, sample_fn, weights, first_stage_weights, key, num_images, batch_size,
+                                progress=progress))
+  images = np.concatenate([b[1] for b in batches])
+  return images, {k: np.concatenate([b[2][k] for b in batches]) for k in batches[0][2]}
 
 
 def put_first_stage(first_stage: families.FirstStage | None, mesh):

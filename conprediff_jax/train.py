@@ -41,6 +41,7 @@ from conprediff_jax import data as data_lib
 from conprediff_jax import families
 from conprediff_jax import images as images_lib
 from conprediff_jax import parallel
+from conprediff_jax import sample_files
 from conprediff_jax import sampling
 from conprediff_jax import workdir_lock
 from conprediff_jax.metric_writers import MetricWriter, read_jsonl
@@ -215,28 +216,6 @@ def restore_or_init(run: Run, seed: int):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Samples.
-# ------------------------------------------------------------------------------------------------------------------
-def write_samples(trained: sampling.TrainedModel, workdir: str, writer: MetricWriter | None = None) -> np.ndarray:
-  """Samples from the inference weights into samples.png / samples.npz (uint8 [N, H, W, C] `images`, and what
-  they were asked for: the requested class `labels` [N], the `prompts` [N] of a text-conditional model); returns
-  the images."""
-  config = trained.family.config
-  key = jax.random.fold_in(jax.random.key(config.seed), 2**31 - 1)
-  images, asked = sampling.generate(trained.family, trained.sample_fn(config.sample.num_images), trained.weights,
-                                    trained.first_stage_weights, key, config.sample.num_images,
-                                    config.sample.num_images)
-  images = images_lib.to_uint8(images)
-  rows = asked.get("prompt_index", asked.get("labels"))  # a conditional grid: one prompt, or class, per row
-  if jax.process_index() == 0:
-    images_lib.save_grid(os.path.join(workdir, "samples.png"), images, row_keys=rows)
-    np.savez(os.path.join(workdir, "samples.npz"), images=images, **asked)
-    if writer is not None:
-      writer.images(trained.step, "samples", images_lib.grid(images, row_keys=rows))
-  return images
-
-
-# ------------------------------------------------------------------------------------------------------------------
 # The loop.
 # ------------------------------------------------------------------------------------------------------------------
 class _StopRequest:
@@ -365,16 +344,17 @@ def _train(config, workdir: str) -> dict[str, Any]:
     if jax.process_index() == 0 and history:
       images_lib.save_loss_plot(os.path.join(workdir, "loss.png"), [h["step"] for h in history],
                                 [h["loss"] for h in history])
-    write_samples(dataclasses.replace(inference, weights=state["ema"], step=t.steps), workdir, writer)
+    sample_files.write(dataclasses.replace(inference, weights=state["ema"], step=t.steps), workdir, writer)
   writer.close()
   return {"step": t.steps, "stopped": None}
 
 
-def sample(config, workdir: str) -> np.ndarray:
-  """Writes samples from the EMA weights of the workdir's latest checkpoint (no optimiser, no context head)."""
+def sample(config, workdir: str) -> np.ndarray | None:
+  """Writes samples from the EMA weights of the workdir's latest checkpoint (no optimiser, no context head) into
+  the files of sample_files.py; returns the first batch drawn."""
   trained = sampling.load_latest_ema(config, workdir)
   with jax.set_mesh(trained.mesh):
-    return write_samples(trained, workdir)
+    return sample_files.write(trained, workdir)
 
 
 def _string_keys(tree):

@@ -30,9 +30,30 @@ def _ours(sampler, spacing, steps, x_T, clip_x0=False, sigma_max=0.0):
                                     x_T=jnp.asarray(x_T, jnp.float32)))
 
 
+def _unipc_update(x_s, m_s, s, t, earlier, alpha, sigma, lam, m_t=None):
+  """UniPC's update from level s to t (Zhao et al. 2023, data prediction, B(h) = e^h - 1) in float64: UniP when
+  m_t is None, else UniC with the model output m_t at t. `earlier`: the (level, model output) pairs before s."""
+  h = lam[t] - lam[s]
+  rks = np.array([(lam[k] - lam[s]) / h for k, _ in earlier])
+  diffs = [(m_k - m_s) / rk for (_, m_k), rk in zip(earlier, rks)]
+  b_h = np.expm1(-h)
+  base = sigma[t] / sigma[s] * x_s - alpha[t] * b_h * m_s
+  if m_t is None:  # UniP-p: rho = 1/2 for p = 2 (the paper's choice, as diffusers'), nothing for p = 1
+    return base - alpha[t] * b_h * sum(0.5 * d for d in diffs)
+  nodes = np.append(rks, 1.0)
+  phi, factorial, b = b_h / -h - 1, 1, []
+  for k in range(1, len(nodes) + 1):  # b_k = h phi_{k+1}(h) k! / B(h)
+    b.append(phi * factorial / b_h)
+    factorial *= k + 1
+    phi = phi / -h - 1 / factorial
+  rhos = np.linalg.solve(np.vander(nodes, increasing=True).T, b) if len(nodes) > 1 else [0.5]
+  return base - alpha[t] * b_h * (sum(r * d for r, d in zip(rhos[:-1], diffs)) + rhos[-1] * (m_t - m_s))
+
+
 def _reference(sampler, spacing, steps, x_T, clip_x0=False):
-  """Karras et al.'s Algorithm 1 (Euler, Heun) and Lu et al.'s DPM-Solver++(2M) Algorithm 2 in float64, written in
-  the papers' own variables: sigma, x / sqrt(abar) for Euler and Heun; alpha, sigma, lambda for DPM-Solver++."""
+  """Karras et al.'s Algorithm 1 (Euler, Heun), Lu et al.'s DPM-Solver++(2M) Algorithm 2 and Zhao et al.'s UniPC
+  in float64, written in the papers' own variables: sigma, x / sqrt(abar) for Euler and Heun; alpha, sigma,
+  lambda for DPM-Solver++ and UniPC."""
   t, abar = samplers.noise_levels(LINEAR.alphas_cumprod, steps, spacing)
 
   def x0_of(x_vp, i):  # the model's clean estimate at level i, from the VP-scaled state
@@ -53,7 +74,19 @@ def _reference(sampler, spacing, steps, x_T, clip_x0=False):
       y = y_next
     return y
   alpha, sigma = np.sqrt(abar), np.sqrt(1 - abar)
-  lam = np.log(alpha / np.maximum(sigma, 1e-300))
+  with np.errstate(divide="ignore"):
+    lam = np.log(alpha / sigma)  # +inf at the last level
+  if sampler == "unipc":
+    outputs = []  # (level, model output) of every step so far
+    for i in range(steps):
+      m = x0_of(x, i)
+      if i:  # correct the state the last step predicted, with the output evaluated there, at its order
+        x = _unipc_update(x_corrected, outputs[-1][1], i - 1, i, outputs[-order:-1], alpha, sigma, lam, m_t=m)
+      outputs.append((i, m))
+      order = min(2, steps - i, i + 1)
+      x_corrected = x
+      x = _unipc_update(x, m, i, i + 1, outputs[-order:-1], alpha, sigma, lam)
+    return x
   previous = None
   for i in range(steps):
     x0 = x0_of(x, i)
@@ -69,7 +102,8 @@ def _reference(sampler, spacing, steps, x_T, clip_x0=False):
 
 
 @pytest.mark.parametrize("sampler,spacing", [("dpm++2m", "linspace"), ("dpm++2m", "karras"), ("euler", "karras"),
-                                             ("heun", "karras"), ("heun", "trailing")])
+                                             ("heun", "karras"), ("heun", "trailing"), ("unipc", "karras"),
+                                             ("unipc", "trailing")])
 def test_sampler_matches_the_float64_algorithm(sampler, spacing):
   x_T = np.random.default_rng(0).normal(size=(2, 4, 4, 1))
   for clip_x0 in (False, True):
@@ -102,12 +136,12 @@ def test_euler_is_ddim_at_eta_0_and_spacings_are_diffusers():
     samplers.noise_levels(LINEAR.alphas_cumprod, 9, "leading")
 
 
-@pytest.mark.parametrize("name", ["dpm++2m", "euler", "euler_sigma_max", "heun"])
+@pytest.mark.parametrize("name", ["dpm++2m", "euler", "euler_sigma_max", "heun", "unipc"])
 def test_sampler_matches_diffusers_scheduler_step_by_step(name):
   """The same eps model, initial noise and noise levels through diffusers' scheduler loop."""
   import torch  # pylint: disable=g-import-not-at-top
   from diffusers import (DPMSolverMultistepScheduler, EulerDiscreteScheduler,  # pylint: disable=g-import-not-at-top
-                         HeunDiscreteScheduler)
+                         HeunDiscreteScheduler, UniPCMultistepScheduler)
   betas, steps = gaussian.linear_betas(T), 8
   scheduler, spacing = {
       "dpm++2m": (DPMSolverMultistepScheduler(trained_betas=betas, algorithm_type="dpmsolver++", solver_order=2,
@@ -115,7 +149,9 @@ def test_sampler_matches_diffusers_scheduler_step_by_step(name):
       "euler": (EulerDiscreteScheduler(trained_betas=betas, use_karras_sigmas=True), "karras"),
       "euler_sigma_max": (EulerDiscreteScheduler(trained_betas=betas, use_karras_sigmas=True, sigma_max=80.0),
                           "karras"),
-      "heun": (HeunDiscreteScheduler(trained_betas=betas, use_karras_sigmas=True), "karras")}[name]
+      "heun": (HeunDiscreteScheduler(trained_betas=betas, use_karras_sigmas=True), "karras"),
+      # diffusers rounds UniPC's Karras timesteps to integers: its linspace spacing is the comparable one.
+      "unipc": (UniPCMultistepScheduler(trained_betas=betas), "linspace")}[name]
   scheduler.set_timesteps(steps)
   x_T = np.random.default_rng(2).normal(size=(2, 1, 4, 4))
   sample = torch.from_numpy(x_T).float() * scheduler.init_noise_sigma
@@ -133,7 +169,7 @@ def test_sampler_matches_diffusers_scheduler_step_by_step(name):
 def test_new_samplers_are_deterministic_under_a_key_and_v_prediction_works():
   diffusion = gaussian.GaussianDiffusion(np.cumprod(1 - gaussian.cosine_betas(T)), "v")
   v_model = lambda x, t: 0.5 * jnp.tanh(x) * (1.0 + t[:, None, None, None] / 1000.0)
-  for name in ("dpm++2m", "heun"):
+  for name in ("dpm++2m", "heun", "unipc"):
     run = jax.jit(lambda k, name=name: samplers.sample(v_model, diffusion, k, (2, 4, 4, 1), sampler=name, steps=6,
                                                        spacing="karras"))
     a, b, c = run(jax.random.key(0)), run(jax.random.key(0)), run(jax.random.key(1))

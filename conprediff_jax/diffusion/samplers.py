@@ -26,6 +26,10 @@ Samplers (x0 is the model's clean estimate, clipped to [-1, 1] unless clip_x0=Fa
   dpm++2m DPM-Solver++(2M), Lu et al. 2022, Algorithm 2: with lambda = log(sqrt(a) / sqrt(1 - a)),
           h = lambda' - lambda, x' = (sigma' / sigma) x - alpha' (exp(-h) - 1) D, D = (1 + 1 / 2r) x0 - 1 / 2r x0_prev,
           r = h_prev / h; first order (D = x0) on the first and the last step, as diffusers' lower_order_final
+  unipc   UniPC, Zhao et al. 2023 (UniP-2 predictor, UniC corrector, B(h) = e^h - 1 ("bh2"), data prediction,
+          as diffusers' UniPCMultistepScheduler's defaults): each step first corrects the state the previous step
+          predicted, using the model output just evaluated there (no extra evaluation), then predicts the next
+          state from it by DPM-Solver++(2M)'s update; first order on the first and the last step
 """
 
 from collections.abc import Callable
@@ -67,7 +71,7 @@ def euler_update(x_t, abar_t, abar_prev, x0, eps, noise, *, eta: float = 0.0):
 
 
 SINGLE_STEP = {"ddim": ddim_update, "ddpm": ddpm_update, "euler": euler_update}
-SAMPLERS = ("ddim", "ddpm", "dpm++2m", "euler", "heun")
+SAMPLERS = ("ddim", "ddpm", "dpm++2m", "euler", "heun", "unipc")
 SPACINGS = ("karras", "linspace", "trailing", "uniform")
 
 
@@ -139,6 +143,8 @@ def sample(apply: Callable, diffusion: GaussianDiffusion, key: jax.Array, shape:
     return jax.lax.fori_loop(0, steps, body, x)
   if sampler == "heun":
     return _heun(predict, abar, steps, x)
+  if sampler == "unipc":
+    return _unipc(predict, abar_np, steps, x)
   return _dpmpp_2m(predict, abar_np, steps, x)
 
 
@@ -176,3 +182,46 @@ def _dpmpp_2m(predict, abar: np.ndarray, steps, x):
     return keep[i] * x + push[i] * (now[i] * x0 - before[i] * x0_prev), x0
 
   return jax.lax.fori_loop(0, steps, body, (x, jnp.zeros_like(x)))[0]
+
+
+def _unipc(predict, abar: np.ndarray, steps, x):
+  """UniPC-2 (bh2) with coefficients computed once in float64. With m_i the clean estimate at level i, evaluated at
+  the predicted state x_i, step i first corrects x_i into xc_i = cx_i x_i + cb_i xc_{i-1} + c0_i m_i + c1_i m_{i-1}
+  + c2_i m_{i-2}, then predicts x_{i+1} = keep_i xc_i + p0_i m_i + p1_i m_{i-1}."""
+  alpha, sigma = np.sqrt(abar), np.sqrt(1 - abar)
+  decay = (sigma[1:] * alpha[:-1]) / (alpha[1:] * sigma[:-1])  # exp(-h_i), finite at the last level
+  keep, push = sigma[1:] / sigma[:-1], alpha[1:] * (1 - decay)  # the first-order update keep x + push m
+  lam = np.log(alpha[:-1] / sigma[:-1])
+  order = np.minimum(2, np.minimum(steps - np.arange(steps), np.arange(steps) + 1))  # the predictors'
+
+  p0, p1 = push.copy(), np.zeros(steps)
+  for i in np.flatnonzero(order == 2):  # + push_i / 2r (m_{i-1} - m_i), r = (lam_{i-1} - lam_i) / h_i
+    half_over_r = 0.5 * (lam[i + 1] - lam[i]) / (lam[i - 1] - lam[i])
+    p0[i], p1[i] = push[i] * (1 - half_over_r), push[i] * half_over_r
+
+  cx, cb, c0, c1, c2 = np.ones(steps), *np.zeros((4, steps))  # step 0 has nothing to correct: xc_0 = x_0
+  for i in range(1, steps):  # UniC over the previous step (from level i - 1 to i), of that step's order
+    h = lam[i] - lam[i - 1]
+    b_h = np.expm1(-h)  # bh2's B(h); also h phi_1 in the data-prediction form
+    phi_2 = b_h / -h - 1
+    b = np.array([phi_2, (phi_2 / -h - 0.5) * 2]) / b_h  # the right-hand side of UniC's order conditions
+    if order[i - 1] == 1:
+      rho_prev, rho_now = 0.0, 0.5
+    else:
+      r = (lam[i - 2] - lam[i - 1]) / h
+      rho_prev, rho_now = np.linalg.solve(np.array([[1.0, 1.0], [r, 1.0]]), b)
+      rho_prev /= r
+    scale = -alpha[i] * b_h  # x_c = base - alpha B(h) (rho_prev (m_{i-2} - m_{i-1}) + rho_now (m_i - m_{i-1}))
+    cx[i], cb[i] = 0.0, keep[i - 1]
+    c0[i], c1[i], c2[i] = scale * rho_now, push[i - 1] - scale * (rho_prev + rho_now), scale * rho_prev
+  coefficients = [jnp.asarray(v, jnp.float32) for v in (cx, cb, c0, c1, c2, keep, p0, p1)]
+
+  def body(i, carry):
+    x, x_corrected_prev, m_prev, m_prev2 = carry
+    cx, cb, c0, c1, c2, keep, p0, p1 = (v[i] for v in coefficients)
+    m, _ = predict(x, i)
+    x_corrected = cx * x + cb * x_corrected_prev + c0 * m + c1 * m_prev + c2 * m_prev2
+    return keep * x_corrected + p0 * m + p1 * m_prev, x_corrected, m, m_prev
+
+  zeros = jnp.zeros_like(x)
+  return jax.lax.fori_loop(0, steps, body, (x, zeros, zeros, zeros))[0]

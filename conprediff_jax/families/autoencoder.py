@@ -59,13 +59,22 @@ class AutoencoderFamily(Family):
     """Held-out images in order (wrapping around)."""
     return {"image": self.heldout["image"][self._heldout_rows(num_images, offset)]}
 
-  def score(self, model: nnx.Module, samples: np.ndarray) -> dict[str, float]:
+  def score_batch(self, model: nnx.Module, samples: np.ndarray, offset: int) -> dict[str, np.ndarray]:
+    """Squared reconstruction error of these held-out images, and the codes their encodings use."""
+    originals = self.sample_cond(len(samples), offset)["image"]
+    tokens = np.asarray(_tokenize(*nnx.split(model), originals)).ravel()
+    return {"squared_error": np.sum(np.square(samples - originals), dtype=np.float64), "values": samples.size,
+            "code_counts": np.bincount(tokens, minlength=model.codebook_size)}
+
+  def score(self, totals: dict) -> dict[str, float]:
     """Reconstruction error of the held-out images, and their use of the codebook."""
-    originals = self.sample_cond(len(samples))["image"]
-    graphdef, weights = nnx.split(model)
-    tokens = np.asarray(jax.jit(lambda w, x: nnx.merge(graphdef, w).tokenize(x))(weights, originals)).ravel()
-    counts = np.bincount(tokens, minlength=model.codebook_size) / tokens.size
+    counts = totals["code_counts"] / totals["code_counts"].sum()
     used = counts[counts > 0]
-    return {"reconstruction_mse": float(np.mean(np.square(samples - originals))),
-            "codebook_usage": float(len(used) / model.codebook_size),
+    return {"reconstruction_mse": float(totals["squared_error"] / totals["values"]),
+            "codebook_usage": float(len(used) / len(counts)),
             "codebook_perplexity": float(np.exp(-np.sum(used * np.log(used))))}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _tokenize(graphdef, weights, images):
+  return nnx.merge(graphdef, weights).tokenize(images)

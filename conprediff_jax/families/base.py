@@ -120,9 +120,15 @@ class Family(abc.ABC):
     key = jax.random.fold_in(key, DROP_CONDITION_STREAM)
     return {**rest, **(conditioning.drop(cond, key, self.config.train.cond_dropout) or {})}
 
-  def score(self, model: nnx.Module, samples: np.ndarray) -> dict[str, float]:
-    """Metrics of the family's own, beside the sample-quality ones, for `samples` (N from sample_cond in order)."""
-    del model, samples
+  def score_batch(self, model: nnx.Module, samples: np.ndarray, offset: int) -> dict[str, Any]:
+    """Metrics of the family's own, beside the sample-quality ones, by map-reduce over the sample batches: totals
+    (summed over batches) of these samples, numbers offset.. of sample_cond's order. None of its own: {}."""
+    del model, samples, offset
+    return {}
+
+  def score(self, totals: dict[str, Any]) -> dict[str, float]:
+    """The metrics from score_batch's totals over every batch."""
+    del totals
     return {}
 
   def export(self, weights, out_dir: str) -> str:

@@ -1,0 +1,69 @@
+"""Sampling at scale: samples streamed to disk a batch per file, resumed bitwise, and evaluation by map-reduce over
+the batches scoring what one batch would."""
+
+import os
+
+import jax
+import numpy as np
+
+from flax import nnx
+
+from conprediff_jax import evaluate, evaluation, sampling, train
+from conprediff_jax.evaluation import digits_metric
+from conprediff_jax.data.digits import load_digits
+
+from conftest import tiny_config
+
+
+def test_streamed_samples_are_one_run_resumed_bitwise_and_restarted_on_other_settings(tmp_path, config):
+  config.train.steps, config.sample.num_images, config.sample.batch_size = 2, 2, 2
+  train.train(config, str(tmp_path))  # samples.npz: the 2 images of one batch
+  one_batch = np.load(tmp_path / "samples.npz")["images"]
+
+  config.sample.num_images = 5
+  train.sample(config, str(tmp_path))
+  folder = tmp_path / "samples"
+  names = ["00000000.npz", "00000002.npz", "00000004.npz"]
+  assert sorted(os.listdir(folder)) == [*names, "manifest.json"]
+  streamed = [np.load(folder / n)["images"] for n in names]
+  assert [len(s) for s in streamed] == [2, 2, 1]
+  np.testing.assert_array_equal(streamed[0], one_batch)  # batch i is drawn from (key, i): the same as alone
+  assert len({s.tobytes() for s in streamed}) == 3
+
+  # Killed after the first batch: the rerun keeps it and draws the rest exactly as before.
+  first = os.stat(folder / names[0])
+  for n in names[1:]:
+    os.remove(folder / n)
+  train.sample(config, str(tmp_path))
+  assert os.stat(folder / names[0]).st_mtime_ns == first.st_mtime_ns
+  for n, before in zip(names, streamed):
+    np.testing.assert_array_equal(np.load(folder / n)["images"], before)
+
+  # Other settings: the folder is drawn afresh, not mixed.
+  config.sample.steps = 3
+  train.sample(config, str(tmp_path))
+  assert sorted(os.listdir(folder)) == [*names, "manifest.json"]
+  assert not np.array_equal(np.load(folder / names[0])["images"], streamed[0])
+
+
+def test_eval_streams_batches_to_the_metrics_of_one_batch(tokenizer_workdir, monkeypatch):
+  """The tokenizer's eval (FD-digits, class accuracy, reconstruction error, codebook use) over 8 held-out digits,
+  in batches of 3 against one batch of 8; reconstruction error also against NumPy on the samples. The digits
+  classifier is left untrained (what is checked is how features are gathered, not what they are)."""
+  config = tiny_config("autoencoder")
+  classifier = digits_metric.DigitsClassifier(config.data.image_size, rngs=nnx.Rngs(0))
+  monkeypatch.setattr(evaluation.DigitsMetric, "load_or_train",
+                      lambda *_, **__: digits_metric.DigitsMetric(classifier, config.data.image_size, 0, 0.0))
+  trained = sampling.load_latest_ema(config, tokenizer_workdir)
+  with jax.set_mesh(trained.mesh):
+    whole = evaluate.Evaluator(trained, tokenizer_workdir)(trained.weights, trained.step)
+    config.eval.batch_size = 3
+    evaluator = evaluate.Evaluator(trained, tokenizer_workdir)
+    streamed = evaluator(trained.weights, trained.step)
+    samples = np.concatenate([images for _, images, _ in evaluator.batches(trained.weights, trained.step)])
+  assert sorted(whole) == ["class_accuracy", "codebook_perplexity", "codebook_usage", "fd_digits",
+                           "reconstruction_mse"]
+  for k, v in whole.items():
+    np.testing.assert_allclose(streamed[k], v, rtol=1e-6, err_msg=k)
+  originals = load_digits(config.data.image_size)[0][:8]
+  np.testing.assert_allclose(whole["reconstruction_mse"], np.mean(np.square(samples - originals)), rtol=1e-6)
