@@ -36,10 +36,10 @@ def tiny_config(family: str = "gaussian", tokenizer_workdir: str = ""):
   return config
 
 
-def make_tokenizer_workdir(workdir: str, config=None) -> str:
-  """A tiny tokenizer's workdir (config.json and one checkpoint): what a token model reads. Its weights are random
-  draws in the train state's layout (nothing compiled): the token model's tests need its shapes and a fixed
-  codebook, not good reconstructions."""
+def make_random_workdir(workdir: str, config=None) -> str:
+  """A tiny model's workdir (config.json and one checkpoint), by default a tokenizer: what a token model reads. Its
+  weights are random draws in the train state's layout (nothing compiled): the tests that read it need its shapes
+  and fixed values, not a trained model."""
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -64,7 +64,7 @@ def config():
 
 @pytest.fixture(scope="session")
 def tokenizer_workdir(tmp_path_factory):
-  return make_tokenizer_workdir(str(tmp_path_factory.mktemp("tokenizer")))
+  return make_random_workdir(str(tmp_path_factory.mktemp("tokenizer")))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -98,3 +98,14 @@ def with_xla_flags(*flags: str) -> str:
 
 
 _share_compilation_settings()
+
+
+def _skip_tracer_origin_messages() -> None:
+  """Flax's Rngs update a counter inside every traced model build, and each update makes jax describe the
+  counter's origin for an error message that flax catches and drops: a walk over the whole jaxpr per random draw,
+  about half of each tiny model's trace time. The message is for humans; tests keep the description empty."""
+  from jax._src.interpreters import partial_eval  # pylint: disable=g-import-not-at-top
+  partial_eval.DynamicJaxprTracer._origin_msg = lambda self: ""  # pylint: disable=protected-access
+
+
+_skip_tracer_origin_messages()

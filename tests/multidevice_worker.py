@@ -23,7 +23,7 @@ import numpy as np
 
 from conprediff_jax import checkpointing, parallel, sampling, train  # pylint: disable=g-import-not-at-top
 from conprediff_jax.data.digits import load_digits  # pylint: disable=g-import-not-at-top
-from tests.conftest import make_tokenizer_workdir, tiny_config  # pylint: disable=g-import-not-at-top
+from tests.conftest import make_random_workdir, tiny_config  # pylint: disable=g-import-not-at-top
 
 parallel.MIN_SHARDED_SIZE = 0  # shard even the tiny test model's arrays, so fsdp is really exercised
 
@@ -33,7 +33,7 @@ _INITS = {}  # (id(experiment), mesh) -> jitted init with that mesh's out_shardi
 
 @functools.cache
 def family_config(family: str):
-  tokenizer = make_tokenizer_workdir(tempfile.mkdtemp()) if family == "masked" else ""
+  tokenizer = make_random_workdir(tempfile.mkdtemp()) if family == "masked" else ""
   return tiny_config(family, tokenizer)
 
 

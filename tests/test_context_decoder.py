@@ -172,8 +172,8 @@ def test_position_fraction_is_an_unbiased_estimate_of_the_full_loss():
   decoder = ContextDecoder(6, 2, num_strides=2, num_samples=4, hidden_dim=8, rngs=nnx.Rngs(0))
   features = jax.random.normal(jax.random.key(1), (2, 5, 6, 6))
   targets = jax.random.uniform(jax.random.key(2), (2, 5, 6, 2), minval=-1, maxval=1)
-  loss = lambda fraction: jax.vmap(lambda k: context_loss(decoder, features, targets, k, strides=(1, 2),
-                                                          position_fraction=fraction))
+  loss = lambda fraction: jax.jit(jax.vmap(lambda k: context_loss(decoder, features, targets, k, strides=(1, 2),
+                                                                  position_fraction=fraction)))
   keys = jax.random.split(jax.random.key(4), 400)
   full, quarter = loss(1.0)(keys), loss(0.25)(keys)
   assert float(jnp.std(quarter)) > 1.5 * float(jnp.std(full))  # it really is a different, noisier estimate

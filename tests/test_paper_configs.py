@@ -11,7 +11,7 @@ import pytest
 
 from configs import celebahq_tokens, celebahq_vq
 from conprediff_jax import config_validation, families, sampling, train
-from tests.conftest import make_tokenizer_workdir
+from tests.conftest import make_random_workdir
 
 pytestmark = pytest.mark.xdist_group("test_paper_configs")
 
@@ -47,7 +47,7 @@ def test_reduced_size_trains_one_step_and_decodes(tmp_path):
   vq = _reduced(celebahq_vq.get_config())
   vq.model.update(channels=8, num_groups=4, codebook_size=32, code_dim=8, num_res_blocks=1)
   vq.eval.split = "train[:8]"
-  tokenizer = make_tokenizer_workdir(str(tmp_path), vq)
+  tokenizer = make_random_workdir(str(tmp_path), vq)
   tokens = _reduced(celebahq_tokens.get_config())
   tokens.first_stage.workdir = tokenizer
   tokens.model.update(width=16, depth=1, num_heads=2)

@@ -79,6 +79,7 @@ def test_nonfinite_step_leaves_state_untouched(config):
   assert all(jax.tree.leaves(same))
 
 
+@pytest.mark.slow  # a whole run: `python -m pytest -q -m slow tests` (CI runs both commands)
 def test_nan_policy_stops_after_n_in_a_row_keeping_good_params(tmp_path, config, monkeypatch):
   x, y = load_digits(config.data.image_size)
   poisoned = data_lib.ArraySource(np.full_like(x, np.nan), y, num_classes=10)
@@ -99,6 +100,7 @@ def _largest_file(directory):
   return max(files, key=os.path.getsize)
 
 
+@pytest.mark.slow  # two or three whole runs each: `python -m pytest -q -m slow tests`
 @pytest.mark.parametrize("damage", ["truncated", "half_written"])
 def test_corrupt_latest_checkpoint_falls_back_to_older(tmp_path, config, damage, caplog):
   train.train(config, str(tmp_path))  # checkpoints at 3 and 6

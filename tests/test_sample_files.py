@@ -12,12 +12,13 @@ from conprediff_jax import evaluate, evaluation, sampling, train
 from conprediff_jax.evaluation import digits_metric
 from conprediff_jax.data.digits import load_digits
 
-from conftest import tiny_config
+from conftest import make_random_workdir, tiny_config
 
 
 def test_streamed_samples_are_one_run_resumed_bitwise_and_restarted_on_other_settings(tmp_path, config):
-  config.train.steps, config.sample.num_images, config.sample.batch_size = 2, 2, 2
-  train.train(config, str(tmp_path))  # samples.npz: the 2 images of one batch
+  make_random_workdir(str(tmp_path), config)
+  config.sample.num_images, config.sample.batch_size = 2, 2
+  train.sample(config, str(tmp_path))  # samples.npz: the 2 images of one batch
   one_batch = np.load(tmp_path / "samples.npz")["images"]
 
   config.sample.num_images = 5

@@ -17,8 +17,14 @@ def inputs():
   return x, jnp.array([0, 500, 999])
 
 
+@nnx.jit
+def forward(model, x, t, cond=None, rngs=None):
+  """One compiled call instead of hundreds of eagerly dispatched operations (a few times faster here)."""
+  return model(x, t, cond, rngs=rngs)
+
+
 def test_shapes_and_features():
-  out, features = UNet(**TINY, rngs=nnx.Rngs(0))(*inputs())
+  out, features = forward(UNet(**TINY, rngs=nnx.Rngs(0)), *inputs())
   assert out.shape == (3, 8, 8, 2) and out.dtype == jnp.float32
   assert features.shape == (3, 8, 8, 8)  # the last up block's output, at full resolution
 
@@ -26,17 +32,17 @@ def test_shapes_and_features():
 def test_bfloat16_compute_keeps_float32_parameters():
   model = UNet(**TINY, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
   assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}
-  out, features = model(*inputs())
+  out, features = forward(model, *inputs())
   assert features.dtype == jnp.bfloat16 and out.dtype == jnp.float32
-  reference, _ = UNet(**TINY, rngs=nnx.Rngs(0))(*inputs())
+  reference, _ = forward(UNet(**TINY, rngs=nnx.Rngs(0)), *inputs())
   assert float(jnp.abs(out - reference).max()) < 0.1 * float(jnp.abs(reference).max())  # same weights, bf16 rounding
 
 
 def test_dropout_only_with_an_rng():
   model = UNet(**TINY, dropout=0.5, rngs=nnx.Rngs(0))
-  a, _ = model(*inputs())
-  b, _ = model(*inputs())
-  c, _ = model(*inputs(), rngs=nnx.Rngs(dropout=1))
+  a, _ = forward(model, *inputs())
+  b, _ = forward(model, *inputs())
+  c, _ = forward(model, *inputs(), None, nnx.Rngs(dropout=1))
   np.testing.assert_array_equal(a, b)
   assert float(jnp.abs(a - c).max()) > 1e-3
 
@@ -44,11 +50,11 @@ def test_dropout_only_with_an_rng():
 def test_class_labels_change_the_output_and_none_is_the_null_class():
   model = UNet(**TINY, num_classes=10, rngs=nnx.Rngs(0))
   x, t = inputs()
-  with_labels, _ = model(x, t, {"label": jnp.array([1, 2, 3])})
-  other, _ = model(x, t, {"label": jnp.array([4, 5, 6])})
-  unconditional, _ = model(x, t)
-  null, _ = model(x, t, {"label": jnp.full((3,), 10)})
-  dropped, _ = model(x, t, {"label": jnp.array([1, NULL_LABEL, 3])})  # conditioning.NULL_LABEL: that example's null class
+  with_labels, _ = forward(model, x, t, {"label": jnp.array([1, 2, 3])})
+  other, _ = forward(model, x, t, {"label": jnp.array([4, 5, 6])})
+  unconditional, _ = forward(model, x, t)
+  null, _ = forward(model, x, t, {"label": jnp.full((3,), 10)})
+  dropped, _ = forward(model, x, t, {"label": jnp.array([1, NULL_LABEL, 3])})  # conditioning.NULL_LABEL: that example's null class
   assert float(jnp.abs(with_labels - other).max()) > 1e-4
   np.testing.assert_array_equal(unconditional, null)
   np.testing.assert_array_equal(dropped[1], null[1])
@@ -59,15 +65,14 @@ def test_mask_conditioned_unet_reads_only_the_known_pixels_and_nothing_known_whe
   from conprediff_jax.inpainting import mask_conditioning  # pylint: disable=g-import-not-at-top
   model = UNet(**TINY, mask_conditional=True, rngs=nnx.Rngs(0))
   assert model.conv_in.kernel.shape == (3, 3, 2 * 2 + 1, 8)  # x_t, the known pixels, the mask
-  forward = nnx.jit(lambda model, x, t, cond: model(x, t, cond)[0])
   x, t = inputs()
   images = jax.random.normal(jax.random.key(1), x.shape)
   known = jnp.arange(8)[None, :, None, None] < jnp.array([2, 4, 8])[:, None, None, None]  # rows kept
   known = jnp.broadcast_to(known, (3, 8, 8, 1))
-  out = forward(model, x, t, mask_conditioning.cond(images, known))
-  unknown_changed = forward(model, x, t, mask_conditioning.cond(jnp.where(known, images, 7.0), known))
+  out = forward(model, x, t, mask_conditioning.cond(images, known))[0]
+  unknown_changed = forward(model, x, t, mask_conditioning.cond(jnp.where(known, images, 7.0), known))[0]
   np.testing.assert_allclose(unknown_changed, out, atol=1e-6)
-  known_changed = forward(model, x, t, mask_conditioning.cond(2 * images, known))
+  known_changed = forward(model, x, t, mask_conditioning.cond(2 * images, known))[0]
   assert float(jnp.abs(known_changed - out).max()) > 1e-4
-  nothing = forward(model, x, t, mask_conditioning.cond(images, jnp.zeros_like(known)))
-  np.testing.assert_allclose(forward(model, x, t, None), nothing, atol=1e-6)
+  nothing = forward(model, x, t, mask_conditioning.cond(images, jnp.zeros_like(known)))[0]
+  np.testing.assert_allclose(forward(model, x, t, None)[0], nothing, atol=1e-6)
