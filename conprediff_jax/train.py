@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from conprediff_jax import checkpointing
@@ -219,20 +220,36 @@ def restore_or_init(run: Run, seed: int):
 # The loop.
 # ------------------------------------------------------------------------------------------------------------------
 class _StopRequest:
-  """Turns SIGTERM/SIGINT into a flag that the loop checks between steps."""
+  """SIGTERM (and SIGINT) between steps, as a reason to save and stop, at the same step on every host.
+
+  One process: a Python handler sets a flag that the loop reads after each step. Several processes (a pod, a
+  cluster): a host that alone is told to stop must not leave the others waiting in a collective, so the notice goes
+  through jax.distributed's preemption service, which catches SIGTERM itself (no Python handler may replace its
+  own) and agrees with every host on the step at which all of them stop (multihost_utils, which Orbax's
+  CheckpointManager.reached_preemption wraps). SIGINT there keeps its default, an immediate KeyboardInterrupt.
+  """
 
   def __init__(self):
-    self.signal = None
+    self._signal = None
     self._previous = {}
+    self._multihost = jax.process_count() > 1
 
   def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in () if self._multihost else (signal.SIGTERM, signal.SIGINT):
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
   def _handle(self, signum, frame):
     del frame
-    self.signal = signal.Signals(signum).name
+    self._signal = signal.Signals(signum).name
+
+  def reason(self, step: int) -> str | None:
+    """Why to stop after `step`, if so; call it after every step (the hosts' agreement needs every step id)."""
+    if self._multihost:
+      if multihost_utils.reached_preemption_sync_point(step):
+        return "a preemption notice (SIGTERM) reached a host; every host stops at this step"
+      return None
+    return f"received {self._signal}" if self._signal else None
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -321,10 +338,9 @@ def _train(config, workdir: str) -> dict[str, Any]:
             checkpointing.save(best, done, state, force=True, metrics=scores)
           tick += time.perf_counter() - eval_start  # eval time is not training time
 
-        if done % config.checkpoint.every_steps == 0 or done == t.steps or stop.signal or stop_reason:
+        stop_reason = stop_reason or stop.reason(done)
+        if done % config.checkpoint.every_steps == 0 or done == t.steps or stop_reason:
           checkpointing.save(run.manager, done, state, force=True)
-        if stop.signal:
-          stop_reason = f"received {stop.signal}"
         if stop_reason:
           break
     bar.close()

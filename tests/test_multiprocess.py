@@ -6,10 +6,15 @@ every process, and gathering samples across processes.
 
 import json
 import os
+import re
+import signal
 import subprocess
+import time
 
 import numpy as np
 import pytest
+
+from conprediff_jax.metric_writers import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,3 +41,37 @@ def test_two_processes_match_one(tmp_path):
   images = [np.load(tmp_path / d / "samples.npz")["images"] for d in ("two", "one")]
   assert np.abs(images[0].astype(int) - images[1]).max() <= 1
   assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["3", "6"]
+
+
+@pytest.mark.slow  # three two-process runs: `python -m pytest -q -m slow tests`
+def test_sigterm_to_one_host_stops_both_at_one_step_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path):
+  flags = ["--config=configs/smoke.py", "--config.train.steps=300", "--config.checkpoint.every_steps=1000"]
+  port = 14000 + os.getpid() % 2000
+  launch = lambda name, port: subprocess.Popen(
+      ["bash", "launch/local_multiprocess.sh", "2", *flags, f"--workdir={tmp_path / name}"], cwd=REPO,
+      env=dict(os.environ, CONPREDIFF_PORT=str(port)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  stopped = launch("stopped", port)
+  metrics = tmp_path / "stopped" / "metrics.jsonl"
+  deadline = time.time() + 300
+  while not (metrics.exists() and metrics.read_text().count("\n") >= 2):  # a few steps in
+    assert stopped.poll() is None and time.time() < deadline, stopped.communicate()[1][-3000:]
+    time.sleep(0.05)
+  with open(f"/proc/{stopped.pid}/task/{stopped.pid}/children", encoding="utf-8") as f:
+    hosts = [int(p) for p in f.read().split()]
+  assert len(hosts) == 2
+  os.kill(hosts[1], signal.SIGTERM)  # the second host only
+  _, err = stopped.communicate(timeout=300)
+  assert stopped.returncode == 0, err[-3000:]
+  steps = [int(s) for s in re.findall(r"^stopped at step (\d+)", err, flags=re.M)]
+  assert len(steps) == 2 and steps[0] == steps[1] < 300, err[-3000:]  # both hosts, the same step
+  assert os.listdir(tmp_path / "stopped" / "checkpoints") == [str(steps[0])]
+
+  resumed, whole = launch("stopped", port), launch("whole", port + 1)  # the same command resumes; one runs through
+  for proc in (resumed, whole):
+    assert proc.wait(timeout=600) == 0, proc.communicate()[1][-3000:]
+  # Every loss logged after the stop, and the samples of the final EMA weights, bitwise.
+  history = {name: {m["step"]: m["loss"] for m in read_jsonl(tmp_path / name / "metrics.jsonl") if "loss" in m}
+             for name in ("stopped", "whole")}
+  after = [s for s in history["whole"] if s > steps[0]]
+  assert after and [history["stopped"][s] for s in after] == [history["whole"][s] for s in after]
+  np.testing.assert_array_equal(*(np.load(tmp_path / name / "samples.npz")["images"] for name in ("stopped", "whole")))
