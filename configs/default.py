@@ -51,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.mask_conditional = False   # configs/digits_inpaint.py: also reads known pixels + mask (inpainting)
   config.model.text_conditional = False   # configs/digits_text.py: prompts, read by cross-attention
   config.model.dtype = "float32"     # compute dtype; parameters stay float32
+  config.model.remat = False         # recompute each block's activations in the backward pass: less memory
 
   config.text = text_settings()
 

@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.class_conditional = False
   config.model.text_conditional = False  # a text slot: the prompt's context vectors ahead of the grid
   config.model.dtype = "float32"
+  config.model.remat = False  # recompute each block's activations in the backward pass: less memory
 
   config.masking = ml_collections.ConfigDict()
   config.masking.schedule = "cosine"  # masked fraction gamma(r), r ~ U(0, 1): "cosine" | "linear" | "square"

@@ -471,7 +471,7 @@ def _check_mesh_and_batch(config, num_devices: int, process_count: int) -> None:
 # A resumed run may change how long it trains, how it logs, checkpoints and samples, and on which mesh it runs
 # (checkpoints restore onto any mesh); any other change means the workdir holds a different experiment.
 RESUMABLE_PREFIXES = ("train.steps", "train.log_every", "train.max_nonfinite_steps", "checkpoint.", "sample.",
-                      "mesh.")
+                      "mesh.", "model.remat")
 
 
 def _flatten(tree, prefix=""):
@@ -500,7 +500,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, *, mode: str 
     matters = lambda k: not k.startswith(RESUMABLE_PREFIXES)
     keys, fix = saved.keys() | current.keys(), "use a new --workdir, or pass --allow_config_change to continue that run"
   else:
-    matters = lambda k: k.startswith(INFERENCE_PREFIXES)
+    matters = lambda k: k.startswith(INFERENCE_PREFIXES) and not k.startswith(RESUMABLE_PREFIXES)
     keys, fix = saved.keys(), "pass the config it was trained with (its config.json), or --allow_config_change"
   changed = [k for k in sorted(keys) if saved.get(k) != current.get(k) and matters(k)]
   if changed:

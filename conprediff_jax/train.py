@@ -41,6 +41,7 @@ from conprediff_jax import checkpointing
 from conprediff_jax import data as data_lib
 from conprediff_jax import families
 from conprediff_jax import images as images_lib
+from conprediff_jax import memory_report
 from conprediff_jax import parallel
 from conprediff_jax import sample_files
 from conprediff_jax import sampling
@@ -293,6 +294,9 @@ def _train(config, workdir: str) -> dict[str, Any]:
                       in_shardings=(run.shardings, batch_sharding, replicated, first_stage_shardings),
                       out_shardings=(run.shardings, replicated), donate_argnums=0)
     base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+    if start < t.steps and jax.process_index() == 0:  # compiled here, reused by the first step
+      compiled = step_fn.lower(state, batches.get(start), base_key, first_stage_weights).compile()
+      logging.info("memory per device: %s", memory_report.report(state, compiled))
     inference = sampling.TrainedModel(exp.family, exp.model_def, None, run.shardings["ema"], run.mesh, start,
                                       exp.first_stage_def, first_stage_weights)
 

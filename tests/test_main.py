@@ -3,6 +3,7 @@ test_reliability.py.)"""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -24,6 +25,8 @@ def test_cli_trains_samples_and_applies_overrides(tmp_path):
   tmp_path = tmp_path / "run"
   proc = run_main(tmp_path, "--config.train.steps=4", "--config.sample.num_images=5", "--config.seed=7")
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert re.search(r"memory per device: parameters [\d.]+ MiB; .* activations and other temporaries [\d.]+ MiB",
+                   proc.stderr)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "4"]  # every_steps=3, plus the final step
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["train"]["steps"] == 4 and saved["seed"] == 7

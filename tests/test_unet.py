@@ -3,9 +3,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from conprediff_jax.conditioning import NULL_LABEL
+from conprediff_jax.models.transformer import MaskedTokenTransformer
 from conprediff_jax.models.unet import UNet
 
 TINY = dict(image_size=8, in_channels=2, channels=8, channel_mults=(1, 2), num_res_blocks=1,
@@ -76,3 +78,25 @@ def test_mask_conditioned_unet_reads_only_the_known_pixels_and_nothing_known_whe
   assert float(jnp.abs(known_changed - out).max()) > 1e-4
   nothing = forward(model, x, t, mask_conditioning.cond(images, jnp.zeros_like(known)))[0]
   np.testing.assert_allclose(forward(model, x, t, None)[0], nothing, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["unet", "transformer"])
+def test_remat_recomputes_blocks_for_the_same_gradients(name):
+  """`model.remat`: the blocks' activations are recomputed in the backward pass (a checkpoint in the gradient's
+  program), and the gradients are those of the plain model."""
+  if name == "unet":
+    make = lambda remat: UNet(**TINY, remat=remat, rngs=nnx.Rngs(0))
+    args = inputs()
+  else:
+    make = lambda remat: MaskedTokenTransformer(vocab_size=7, grid=4, width=16, depth=2, num_heads=2, mlp_ratio=2,
+                                                remat=remat, rngs=nnx.Rngs(0))
+    args = (jax.random.randint(jax.random.key(0), (2, 4, 4), 0, 8),)
+  grads = {}
+  for remat in (False, True):
+    graphdef, params = nnx.split(make(remat))
+    grad = jax.grad(lambda p, graphdef=graphdef: jnp.sum(jnp.square(nnx.merge(graphdef, p)(*args)[0])))
+    grads[remat] = jax.jit(grad)(params)
+    primitives = {e.primitive.name for e in jax.make_jaxpr(grad)(params).jaxpr.eqns}
+    assert bool(primitives & {"checkpoint", "remat2"}) == remat, primitives
+  for plain, recomputed in zip(jax.tree.leaves(grads[False]), jax.tree.leaves(grads[True])):
+    np.testing.assert_allclose(recomputed, plain, rtol=1e-4, atol=1e-5)  # recomputed: other fusions, float32

@@ -141,6 +141,15 @@ class Family(abc.ABC):
 # ------------------------------------------------------------------------------------------------------------------
 # A model's inference weights: its parameters and its buffers, as one nested dict with disjoint leaves.
 # ------------------------------------------------------------------------------------------------------------------
+def inference_model(model_def: nnx.GraphDef, weights) -> nnx.Module:
+  """The model a sampler runs: merged from its inference weights, with `remat` off. Recomputing activations only
+  trades memory in a backward pass, and nnx.remat cannot run a module merged outside a sampler's loop inside it."""
+  model = nnx.merge(model_def, weights)
+  if getattr(model, "remat", False):
+    model.remat = False
+  return model
+
+
 def abstract_model(family: Family) -> tuple[nnx.GraphDef, dict, dict]:
   """(graph definition, Param shapes, buffer shapes) of the family's model, built without computing anything."""
   model = nnx.eval_shape(lambda: family.build(nnx.Rngs(0)))

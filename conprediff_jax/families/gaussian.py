@@ -8,7 +8,7 @@ from flax import nnx
 from conprediff_jax import conditioning
 from conprediff_jax.diffusion import samplers
 from conprediff_jax.diffusion.gaussian import GaussianDiffusion
-from conprediff_jax.families.base import Family, FeatureSpec, LossOutput
+from conprediff_jax.families.base import Family, FeatureSpec, LossOutput, inference_model
 from conprediff_jax.inpainting import mask_conditioning, repaint
 from conprediff_jax.models import MODELS
 
@@ -61,7 +61,7 @@ class GaussianFamily(Family):
 
     def sample(weights, first_stage_weights, key, cond):
       del first_stage_weights
-      apply = self._apply(nnx.merge(model_def, weights), cond, self.config.sample.guidance_scale)
+      apply = self._apply(inference_model(model_def, weights), cond, self.config.sample.guidance_scale)
       return self._sample(apply, key, shape)
 
     return sample
@@ -72,7 +72,7 @@ class GaussianFamily(Family):
 
     def inpaint(weights, first_stage_weights, key, images, known):
       del first_stage_weights
-      denoiser = nnx.merge(model_def, weights)
+      denoiser = inference_model(model_def, weights)
       if self.mask_conditional:  # the UNet reads the known pixels; they are pasted back over its output
         apply = self._apply(denoiser, mask_conditioning.cond(images, known))
         return jnp.where(known, images, self._sample(apply, key, images.shape))

@@ -17,7 +17,7 @@ from flax import nnx
 from conprediff_jax import conditioning, config_validation
 from conprediff_jax.families import masked_process
 from conprediff_jax.families.autoencoder import AutoencoderFamily
-from conprediff_jax.families.base import Family, FeatureSpec, FirstStage, LossOutput
+from conprediff_jax.families.base import Family, FeatureSpec, FirstStage, LossOutput, inference_model
 from conprediff_jax.models.transformer import transformer_from_config
 
 
@@ -59,7 +59,7 @@ class MaskedFamily(Family):
     s = self.config.sample
 
     def sample(weights, tokenizer_weights, key, cond):
-      model = nnx.merge(model_def, weights)
+      model = inference_model(model_def, weights)
       tokenizer = nnx.merge(first_stage_def, tokenizer_weights)
       logits = conditioning.classifier_free(lambda t, c: model(t, c)[0], cond, s.guidance_scale)
       return self._decode(logits, key, num_images, model.mask_id, tokenizer)
@@ -81,7 +81,7 @@ class MaskedFamily(Family):
     A token is known where every pixel of its patch is (its encoding sees the unknown pixels as 0)."""
 
     def inpaint(weights, tokenizer_weights, key, images, known):
-      model = nnx.merge(model_def, weights)
+      model = inference_model(model_def, weights)
       tokenizer = nnx.merge(first_stage_def, tokenizer_weights)
       tokens = tokenizer.tokenize(jnp.where(known, images, 0.0))
       b, g = tokens.shape[0], self.grid

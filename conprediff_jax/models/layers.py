@@ -22,3 +22,9 @@ def class_ids(labels, num_embeddings: int, batch: int):
   if labels is None:
     return jnp.full((batch,), null, jnp.int32)
   return jnp.where(labels < 0, null, labels)
+
+
+def run_block(block, *args, remat: bool = False):
+  """`block(*args)`; with `remat`, its activations are recomputed in the backward pass instead of kept (less
+  memory for more compute, the same values): `model.remat`."""
+  return nnx.remat(lambda b, *a: b(*a))(block, *args) if remat else block(*args)

@@ -26,7 +26,8 @@ class MaskedTokenTransformer(nnx.Module):
 
   def __init__(self, *, vocab_size: int, grid: int, width: int, depth: int, num_heads: int, mlp_ratio: int = 4,
                num_classes: int = 0, text_encoder: nnx.Module | None = None, dropout: float = 0.0,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               remat: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.remat = remat
     self.vocab_size = vocab_size
     self.mask_id = vocab_size  # the absorbing state: one row past the vocabulary
     self.grid = grid
@@ -69,7 +70,7 @@ class MaskedTokenTransformer(nnx.Module):
     key_mask = None if self.text_encoder is None else jnp.concatenate(valid + [jnp.ones((b, h * w), bool)], 1)
     x = self.embedding_dropout(jnp.concatenate(prefix + [x], 1), deterministic=rngs is None, rngs=rngs)
     for block in self.blocks:
-      x = block(x, rngs, key_mask)
+      x = layers.run_block(block, x, rngs, key_mask, remat=self.remat)
     features = self.norm_out(x[:, x.shape[1] - h * w:]).reshape(b, h, w, -1)
     return self.head(features).astype(jnp.float32), features
 
@@ -84,4 +85,4 @@ def transformer_from_config(config, *, vocab_size: int, grid: int, rngs: nnx.Rng
                                 num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
                                 num_classes=d.num_classes if m.class_conditional else 0,
                                 text_encoder=text_encoder_from_config(config, rngs=rngs),
-                                dtype=jnp.dtype(m.dtype), rngs=rngs)
+                                remat=m.get("remat", False), dtype=jnp.dtype(m.dtype), rngs=rngs)

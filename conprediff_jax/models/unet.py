@@ -150,8 +150,10 @@ class UpBlock(nnx.Module):
     self.upsamplers = nnx.List([Upsample2D(cout, rngs=rngs, dtype=dtype)]) if add_upsample else None
 
   def __call__(self, x, skips, temb, rngs=None, text=None):
-    for i, resnet in enumerate(self.resnets):
-      x = resnet(jnp.concatenate([x, skips.pop()], axis=-1), temb, rngs)
+    """`skips`: this block's skip connections, one per resnet, in the order the down path made them (the last
+    made is read first)."""
+    for i, (resnet, skip) in enumerate(zip(self.resnets, reversed(skips))):
+      x = resnet(jnp.concatenate([x, skip], axis=-1), temb, rngs)
       if self.attentions is not None:
         x = self.attentions[i](x, text)
     if self.upsamplers is not None:
@@ -179,8 +181,9 @@ class UNet(nnx.Module):
   def __init__(self, *, image_size: int, in_channels: int, channels: int, channel_mults: Sequence[int],
                num_res_blocks: int, attention_resolutions: Sequence[int], num_heads: int, num_groups: int,
                dropout: float = 0.0, num_classes: int = 0, mask_conditional: bool = False,
-               text_encoder: nnx.Module | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
+               text_encoder: nnx.Module | None = None, remat: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
     widths = [channels * m for m in channel_mults]
+    self.remat = remat
     temb_dim = 4 * channels
     self.text_encoder = text_encoder
     if text_encoder is None:
@@ -237,11 +240,13 @@ class UNet(nnx.Module):
     h = self.conv_in(x)
     skips = [h]
     for block in self.down_blocks:
-      h, block_skips = block(h, temb, rngs, text)
+      h, block_skips = layers.run_block(block, h, temb, rngs, text, remat=self.remat)
       skips += block_skips
-    h = self.mid_block(h, temb, rngs, text)
+    h = layers.run_block(self.mid_block, h, temb, rngs, text, remat=self.remat)
     for block in self.up_blocks:
-      h = block(h, skips, temb, rngs, text)
+      n = len(block.resnets)
+      h = layers.run_block(block, h, skips[-n:], temb, rngs, text, remat=self.remat)
+      skips = skips[:-n]
     features = h
     out = self.conv_out(nnx.silu(self.conv_norm_out(h)))
     return out.astype(jnp.float32), features
@@ -255,4 +260,5 @@ def unet_from_config(config, *, rngs: nnx.Rngs) -> UNet:
               num_groups=m.num_groups, dropout=m.dropout,
               num_classes=d.num_classes if m.class_conditional else 0,
               mask_conditional=m.get("mask_conditional", False),
-              text_encoder=text_encoder_from_config(config, rngs=rngs), dtype=jnp.dtype(m.dtype), rngs=rngs)
+              text_encoder=text_encoder_from_config(config, rngs=rngs), remat=m.get("remat", False),
+              dtype=jnp.dtype(m.dtype), rngs=rngs)
