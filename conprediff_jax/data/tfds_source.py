@@ -15,7 +15,9 @@ from conprediff_jax.data.source import Example, Source
 
 
 def _prepare_hint(name: str, data_dir: str) -> str:
-  return f"prepare it with `tfds build {name} --data_dir={data_dir} --file_format=array_record`"
+  return (f"prepare it from an image folder with `python -m conprediff_jax.data.prepare --images=<folder> "
+          f"--name={name} --data_dir={data_dir} --resolution=<size>` (docs/datasets.md), or a TFDS catalogue "
+          f"dataset with `tfds build {name} --data_dir={data_dir} --file_format=array_record`")
 
 
 class TfdsSource(Source):
