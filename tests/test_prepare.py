@@ -41,13 +41,15 @@ def folder(tmp_path):
   (root / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
   captions = ["a green one", "another green one", "a blue one", "a wide blue one", "never read"]
   (tmp_path / "captions.txt").write_text("\n".join(captions) + "\n")
+  np.savez(tmp_path / "embeddings.npz", embedding=np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 2, 3)),
+           mask=np.ones((5, 2), bool))  # row i holds i
   return root
 
 
 def test_a_folder_becomes_a_dataset_the_trainer_reads_and_preparing_resumes(folder, tmp_path, capsys):
   data_dir = tmp_path / "tfds"
   argv = [f"--images={folder}", "--name=pets8", f"--data_dir={data_dir}", "--resolution=8",
-          f"--captions={tmp_path / 'captions.txt'}", "--shards=2"]
+          f"--captions={tmp_path / 'captions.txt'}", f"--embeddings={tmp_path / 'embeddings.npz'}", "--shards=2"]
   assert prepare.main(argv) == 0
   assert '"examples": 4, "skipped": 1, "classes": 2' in capsys.readouterr().out
   assert "broken.jpg" in (data_dir / "pets8_staging" / "skipped.txt").read_text()
@@ -66,6 +68,9 @@ def test_a_folder_becomes_a_dataset_the_trainer_reads_and_preparing_resumes(fold
   written = (data_dir / "pets8" / "1.0.0" / "captions.txt").read_text().splitlines()
   assert written == [captions[int(records[r]["index"])] for r in range(4)]  # in record order
   assert sorted(written) == sorted(captions[:4])
+  with np.load(data_dir / "pets8" / "1.0.0" / "text_embeddings.npz") as f:
+    np.testing.assert_array_equal(f["embedding"][:, 0, 0], [int(records[r]["index"]) for r in range(4)])
+    assert f["mask"].shape == (4, 2)
 
   # Interrupted while staging: only what is missing is staged again.
   staged = sorted((data_dir / "pets8_staging").glob("*.png"))
