@@ -20,7 +20,7 @@ from configs import digits_tokens
 def get_config() -> ml_collections.ConfigDict:
   config = digits_tokens.get_config()
   config.data.name = "tfds"
-  config.data.tfds_name = "celeb_a_hq/256"
+  config.data.tfds_name = "celebahq256"
   config.data.image_size = 256
   config.data.channels = 3
   config.data.num_classes = 0

@@ -1,7 +1,9 @@
 """The paper-scale tokenizer: CelebA-HQ 256x256 -> a 16x16 grid of 1,024 codes (stage 1 of celebahq_tokens.py).
 
     python -m conprediff_jax.main --config=configs/celebahq_vq.py --workdir=workdirs/celebahq_vq \
-        --config.data.data_dir=<TFDS data_dir holding a prepared celeb_a_hq/256>
+        --config.data.data_dir=<TFDS data_dir holding celebahq256>
+    # celebahq256 from the CelebA-HQ images: python -m conprediff_jax.data.prepare --images=CelebA-HQ-img \
+    #     --name=celebahq256 --data_dir=<TFDS data_dir> --resolution=256   (docs/datasets.md)
 
 A convolutional VQ-VAE with four halvings (widths 128-128-256-256-512), an EMA codebook with dead-code restarts,
 trained on reconstruction + commitment only: no perceptual or adversarial loss yet, so expect blurrier
@@ -17,7 +19,7 @@ from configs import digits_vq
 def get_config() -> ml_collections.ConfigDict:
   config = digits_vq.get_config()
   config.data.name = "tfds"
-  config.data.tfds_name = "celeb_a_hq/256"
+  config.data.tfds_name = "celebahq256"
   config.data.split = "train[:29000]"
   config.data.image_size = 256
   config.data.channels = 3

@@ -409,7 +409,7 @@ def _check_data(config) -> None:
   d = config.data
   if d.name == "tfds" and not d.tfds_name:
     raise ConfigError("data.tfds_name", "is empty with config.data.name='tfds'",
-                      "set a prepared TFDS dataset, e.g. 'celeb_a_hq/256'")
+                      "set a prepared TFDS dataset, e.g. 'celebahq256'")
   if d.name in ("tfds", "folder") and not os.path.isdir(os.path.expanduser(d.data_dir)):
     what = "the TFDS data_dir holding the prepared dataset" if d.name == "tfds" else "a folder of images"
     problem = "is empty" if not d.data_dir else f"{d.data_dir!r} is not an existing directory"

@@ -1,5 +1,6 @@
-"""The paper-scale configs (configs/celebahq_*.py): valid, built at full size without computing anything, and
-trained one step and decoded one step at reduced size (same structure: levels, bf16, context strides)."""
+"""The paper-scale configs (configs/celebahq_*.py, cifar10.py, imagenet_inpaint.py): valid, built at full size
+without computing anything, one-line errors naming the prepare command when their data is missing, and trained one
+step and sampled one step at reduced size (same structure: levels, bf16, context strides)."""
 
 import functools
 import json
@@ -9,8 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from configs import celebahq_tokens, celebahq_vq
+from configs import celebahq_inpaint, celebahq_tokens, celebahq_vq, cifar10, imagenet_inpaint
 from conprediff_jax import config_validation, families, sampling, train
+from conprediff_jax import data as data_lib
 from tests.conftest import make_random_workdir
 
 pytestmark = pytest.mark.xdist_group("test_paper_configs")
@@ -65,3 +67,43 @@ def test_reduced_size_trains_one_step_and_decodes(tmp_path):
   out = np.asarray(sample_fn(state["ema"], exp.first_stage.weights, jax.random.key(2), None))
   assert out.shape == (4, 64, 64, 3) and np.all(np.abs(out) <= 1) and out.std() > 0
   assert json.loads((tmp_path / "config.json").read_text())["family"] == "autoencoder"
+
+
+PIXEL = {"cifar10": (cifar10, 30e6, 40e6), "celebahq_inpaint": (celebahq_inpaint, 100e6, 150e6),
+         "imagenet_inpaint": (imagenet_inpaint, 400e6, 600e6)}
+
+
+@pytest.mark.parametrize("name", PIXEL)
+def test_pixel_configs_are_valid_build_and_name_the_prepare_command(tmp_path, name):
+  module, low, high = PIXEL[name]
+  config = module.get_config()
+  config.data.data_dir = str(tmp_path)  # exists, holds nothing
+  config_validation.validate(config, num_devices=8, process_count=2)
+  _, params, _ = families.abstract_model(families.get(config))
+  assert low < train.param_count(params) < high
+  with pytest.raises(FileNotFoundError) as missing:
+    data_lib.make_source(config.data)
+  message = str(missing.value)
+  assert "\n" not in message and f"--name={config.data.tfds_name}" in message
+  assert "python -m conprediff_jax.data.prepare --images=<folder>" in message
+
+
+@pytest.mark.slow  # compiles three six-level networks: `python -m pytest -q -m slow tests`
+@pytest.mark.parametrize("name", PIXEL)
+def test_pixel_configs_train_one_step_and_sample_one_at_reduced_size(name):
+  config = PIXEL[name][0].get_config()
+  size = 64 if len(config.model.channel_mults) > 4 else 32  # every level and attention resolution kept
+  config.data.update(name="digits", tfds_name="", image_size=size, channels=3, split="train")
+  config.data.num_classes = 10 if config.model.class_conditional else config.data.num_classes
+  config.model.update(channels=8, num_groups=4, num_heads=2, num_res_blocks=1)
+  config.train.batch_size, config.sample.steps = 4, 1
+  config_validation.validate(config, num_devices=1)
+  exp = train.make_experiment(config)
+  state = jax.jit(functools.partial(train.init_state, exp))(jax.random.key(0))
+  batch = {"image": np.random.default_rng(0).uniform(-1, 1, (4, size, size, 3)).astype(np.float32),
+           "label": np.arange(4, dtype=np.int32)}
+  _, metrics = jax.jit(functools.partial(train.train_step, exp))(state, batch, jax.random.key(1), None)
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["loss_context"]) > 0
+  cond = exp.family.sample_cond(2)
+  out = np.asarray(sampling.make_sample_fn(exp.family, exp.model_def, 2)(state["ema"], None, jax.random.key(2), cond))
+  assert out.shape == (2, size, size, 3) and np.all(np.abs(out) <= 1) and out.std() > 0

@@ -29,7 +29,7 @@ class TfdsSource(Source):
 
     imaging.target_mode(channels)  # validates channels early
     if not name:
-      raise ValueError("config.data.tfds_name is empty; set it to a TFDS dataset name, e.g. 'celeb_a_hq/256'")
+      raise ValueError("config.data.tfds_name is empty; set it to a TFDS dataset name, e.g. 'celebahq256'")
     if not str(data_dir):
       raise ValueError(f"config.data.data_dir is empty; set it to the TFDS data_dir holding {name!r} "
                        "(nothing is downloaded at run time)")

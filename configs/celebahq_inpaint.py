@@ -1,0 +1,27 @@
+"""CelebA-HQ 256x256 inpainting: an unconditional pixel-space UNet with the context loss, filled in by RePaint
+(`--mode=inpaint`), as the paper's inpainting builds on RePaint's guided-diffusion models.
+
+    python -m conprediff_jax.data.prepare --images=CelebA-HQ-img --name=celebahq256 \
+        --data_dir=~/tensorflow_datasets --resolution=256                         # docs/datasets.md
+    python -m conprediff_jax.main --config=configs/celebahq_inpaint.py --workdir=workdirs/celebahq_inpaint
+    python -m conprediff_jax.main --config=configs/celebahq_inpaint.py --workdir=workdirs/celebahq_inpaint \
+        --mode=inpaint --config.inpaint.images=<held-out faces, 256x256> --config.inpaint.mask=box
+
+The network follows guided-diffusion's 256x256 layout at half its width (128 channels, mults (1, 1, 2, 2, 4, 4),
+2 res blocks, attention at 32, 16 and 8) in diffusers' block form (no scale-shift norm, no learned variance).
+Sized for a TPU v4-32 / 32-GPU job (global batch 256, bf16). Target: the paper's CelebA-HQ inpainting LPIPS 0.022;
+LPIPS itself is not built here (`--mode=inpaint` writes the filled images and their masks for an external scorer).
+Not run at this size here (no accelerator); tests/test_paper_configs.py runs it at reduced size.
+"""
+
+from configs import paper
+
+
+def get_config():
+  config = paper.pixel_diffusion(
+      tfds_name="celebahq256", image_size=256, channels=128, channel_mults=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
+      attention_resolutions=(32, 16, 8), num_heads=4, dropout=0.0, steps=500_000, batch_size=256,
+      learning_rate=1e-4, schedule="linear")
+  config.inpaint.update(images="", split="train[27000:]", mask="box", num_images=100, steps=250)
+  config.data.split = "train[:27000]"  # the last 3,000 faces stay out of training, for inpainting
+  return config

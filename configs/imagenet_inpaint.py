@@ -1,0 +1,24 @@
+"""ImageNet 256x256 inpainting: a class-conditional pixel-space UNet with the context loss (classifier-free
+guidance in place of guided-diffusion's classifier), filled in by RePaint (`--mode=inpaint`).
+
+    python -m conprediff_jax.data.prepare --images=<ILSVRC2012 train> --name=imagenet256 \
+        --data_dir=~/tensorflow_datasets --resolution=256                         # docs/datasets.md
+    python -m conprediff_jax.main --config=configs/imagenet_inpaint.py --workdir=workdirs/imagenet_inpaint
+    python -m conprediff_jax.main --config=configs/imagenet_inpaint.py --workdir=workdirs/imagenet_inpaint \
+        --mode=inpaint --config.inpaint.images=<validation images, 256x256> --config.inpaint.mask=half
+
+Same layout as configs/celebahq_inpaint.py at full guided-diffusion width (256 channels), 1,000 classes.
+Sized for a TPU v4-64 / 64-GPU job (global batch 256, bf16). Target: the paper's ImageNet inpainting figures
+(LPIPS; not built here). Not run at this size here; tests/test_paper_configs.py runs it at reduced size.
+"""
+
+from configs import paper
+
+
+def get_config():
+  config = paper.pixel_diffusion(
+      tfds_name="imagenet256", image_size=256, num_classes=1000, channels=256, channel_mults=(1, 1, 2, 2, 4, 4),
+      num_res_blocks=2, attention_resolutions=(32, 16, 8), num_heads=4, dropout=0.0, steps=1_000_000,
+      batch_size=256, learning_rate=1e-4, schedule="linear")
+  config.inpaint.update(images="", mask="half", num_images=100, steps=250)
+  return config

@@ -1,0 +1,29 @@
+"""What the paper-scale configs share: a prepared TFDS dataset (docs/datasets.md) and a pixel-space UNet sized
+like the published model each task builds on. Each task's file (cifar10.py, celebahq_inpaint.py, ...) states the
+sizes, the command, the hardware it was sized for and the paper's figure as the target."""
+
+import ml_collections
+
+from configs import default
+
+
+def pixel_diffusion(*, tfds_name: str, image_size: int, num_classes: int = 0, channels: int, channel_mults,
+                    num_res_blocks: int, attention_resolutions, num_heads: int, dropout: float, steps: int,
+                    batch_size: int, learning_rate: float, schedule: str, prediction: str = "eps",
+                    min_snr_gamma: float = 0.0) -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.data.update(name="tfds", tfds_name=tfds_name, data_dir="~/tensorflow_datasets", image_size=image_size,
+                     channels=3, num_classes=max(num_classes, 1))
+  config.model.update(channels=channels, channel_mults=tuple(channel_mults), num_res_blocks=num_res_blocks,
+                      attention_resolutions=tuple(attention_resolutions), num_heads=num_heads, num_groups=32,
+                      dropout=dropout, class_conditional=num_classes > 0, dtype="bfloat16")
+  if num_classes:
+    config.train.cond_dropout = 0.1  # classifier-free guidance needs the null class trained too
+  config.diffusion.update(schedule=schedule, prediction=prediction, min_snr_gamma=min_snr_gamma)
+  config.train.update(steps=steps, batch_size=batch_size, learning_rate=learning_rate, lr_schedule="constant",
+                      warmup_steps=5000, ema_decay=0.9999, log_every=100)
+  config.checkpoint.update(every_steps=10_000, max_to_keep=3)
+  config.context.position_fraction = 0.25  # score a quarter of the positions: the head's cost at 256^2
+  config.sample.update(num_images=16, batch_size=16)
+  config.eval.update(num_samples=50_000, batch_size=250, metric="fid")
+  return config
