@@ -126,8 +126,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.every_steps = 0        # periodic eval during training (0: off); --mode=eval scores the latest checkpoint
   config.eval.num_samples = 512
+  config.eval.sample_seed = 0        # > 0: other samples (the same checkpoint scored again, for the metric's noise)
   config.eval.batch_size = 128
-  config.eval.metric = "fd_digits"   # what picks the best checkpoint: fd_digits | fid | kid | class_accuracy
+  config.eval.metric = "fd_digits"   # the best checkpoint's: fd_digits | kid_digits | fid | kid | class_accuracy
   config.eval.inception_weights = ""  # FID Inception-v3 .safetensors (README: "FID"); empty: no FID/KID
   config.eval.inception_sha256 = ""   # optional checksum of that file (a prefix of >= 8 hex digits)
   config.eval.reference_stats = ""   # .npz with mu, sigma of the real data; empty: computed from the data once

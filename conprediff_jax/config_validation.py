@@ -46,7 +46,7 @@ CHOICES: dict[str, tuple] = {
     "masking.schedule": ("cosine", "linear", "square"),    # families/masked_process.py MASK_SCHEDULES
     "inpaint.mask": ("border", "box", "half", "strokes"),  # inpainting/masks.py GENERATORS
     "text.encoder": ("bytes", "precomputed"),              # models/text_encoder.py TextEncoder
-    "eval.metric": ("class_accuracy", "fd_digits", "fid", "kid", "reconstruction_mse"),  # evaluate.py LOWER_IS_BETTER
+    "eval.metric": ("class_accuracy", "fd_digits", "fid", "kid", "kid_digits", "reconstruction_mse"),  # evaluate.py
 }
 # What differs by family: its network, and how it samples.
 FAMILY_CHOICES: dict[str, dict[str, tuple]] = {

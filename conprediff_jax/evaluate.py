@@ -1,7 +1,8 @@
 """Sample quality of a model's EMA weights: generate `config.eval.num_samples` images, then score them.
 
 Metrics, by what the run has:
-  fd_digits, class_accuracy  the embedded digits (a classifier trained once, cached in the workdir); no files needed
+  fd_digits, kid_digits,     the embedded digits (a classifier trained once, cached in the workdir; its features);
+  class_accuracy             no files needed
   fid, kid                   with config.eval.inception_weights (FID Inception-v3 as safetensors, see README) and
                              reference statistics: config.eval.reference_stats (.npz with mu, sigma), or computed
                              once from the training data and cached in the workdir
@@ -19,7 +20,8 @@ from conprediff_jax import evaluation
 from conprediff_jax import images as images_lib
 from conprediff_jax import sampling
 
-LOWER_IS_BETTER = {"fd_digits": True, "fid": True, "kid": True, "class_accuracy": False, "reconstruction_mse": True}
+LOWER_IS_BETTER = {"fd_digits": True, "kid_digits": True, "fid": True, "kid": True, "class_accuracy": False,
+                   "reconstruction_mse": True}
 
 
 class Evaluator:
@@ -34,6 +36,8 @@ class Evaluator:
   def batches(self, ema_params, step: int):
     """The samples scored at `step`, batch by batch (see sampling.sample_batches)."""
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.config.seed), 2**31 - 2), step)
+    if self.config.eval.get("sample_seed", 0):  # 0 keeps the keys of every figure scored before this option
+      key = jax.random.fold_in(key, self.config.eval.sample_seed)
     return sampling.sample_batches(self.model.family, self.sample_fn, ema_params, self.model.first_stage_weights,
                                    key, self.config.eval.num_samples, self.config.eval.batch_size, progress=True)
 
@@ -72,8 +76,10 @@ class Evaluator:
     return self._digits.features(images), correct
 
   def _digits_metrics(self, batches) -> dict[str, float]:
-    mu, sigma = evaluation.feature_statistics(np.concatenate([features for features, _ in batches]))
-    out = {"fd_digits": evaluation.frechet_distance(mu, sigma, *self._digits.reference_statistics)}
+    features = np.concatenate([f for f, _ in batches])
+    mu, sigma = evaluation.feature_statistics(features)
+    out = {"fd_digits": evaluation.frechet_distance(mu, sigma, *self._digits.reference_statistics),
+           "kid_digits": self._digits.kid(features)}
     if batches[0][1] is not None:
       correct = np.concatenate([c for _, c in batches])
       out["class_accuracy"] = float(np.mean(correct)) if len(correct) else float("nan")

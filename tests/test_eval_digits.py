@@ -75,6 +75,22 @@ def test_fd_orders_real_blurred_noise(metric):
   assert fd_blurred > 3 * fd_real and fd_noise > 3 * fd_blurred
 
 
+def test_kid_orders_real_blurred_noise_and_is_the_kid_of_the_reference_features(metric):
+  from conprediff_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
+  images, _ = load_digits(SIZE)
+  held_out = images[np.random.default_rng(2).permutation(len(images))[:600]]
+  blurred = scipy.ndimage.gaussian_filter(held_out, sigma=(0, 1.0, 1.0, 0))
+  noise = np.random.default_rng(3).uniform(-1, 1, size=held_out.shape).astype(np.float32)
+  kid = {name: metric.kid(metric.features(x)) for name, x in
+         (("real", held_out), ("blurred", blurred), ("noise", noise))}
+  assert kid["real"] < kid["blurred"] < kid["noise"], kid
+  assert abs(kid["real"]) < 0.1 * kid["blurred"], kid  # unbiased: near 0 for the same distribution
+  real = metric.features(images)  # centred and scaled by the real digits' own statistics
+  mean, scale = real.mean(0), np.std(real - real.mean(0))
+  assert kid["real"] == pytest.approx(fid.kid((metric.features(held_out) - mean) / scale, (real - mean) / scale,
+                                              subset_size=600), rel=1e-6)
+
+
 def test_features_shape_and_input_checks(metric):
   feats = metric.features(np.zeros((3, SIZE, SIZE, 1), np.float32))
   assert feats.shape == (3, digits_metric.FEATURE_DIM) and feats.dtype == np.float64

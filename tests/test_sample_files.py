@@ -62,7 +62,7 @@ def test_eval_streams_batches_to_the_metrics_of_one_batch(tokenizer_workdir, mon
     evaluator = evaluate.Evaluator(trained, tokenizer_workdir)
     streamed = evaluator(trained.weights, trained.step)
     samples = np.concatenate([images for _, images, _ in evaluator.batches(trained.weights, trained.step)])
-  assert sorted(whole) == ["class_accuracy", "codebook_perplexity", "codebook_usage", "fd_digits",
+  assert sorted(whole) == ["class_accuracy", "codebook_perplexity", "codebook_usage", "fd_digits", "kid_digits",
                            "reconstruction_mse"]
   for k, v in whole.items():
     np.testing.assert_allclose(streamed[k], v, rtol=1e-6, err_msg=k)

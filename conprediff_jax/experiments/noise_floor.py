@@ -1,0 +1,69 @@
+r"""How much a digits metric moves with the samples alone: one checkpoint scored on independent sample sets.
+
+    python -m conprediff_jax.experiments.noise_floor --workdir=workdirs/default     # --num_samples=512,2048 --repeats=5
+
+For each sample count N, `--mode=eval`'s protocol is run `--repeats` times on the workdir's latest checkpoint, each
+time with another `eval.sample_seed` (1, 2, ...; other initial noise, the same weights): the spread of FD-digits and
+KID-digits across those runs is the floor under which a difference between two models at N samples means nothing.
+Prints a table and writes `noise_floor.json` into the workdir.
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+import numpy as np
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_CONFIG = config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "default.py"),
+                                          "The config the workdir was trained with.")
+_WORKDIR = flags.DEFINE_string("workdir", "workdirs/default", "A trained run.")
+_NUM_SAMPLES = flags.DEFINE_list("num_samples", ["512", "2048"], "Sample counts to measure.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Independent sample sets per count.")
+METRICS = ("fd_digits", "kid_digits")
+
+
+def measure(config, workdir: str, sizes: list[int], repeats: int) -> list[dict]:
+  import jax  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import config_validation, evaluate, sampling  # pylint: disable=g-import-not-at-top
+  config_validation.check_workdir(config, workdir, mode="eval")
+  trained = sampling.load_latest_ema(config, workdir)
+  rows = []
+  with jax.set_mesh(trained.mesh):
+    evaluator = evaluate.Evaluator(trained, workdir)  # reads eval.num_samples and eval.sample_seed per call
+    for n in sizes:
+      scores = []
+      for seed in range(1, repeats + 1):
+        config.eval.num_samples, config.eval.sample_seed = n, seed
+        scores.append(evaluator(trained.weights, trained.step))
+        print(f"N={n} sample_seed={seed}: " + ", ".join(f"{k} {scores[-1][k]:.4g}" for k in METRICS), flush=True)
+      rows.append({"num_samples": n, "step": trained.step, "runs": scores,
+                   **{f"{k}_{stat}": float(fn([s[k] for s in scores])) for k in METRICS
+                      for stat, fn in (("mean", np.mean), ("std", lambda v: np.std(v, ddof=1)))}})
+  return rows
+
+
+def table(rows: list[dict]) -> str:
+  lines = ["| samples | FD-digits mean +- std (min-max) | KID-digits mean +- std |", "|---|---|---|"]
+  for r in rows:
+    fd = [s["fd_digits"] for s in r["runs"]]
+    lines.append(f"| {r['num_samples']} | {r['fd_digits_mean']:.2f} +- {r['fd_digits_std']:.2f} "
+                 f"({min(fd):.2f}-{max(fd):.2f}) | {r['kid_digits_mean']:.4f} +- {r['kid_digits_std']:.4f} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  rows = measure(_CONFIG.value, _WORKDIR.value, [int(n) for n in _NUM_SAMPLES.value], _REPEATS.value)
+  text = table(rows)
+  print(f"\n{len(rows[0]['runs'])} sample sets per row, checkpoint step {rows[0]['step']} of {_WORKDIR.value}\n{text}")
+  with open(os.path.join(_WORKDIR.value, "noise_floor.json"), "w", encoding="utf-8") as f:
+    json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)
