@@ -68,3 +68,18 @@ def test_eval_streams_batches_to_the_metrics_of_one_batch(tokenizer_workdir, mon
     np.testing.assert_allclose(streamed[k], v, rtol=1e-6, err_msg=k)
   originals = load_digits(config.data.image_size)[0][:8]
   np.testing.assert_allclose(whole["reconstruction_mse"], np.mean(np.square(samples - originals)), rtol=1e-6)
+
+
+def test_noise_floor_scores_one_checkpoint_on_independent_sample_sets(tmp_path, config, monkeypatch):
+  from conprediff_jax.experiments import noise_floor  # pylint: disable=g-import-not-at-top
+  classifier = digits_metric.DigitsClassifier(config.data.image_size, rngs=nnx.Rngs(0))
+  monkeypatch.setattr(evaluation.DigitsMetric, "load_or_train",
+                      lambda *_, **__: digits_metric.DigitsMetric(classifier, config.data.image_size, 0, 0.0))
+  make_random_workdir(str(tmp_path), config)
+  config.eval.batch_size = 4
+  rows = noise_floor.measure(config, str(tmp_path), [8], repeats=2)
+  (row,) = rows
+  fd = [run["fd_digits"] for run in row["runs"]]
+  assert row["num_samples"] == 8 and len(fd) == 2 and fd[0] != fd[1]  # other samples, other scores
+  assert row["fd_digits_mean"] == np.mean(fd) and row["fd_digits_std"] == np.std(fd, ddof=1)
+  assert noise_floor.table(rows).splitlines()[2].startswith("| 8 | ")

@@ -10,6 +10,7 @@ Prints a table and writes `noise_floor.json` into the workdir.
 
 import json
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -18,12 +19,17 @@ from ml_collections import config_flags
 import numpy as np
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_CONFIG = config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "default.py"),
-                                          "The config the workdir was trained with.")
-_WORKDIR = flags.DEFINE_string("workdir", "workdirs/default", "A trained run.")
-_NUM_SAMPLES = flags.DEFINE_list("num_samples", ["512", "2048"], "Sample counts to measure.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Independent sample sets per count.")
 METRICS = ("fd_digits", "kid_digits")
+
+
+def define_flags():
+  """The command line's flags, defined when run as a program only: importing this module (tests) leaves the
+  global flag names (config, workdir) to whoever else defines them."""
+  return (config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "default.py"),
+                                          "The config the workdir was trained with."),
+          flags.DEFINE_string("workdir", "workdirs/default", "A trained run."),
+          flags.DEFINE_list("num_samples", ["512", "2048"], "Sample counts to measure."),
+          flags.DEFINE_integer("repeats", 5, "Independent sample sets per count."))
 
 
 def measure(config, workdir: str, sizes: list[int], repeats: int) -> list[dict]:
@@ -55,15 +61,21 @@ def table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
+def main(argv, config_flag, workdir_flag, num_samples_flag, repeats_flag):
   del argv
   logging.set_verbosity(logging.WARNING)
-  rows = measure(_CONFIG.value, _WORKDIR.value, [int(n) for n in _NUM_SAMPLES.value], _REPEATS.value)
+  workdir = workdir_flag.value
+  from conprediff_jax import config_validation  # pylint: disable=g-import-not-at-top
+  try:
+    rows = measure(config_flag.value, workdir, [int(n) for n in num_samples_flag.value], repeats_flag.value)
+  except (FileNotFoundError, ValueError, config_validation.ConfigError) as e:  # no checkpoint, another config
+    sys.exit(f"error: {' '.join(str(e).split())}")
   text = table(rows)
-  print(f"\n{len(rows[0]['runs'])} sample sets per row, checkpoint step {rows[0]['step']} of {_WORKDIR.value}\n{text}")
-  with open(os.path.join(_WORKDIR.value, "noise_floor.json"), "w", encoding="utf-8") as f:
+  print(f"\n{len(rows[0]['runs'])} sample sets per row, checkpoint step {rows[0]['step']} of {workdir}\n{text}")
+  with open(os.path.join(workdir, "noise_floor.json"), "w", encoding="utf-8") as f:
     json.dump(rows, f, indent=2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _flags = define_flags()
+  app.run(lambda argv: main(argv, *_flags))
