@@ -20,59 +20,16 @@ import traceback
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
+from conprediff_jax import cli
 from conprediff_jax import config_validation
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_DEFAULT_CONFIG = os.path.join(_REPO, "configs", "default.py")
-
-# No default here: ml_collections would load a default at import and apply the command line's overrides to it
-# there, outside any error handling; parse_flags supplies configs/default.py instead.
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file (default: configs/default.py).",
-                                          lock_config=True)
+_CONFIG = cli.define_config("Training configuration file")
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/default", "Checkpoints, metrics and samples go here.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool("allow_config_change", False,
                                          "Continue a workdir that was trained with a different config.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "inpaint", "export"],
                           "train (resumes from the workdir), sample, eval, inpaint, or export to diffusers.")
-
-USAGE_ERROR = 2
-
-
-def fail(message: str):
-  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-  sys.exit(USAGE_ERROR)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with a one-line error and exit 2 instead of a traceback or a usage dump."""
-  if not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
-    argv = [argv[0], f"--config={_DEFAULT_CONFIG}", *argv[1:]]
-  try:
-    rest = flags.FLAGS(argv)
-    _CONFIG.value.keys()  # a config file that failed to load raises only when first used
-  except (KeyError, AttributeError) as e:  # ml_collections: an override names a key the config lacks
-    fail(unknown_override(e, argv))
-  except OSError as e:  # the config file itself
-    fail(f"--config: {str(e).strip().splitlines()[-1].strip()}; pass a config file, e.g. --config=configs/smoke.py")
-  except (flags.Error, ValueError, TypeError) as e:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    fail(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}")  # a config file's own error is the last line
-  if len(rest) > 1:
-    fail(f"unexpected arguments {rest[1:]}; pass settings as --flag=value or --config.<key>=value")
-  return rest
-
-
-def unknown_override(e: LookupError | AttributeError, argv: list[str]) -> str:
-  """ml_collections nests `'key'\\nDid you mean ...` in KeyErrors; names the flag that asked for the key."""
-  while e.args and isinstance(e.args[0], BaseException):
-    e = e.args[0]
-  key, _, hint = str(e.args[0] if e.args else e).partition("\n")
-  flag = next((a.split("=")[0] for a in argv
-               if a.startswith("--config.") and key.strip("'") in a.split("=")[0].split(".")), "--config.*")
-  return f"{flag}: {key} is not a config key; {hint or 'see configs/default.py for the keys'}"
-
 
 def is_startup_error(e: Exception) -> bool:
   """FileNotFoundError/ValueError from opening the data, the prompts to sample or the images and masks to inpaint,
@@ -136,7 +93,7 @@ def main(argv):
     if not _ALLOW_CONFIG_CHANGE.value:
       config_validation.check_workdir(config, workdir, mode=mode)
   except config_validation.ConfigError as e:
-    fail(str(e))
+    cli.fail(str(e))
   logging.set_verbosity(logging.INFO)
   # Orbax logs every save at INFO; keep its warnings and our own messages.
   logging.get_absl_handler().addFilter(lambda r: "/orbax/" not in r.pathname or r.levelno >= std_logging.WARNING)
@@ -144,11 +101,11 @@ def main(argv):
   try:
     result = run(config, workdir, mode)
   except workdir_lock.WorkdirBusy as e:
-    fail(str(e))
+    cli.fail(str(e))
   except (FileNotFoundError, ValueError) as e:
     if not is_startup_error(e):
       raise
-    fail(str(e))
+    cli.fail(str(e))
   if result.get("stopped"):
     print(f"stopped at step {result['step']}: {result['stopped']}; resume with the same command", file=sys.stderr)
   elif "written" in result:
@@ -156,4 +113,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=lambda argv: cli.parse(argv, _CONFIG))

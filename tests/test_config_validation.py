@@ -241,9 +241,10 @@ FIRST_CONTACT = {
 }
 
 
+@pytest.mark.parametrize("program", ["conprediff_jax.main", "conprediff_jax.experiments.ablation"])
 @pytest.mark.parametrize("flags,named", FIRST_CONTACT.values(), ids=FIRST_CONTACT.keys())
-def test_cli_without_config_flag_rejects_in_one_line(tmp_path, flags, named):
-  cmd = [sys.executable, "-m", "conprediff_jax.main", *flags]
+def test_cli_without_config_flag_rejects_in_one_line(tmp_path, flags, named, program):
+  cmd = [sys.executable, "-m", program, *flags]
   proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
                         timeout=120, check=False)
   assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]

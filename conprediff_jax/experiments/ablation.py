@@ -15,12 +15,11 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
+from conprediff_jax import cli
 from conprediff_jax.experiments import report
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_CONFIG = config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "default.py"), "Base config.")
+_CONFIG = cli.define_config("Base config")
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/ablation", "One sub-folder per (arm, seed).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each arm trains once per seed.")
 _STEPS = flags.DEFINE_integer("steps", None, "Train steps (default: the config's).")
@@ -71,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: cli.parse(argv, _CONFIG))

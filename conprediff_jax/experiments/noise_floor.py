@@ -15,18 +15,17 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 import numpy as np
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conprediff_jax import cli
+
 METRICS = ("fd_digits", "kid_digits")
 
 
 def define_flags():
   """The command line's flags, defined when run as a program only: importing this module (tests) leaves the
   global flag names (config, workdir) to whoever else defines them."""
-  return (config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "default.py"),
-                                          "The config the workdir was trained with."),
+  return (cli.define_config("The config the workdir was trained with"),
           flags.DEFINE_string("workdir", "workdirs/default", "A trained run."),
           flags.DEFINE_list("num_samples", ["512", "2048"], "Sample counts to measure."),
           flags.DEFINE_integer("repeats", 5, "Independent sample sets per count."))
@@ -78,4 +77,4 @@ def main(argv, config_flag, workdir_flag, num_samples_flag, repeats_flag):
 
 if __name__ == "__main__":
   _flags = define_flags()
-  app.run(lambda argv: main(argv, *_flags))
+  app.run(lambda argv: main(argv, *_flags), flags_parser=lambda argv: cli.parse(argv, _flags[0]))
