@@ -163,17 +163,23 @@ def _heun(predict, abar, steps, x):
   return euler_update(x, abar[steps - 1], abar[steps], x0, None, None)
 
 
-def _dpmpp_2m(predict, abar: np.ndarray, steps, x):
-  """The levels are fixed, so every coefficient is computed once, in float64: step i maps x to
-  keep_i x + push_i D_i with D_i = now_i x0_i - before_i x0_{i-1}."""
+def _dpmpp_2m_coefficients(abar: np.ndarray, steps: int):
+  """DPM-Solver++(2M)'s update from level i to i + 1, computed once in float64 (the levels are fixed):
+  x_{i+1} = keep_i x_i + push_i (now_i x0_i - before_i x0_{i-1}); also lambda = log(alpha / sigma) at levels
+  0..steps - 1. First order (now 1, before 0) on the first and the last step."""
   alpha, sigma = np.sqrt(abar), np.sqrt(1 - abar)
   decay = (sigma[1:] * alpha[:-1]) / (alpha[1:] * sigma[:-1])  # exp(-h): finite at abar = 1, where lambda is not
   keep, push = sigma[1:] / sigma[:-1], alpha[1:] * (1 - decay)
   lam = np.log(alpha[:-1] / sigma[:-1])
-  now, before = np.ones(steps), np.zeros(steps)  # first order on the first and the last step
+  now, before = np.ones(steps), np.zeros(steps)
   if steps > 2:
     half_over_r = 0.5 * (lam[2:] - lam[1:-1]) / (lam[1:-1] - lam[:-2])  # 1 / 2r, r = h_prev / h
     now[1:-1], before[1:-1] = 1 + half_over_r, half_over_r
+  return keep, push, now, before, lam
+
+
+def _dpmpp_2m(predict, abar: np.ndarray, steps, x):
+  keep, push, now, before, _ = _dpmpp_2m_coefficients(abar, steps)
   keep, push, now, before = (jnp.asarray(v, jnp.float32) for v in (keep, push, now, before))
 
   def body(i, carry):
@@ -187,17 +193,12 @@ def _dpmpp_2m(predict, abar: np.ndarray, steps, x):
 def _unipc(predict, abar: np.ndarray, steps, x):
   """UniPC-2 (bh2) with coefficients computed once in float64. With m_i the clean estimate at level i, evaluated at
   the predicted state x_i, step i first corrects x_i into xc_i = cx_i x_i + cb_i xc_{i-1} + c0_i m_i + c1_i m_{i-1}
-  + c2_i m_{i-2}, then predicts x_{i+1} = keep_i xc_i + p0_i m_i + p1_i m_{i-1}."""
-  alpha, sigma = np.sqrt(abar), np.sqrt(1 - abar)
-  decay = (sigma[1:] * alpha[:-1]) / (alpha[1:] * sigma[:-1])  # exp(-h_i), finite at the last level
-  keep, push = sigma[1:] / sigma[:-1], alpha[1:] * (1 - decay)  # the first-order update keep x + push m
-  lam = np.log(alpha[:-1] / sigma[:-1])
-  order = np.minimum(2, np.minimum(steps - np.arange(steps), np.arange(steps) + 1))  # the predictors'
-
-  p0, p1 = push.copy(), np.zeros(steps)
-  for i in np.flatnonzero(order == 2):  # + push_i / 2r (m_{i-1} - m_i), r = (lam_{i-1} - lam_i) / h_i
-    half_over_r = 0.5 * (lam[i + 1] - lam[i]) / (lam[i - 1] - lam[i])
-    p0[i], p1[i] = push[i] * (1 - half_over_r), push[i] * half_over_r
+  + c2_i m_{i-2}, then predicts x_{i+1} = keep_i xc_i + p0_i m_i + p1_i m_{i-1}: UniP-2 (rho = 1/2) is
+  DPM-Solver++(2M)'s update, first order on the first and the last step."""
+  alpha = np.sqrt(abar)
+  keep, push, now, before, lam = _dpmpp_2m_coefficients(abar, steps)
+  p0, p1 = push * now, -push * before
+  second_order = (np.arange(steps) > 0) & (np.arange(steps) < steps - 1)  # the predictors' (as `now`, `before`)
 
   cx, cb, c0, c1, c2 = np.ones(steps), *np.zeros((4, steps))  # step 0 has nothing to correct: xc_0 = x_0
   for i in range(1, steps):  # UniC over the previous step (from level i - 1 to i), of that step's order
@@ -205,7 +206,7 @@ def _unipc(predict, abar: np.ndarray, steps, x):
     b_h = np.expm1(-h)  # bh2's B(h); also h phi_1 in the data-prediction form
     phi_2 = b_h / -h - 1
     b = np.array([phi_2, (phi_2 / -h - 0.5) * 2]) / b_h  # the right-hand side of UniC's order conditions
-    if order[i - 1] == 1:
+    if not second_order[i - 1]:
       rho_prev, rho_now = 0.0, 0.5
     else:
       r = (lam[i - 2] - lam[i - 1]) / h
