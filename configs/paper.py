@@ -1,6 +1,10 @@
-"""What the paper-scale configs share: a prepared TFDS dataset (docs/datasets.md) and a pixel-space UNet sized
-like the published model each task builds on. Each task's file (cifar10.py, celebahq_inpaint.py, ...) states the
-sizes, the command, the hardware it was sized for and the paper's figure as the target."""
+"""What the paper-scale pixel configs share: a prepared TFDS dataset (docs/datasets.md) and a pixel-space UNet sized
+like the published model each task builds on. Not a config itself: run a task's file, e.g.
+
+    python -m conprediff_jax.main --config=configs/cifar10.py --workdir=workdirs/cifar10
+
+Each task's file (cifar10.py, celebahq_inpaint.py, imagenet_inpaint.py) states its sizes, its prepare and train
+commands, the hardware it was sized for and the paper's figure as the target; none was trained here."""
 
 import ml_collections
 

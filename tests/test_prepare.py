@@ -99,4 +99,5 @@ def test_bad_input_is_one_line(folder, tmp_path, flags, named):
     base[flag.split("=")[0]] = flag.format(missing=tmp_path / "nowhere", labels=tmp_path / "labels.txt")
   proc = subprocess.run([sys.executable, "-m", "conprediff_jax.data.prepare", *base.values()], cwd=REPO,
                         capture_output=True, text=True, timeout=120, check=False)
-  assert proc.returncode == 2 and proc.stderr.startswith(f"error: {named}") and proc.stderr.count("\n") == 1, proc.stderr
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.startswith(f"error: {named}") and proc.stderr.count("\n") == 1, proc.stderr

@@ -78,6 +78,7 @@ def _reference(sampler, spacing, steps, x_T, clip_x0=False):
     lam = np.log(alpha / sigma)  # +inf at the last level
   if sampler == "unipc":
     outputs = []  # (level, model output) of every step so far
+    x_corrected, order = x, 1  # what the previous step started from, and its order (none before step 0)
     for i in range(steps):
       m = x0_of(x, i)
       if i:  # correct the state the last step predicted, with the output evaluated there, at its order

@@ -56,7 +56,8 @@ def test_class_labels_change_the_output_and_none_is_the_null_class():
   other, _ = forward(model, x, t, {"label": jnp.array([4, 5, 6])})
   unconditional, _ = forward(model, x, t)
   null, _ = forward(model, x, t, {"label": jnp.full((3,), 10)})
-  dropped, _ = forward(model, x, t, {"label": jnp.array([1, NULL_LABEL, 3])})  # conditioning.NULL_LABEL: that example's null class
+  # conditioning.NULL_LABEL: that example's null class
+  dropped, _ = forward(model, x, t, {"label": jnp.array([1, NULL_LABEL, 3])})
   assert float(jnp.abs(with_labels - other).max()) > 1e-4
   np.testing.assert_array_equal(unconditional, null)
   np.testing.assert_array_equal(dropped[1], null[1])

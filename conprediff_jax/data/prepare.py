@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from conprediff_jax import cli
 from conprediff_jax.data import folder_source
 
 VERSION = "1.0.0"
@@ -155,8 +156,7 @@ def main(argv=None) -> int:
   try:
     return prepare(args)
   except (FileNotFoundError, ValueError) as e:
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    return 2
+    cli.fail(str(e))
 
 
 def prepare(args) -> int:

@@ -10,7 +10,6 @@ Prints a table and writes `noise_floor.json` into the workdir.
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -68,7 +67,7 @@ def main(argv, config_flag, workdir_flag, num_samples_flag, repeats_flag):
   try:
     rows = measure(config_flag.value, workdir, [int(n) for n in num_samples_flag.value], repeats_flag.value)
   except (FileNotFoundError, ValueError, config_validation.ConfigError) as e:  # no checkpoint, another config
-    sys.exit(f"error: {' '.join(str(e).split())}")
+    cli.fail(str(e))
   text = table(rows)
   print(f"\n{len(rows[0]['runs'])} sample sets per row, checkpoint step {rows[0]['step']} of {workdir}\n{text}")
   with open(os.path.join(workdir, "noise_floor.json"), "w", encoding="utf-8") as f:

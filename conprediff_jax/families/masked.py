@@ -72,8 +72,8 @@ class MaskedFamily(Family):
     s = self.config.sample
     tokens = masked_process.maskgit_decode(
         logits_fn, key, batch=num_images, grid=self.grid, mask_id=mask_id, steps=s.steps,
-        schedule=s.get("schedule", self.config.masking.schedule), temperature=s.temperature, choice_temperature=s.choice_temperature,
-        tokens=tokens)
+        schedule=s.get("schedule", self.config.masking.schedule), temperature=s.temperature,
+        choice_temperature=s.choice_temperature, tokens=tokens)
     return jnp.clip(tokenizer.decode_tokens(tokens), -1.0, 1.0)
 
   def inpainter(self, model_def, first_stage_def, num_images):
