@@ -15,6 +15,14 @@ from conprediff_jax.data.digits import load_digits
 from conftest import make_random_workdir, tiny_config
 
 
+def untrained_digits_classifier(monkeypatch, image_size: int):
+  """Evaluators get a digits classifier with random weights: these tests check how features are gathered, not what
+  they are, and training the classifier costs seconds."""
+  classifier = digits_metric.DigitsClassifier(image_size, rngs=nnx.Rngs(0))
+  monkeypatch.setattr(evaluation.DigitsMetric, "load_or_train",
+                      lambda *_, **__: digits_metric.DigitsMetric(classifier, image_size, 0, 0.0))
+
+
 def test_streamed_samples_are_one_run_resumed_bitwise_and_restarted_on_other_settings(tmp_path, config):
   make_random_workdir(str(tmp_path), config)
   config.sample.num_images, config.sample.batch_size = 2, 2
@@ -52,9 +60,7 @@ def test_eval_streams_batches_to_the_metrics_of_one_batch(tokenizer_workdir, mon
   in batches of 3 against one batch of 8; reconstruction error also against NumPy on the samples. The digits
   classifier is left untrained (what is checked is how features are gathered, not what they are)."""
   config = tiny_config("autoencoder")
-  classifier = digits_metric.DigitsClassifier(config.data.image_size, rngs=nnx.Rngs(0))
-  monkeypatch.setattr(evaluation.DigitsMetric, "load_or_train",
-                      lambda *_, **__: digits_metric.DigitsMetric(classifier, config.data.image_size, 0, 0.0))
+  untrained_digits_classifier(monkeypatch, config.data.image_size)
   trained = sampling.load_latest_ema(config, tokenizer_workdir)
   with jax.set_mesh(trained.mesh):
     whole = evaluate.Evaluator(trained, tokenizer_workdir)(trained.weights, trained.step)
@@ -72,9 +78,7 @@ def test_eval_streams_batches_to_the_metrics_of_one_batch(tokenizer_workdir, mon
 
 def test_noise_floor_scores_one_checkpoint_on_independent_sample_sets(tmp_path, config, monkeypatch):
   from conprediff_jax.experiments import noise_floor  # pylint: disable=g-import-not-at-top
-  classifier = digits_metric.DigitsClassifier(config.data.image_size, rngs=nnx.Rngs(0))
-  monkeypatch.setattr(evaluation.DigitsMetric, "load_or_train",
-                      lambda *_, **__: digits_metric.DigitsMetric(classifier, config.data.image_size, 0, 0.0))
+  untrained_digits_classifier(monkeypatch, config.data.image_size)
   make_random_workdir(str(tmp_path), config)
   config.eval.batch_size = 4
   rows = noise_floor.measure(config, str(tmp_path), [8], repeats=2)
