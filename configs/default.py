@@ -78,6 +78,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.context.position_fraction = 0.125
   config.context.latent_dim = 16     # size of z (the decoder's Gaussian); 0: the feature width
   config.context.hidden_dim = 32     # width of each stride's MLP g_s
+  # The factors of the context study (docs/ablation.md; context/objective.py):
+  config.context.head_input = "features"  # "features" | "features+denoised" (also the model's own x0 estimate)
+  config.context.targets = "clean"   # "clean": x0's neighbourhoods | "denoised": those of the model's x0 estimate
+  # Each example's term weighted by the signal s its input kept (abar_t; tokens: the unmasked fraction): "none" |
+  # "alpha_bar" (w = s) | "snr" (min(SNR, snr_gamma) / snr_gamma) | "cutoff" (w = [s >= min_signal]).
+  config.context.timestep_weighting = "none"
+  config.context.snr_gamma = 1.0
+  config.context.min_signal = 0.5
+  config.context.weight_warmup_steps = 0  # lambda ramps linearly from 0 over these steps; 0: constant
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 1300
@@ -128,7 +137,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.num_samples = 512
   config.eval.sample_seed = 0        # > 0: other samples (the same checkpoint scored again, for the metric's noise)
   config.eval.batch_size = 128
-  config.eval.metric = "fd_digits"   # the best checkpoint's: fd_digits | kid_digits | fid | kid | class_accuracy
+  config.eval.metric = "fd_digits"   # the best checkpoint's: fd_digits | kid_digits | precision_digits | recall_digits
+  #                                    | fid | kid | class_accuracy
   config.eval.inception_weights = ""  # FID Inception-v3 .safetensors (README: "FID"); empty: no FID/KID
   config.eval.inception_sha256 = ""   # optional checksum of that file (a prefix of >= 8 hex digits)
   config.eval.reference_stats = ""   # .npz with mu, sigma of the real data; empty: computed from the data once

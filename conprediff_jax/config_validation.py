@@ -42,11 +42,15 @@ CHOICES: dict[str, tuple] = {
     "diffusion.schedule": ("cosine", "linear"),            # diffusion/gaussian.py SCHEDULES
     "diffusion.prediction": ("eps", "v"),                  # diffusion/gaussian.py GaussianDiffusion
     "context.solver": ("exact", "sinkhorn", "sorted"),     # context/wasserstein.py SOLVERS
+    "context.head_input": ("features", "features+denoised"),  # context/objective.py HEAD_INPUTS
+    "context.targets": ("clean", "denoised"),              # context/objective.py TARGETS
+    "context.timestep_weighting": ("alpha_bar", "cutoff", "none", "snr"),  # context/objective.py
     "train.lr_schedule": ("constant", "cosine"),           # train.py LR_SCHEDULES
     "masking.schedule": ("cosine", "linear", "square"),    # families/masked_process.py MASK_SCHEDULES
     "inpaint.mask": ("border", "box", "half", "strokes"),  # inpainting/masks.py GENERATORS
     "text.encoder": ("bytes", "precomputed"),              # models/text_encoder.py TextEncoder
-    "eval.metric": ("class_accuracy", "fd_digits", "fid", "kid", "kid_digits", "reconstruction_mse"),  # evaluate.py
+    "eval.metric": ("class_accuracy", "fd_digits", "fid", "kid", "kid_digits", "precision_digits", "recall_digits",
+                    "reconstruction_mse"),  # evaluate.py
 }
 # What differs by family: its network, and how it samples.
 FAMILY_CHOICES: dict[str, dict[str, tuple]] = {
@@ -80,6 +84,9 @@ BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "context.latent_dim": _NON_NEGATIVE,  # 0: the feature width
     "context.position_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "context.hidden_dim": _POSITIVE,
+    "context.snr_gamma": _POSITIVE,
+    "context.min_signal": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "context.weight_warmup_steps": _NON_NEGATIVE,
     "train.steps": _POSITIVE,
     "train.batch_size": _POSITIVE,
     "train.learning_rate": _POSITIVE,

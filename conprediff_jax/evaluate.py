@@ -2,6 +2,7 @@
 
 Metrics, by what the run has:
   fd_digits, kid_digits,     the embedded digits (a classifier trained once, cached in the workdir; its features);
+  precision_digits, recall_digits   improved precision and recall (k = 3) in the same features
   class_accuracy             no files needed
   fid, kid                   with config.eval.inception_weights (FID Inception-v3 as safetensors, see README) and
                              reference statistics: config.eval.reference_stats (.npz with mu, sigma), or computed
@@ -20,8 +21,8 @@ from conprediff_jax import evaluation
 from conprediff_jax import images as images_lib
 from conprediff_jax import sampling
 
-LOWER_IS_BETTER = {"fd_digits": True, "kid_digits": True, "fid": True, "kid": True, "class_accuracy": False,
-                   "reconstruction_mse": True}
+LOWER_IS_BETTER = {"fd_digits": True, "kid_digits": True, "precision_digits": False, "recall_digits": False,
+                   "fid": True, "kid": True, "class_accuracy": False, "reconstruction_mse": True}
 
 
 class Evaluator:
@@ -78,8 +79,9 @@ class Evaluator:
   def _digits_metrics(self, batches) -> dict[str, float]:
     features = np.concatenate([f for f, _ in batches])
     mu, sigma = evaluation.feature_statistics(features)
+    precision, recall = evaluation.precision_recall(self._digits.reference_features, features)
     out = {"fd_digits": evaluation.frechet_distance(mu, sigma, *self._digits.reference_statistics),
-           "kid_digits": self._digits.kid(features)}
+           "kid_digits": self._digits.kid(features), "precision_digits": precision, "recall_digits": recall}
     if batches[0][1] is not None:
       correct = np.concatenate([c for _, c in batches])
       out["class_accuracy"] = float(np.mean(correct)) if len(correct) else float("nan")

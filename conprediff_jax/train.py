@@ -61,7 +61,7 @@ class Experiment:
   buffer_shapes: dict  # its buffers (families.BUFFERS), carried in `ema` as they are; {} for most models
   first_stage: families.FirstStage | None
   head_def: nnx.GraphDef | None
-  context_loss: Callable[..., jax.Array] | None  # (head, features, targets, key) -> scalar
+  context_term: Callable[..., Any] | None  # (head, loss output, key, step) -> (weighted, unweighted) scalars
   tx: optax.GradientTransformation
 
   @property
@@ -69,25 +69,10 @@ class Experiment:
     return None if self.first_stage is None else self.first_stage.graphdef
 
 
-def build_context_head(config, spec: families.FeatureSpec, key) -> nnx.Module:
-  # Imported here: the context package is a training-time plug-in that nothing at inference imports.
-  from conprediff_jax import context  # pylint: disable=g-import-not-at-top
-  c = config.context
-  return context.ContextDecoder(spec.features, spec.targets, num_strides=len(c.strides),
-                                num_samples=c.num_samples, latent_dim=c.latent_dim or None,
-                                hidden_dim=c.hidden_dim, rngs=nnx.Rngs(key))
-
-
-def make_context_loss(config) -> Callable[..., jax.Array]:
-  from conprediff_jax import context  # pylint: disable=g-import-not-at-top
-  c = config.context
-  options = {"sorted": dict(num_projections=c.num_projections),
-             "sinkhorn": dict(epsilon=c.epsilon, iterations=c.sinkhorn_iterations),
-             "exact": {}}
-  if c.solver not in options:
-    raise ValueError(f"config.context.solver must be one of {sorted(options)}, got {c.solver!r}")
-  return functools.partial(context.context_loss, strides=tuple(c.strides), solver=c.solver,
-                           position_fraction=c.position_fraction, **options[c.solver])
+def _context_plugin():
+  # Imported when used: the context package is a training-time plug-in that nothing at inference imports.
+  from conprediff_jax.context import objective  # pylint: disable=g-import-not-at-top
+  return objective
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -114,16 +99,16 @@ def make_optimizer(config) -> optax.GradientTransformation:
 def make_experiment(config) -> Experiment:
   family = families.get(config)
   model_def, param_shapes, buffer_shapes = families.abstract_model(family)
-  head_def, context_loss = None, None
+  head_def, context_term = None, None
   if config.context.weight > 0:
     spec = family.feature_spec()
     if spec is None:
       raise ValueError(f"config.context.weight={config.context.weight}: the {config.family!r} family has no "
                        "context loss; set config.context.weight=0")
-    head = nnx.eval_shape(lambda: build_context_head(config, spec, jax.random.key(0)))
-    head_def, context_loss = nnx.graphdef(head), make_context_loss(config)
+    head = nnx.eval_shape(lambda: _context_plugin().build_head(config, spec, jax.random.key(0)))
+    head_def, context_term = nnx.graphdef(head), _context_plugin().make_term(config)
   return Experiment(config, family, model_def, param_shapes, buffer_shapes, family.first_stage(), head_def,
-                    context_loss, make_optimizer(config))
+                    context_term, make_optimizer(config))
 
 
 def param_count(tree) -> int:
@@ -138,7 +123,7 @@ def init_state(exp: Experiment, key: jax.Array) -> dict[str, Any]:
   model = exp.family.build(nnx.Rngs(k_model))
   params = {"model": nnx.state(model, nnx.Param).to_pure_dict()}
   if exp.head_def is not None:
-    head = build_context_head(exp.config, exp.family.feature_spec(), k_head)
+    head = _context_plugin().build_head(exp.config, exp.family.feature_spec(), k_head)
     params["context"] = nnx.state(head, nnx.Param).to_pure_dict()
   return {"step": jnp.zeros((), jnp.int32), "params": params,
           "ema": families.union(params["model"], nnx.state(model, families.BUFFERS).to_pure_dict()),
@@ -158,9 +143,8 @@ def train_step(exp: Experiment, state, batch, base_key, first_stage_weights=None
     metrics, total = dict(out.metrics), out.loss
     if exp.head_def is not None:
       head = nnx.merge(exp.head_def, params["context"])
-      context = exp.context_loss(head, out.features, jax.lax.stop_gradient(out.targets), k_context)
-      total = total + config.context.weight * context
-      metrics["loss_context"] = context
+      weighted, metrics["loss_context"] = exp.context_term(head, out, k_context, step)
+      total = total + weighted
     buffers = jax.lax.stop_gradient(nnx.state(model, families.BUFFERS).to_pure_dict())
     return total, ({"loss": total, **metrics}, buffers)
 

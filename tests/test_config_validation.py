@@ -162,13 +162,15 @@ def test_choices_match_the_registries(tokenizer_workdir):
   """CHOICES spells the registries out so validation need not import them; this keeps the two in step."""
   from conprediff_jax import evaluate, families, models, train  # pylint: disable=g-import-not-at-top
   from conprediff_jax.families import masked_process  # pylint: disable=g-import-not-at-top
-  from conprediff_jax.context import wasserstein  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.context import objective, wasserstein  # pylint: disable=g-import-not-at-top
   from conprediff_jax.data import registry  # pylint: disable=g-import-not-at-top
   from conprediff_jax.diffusion import gaussian, samplers  # pylint: disable=g-import-not-at-top
 
   registries = {"data.name": registry.SOURCES, "diffusion.schedule": gaussian.SCHEDULES,
                 "context.solver": wasserstein.SOLVERS, "eval.metric": evaluate.LOWER_IS_BETTER,
-                "train.lr_schedule": train.LR_SCHEDULES, "masking.schedule": masked_process.MASK_SCHEDULES}
+                "train.lr_schedule": train.LR_SCHEDULES, "masking.schedule": masked_process.MASK_SCHEDULES,
+                "context.head_input": objective.HEAD_INPUTS, "context.targets": objective.TARGETS,
+                "context.timestep_weighting": objective.TIMESTEP_WEIGHTINGS}
   for key, names in registries.items():
     assert sorted(config_validation.CHOICES[key]) == sorted(names), key
   gaussian_choices = config_validation.FAMILY_CHOICES["gaussian"]

@@ -181,3 +181,74 @@ def test_position_fraction_is_an_unbiased_estimate_of_the_full_loss():
   assert abs(float(jnp.mean(quarter)) - float(jnp.mean(full))) < 4 * stderr
   with pytest.raises(ValueError, match="position_fraction"):
     context_loss(decoder, features, targets, keys[0], strides=(1, 2), position_fraction=0.0)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The study's switches (context/objective.py): example weights, what the head reads and predicts, lambda's ramp.
+# ------------------------------------------------------------------------------------------------------------------
+def test_example_weights_scale_each_examples_terms():
+  """The loss is linear in the example weights: one-hot weights split the plain loss into per-example shares that
+  add up to it, and any weights give the weighted sum of those shares. Weights of 1 change nothing, bitwise, with
+  or without a position draw."""
+  decoder = make_decoder()
+  features, targets = random_inputs(3)
+  key = jax.random.key(4)
+  loss = lambda fraction=1.0, w=None: float(context_loss(decoder, features, targets, key, strides=STRIDES,
+                                                         solver="exact", position_fraction=fraction,
+                                                         example_weights=w))
+  shares = [loss(w=jnp.eye(B)[b]) for b in range(B)]
+  assert min(shares) > 0
+  np.testing.assert_allclose(sum(shares), loss(), rtol=1e-5)
+  np.testing.assert_allclose(loss(w=jnp.array([0.25, 1.5])), 0.25 * shares[0] + 1.5 * shares[1], rtol=1e-5)
+  for fraction in (1.0, 0.5):
+    assert loss(fraction, jnp.ones(B)) == loss(fraction)
+  with pytest.raises(ValueError, match="example_weights must be"):
+    loss(w=jnp.ones(B + 1))
+
+
+def _context_config(**overrides):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.context.update(strides=STRIDES, hidden_dim=16, latent_dim=0, position_fraction=1.0, **overrides)
+  return config
+
+
+def test_timestep_weightings_against_their_formulas():
+  from conprediff_jax.context import objective  # pylint: disable=g-import-not-at-top
+  s = np.array([0.02, 0.3, 0.5, 0.7, 0.999])
+  c = _context_config(snr_gamma=2.0, min_signal=0.6).context
+  assert objective.example_weights(c, jnp.asarray(s)) is None  # "none"
+  expected = {"alpha_bar": s, "snr": np.minimum(s / (1 - s), 2.0) / 2.0, "cutoff": (s >= 0.6).astype(float)}
+  for kind, want in expected.items():
+    c.timestep_weighting = kind
+    np.testing.assert_allclose(objective.example_weights(c, jnp.asarray(s, jnp.float32)), want, rtol=1e-5)
+  c.weight, c.weight_warmup_steps = 0.2, 100
+  np.testing.assert_allclose([float(objective.weight_at(c, jnp.asarray(n))) for n in (0, 25, 100, 400)],
+                             [0.0, 0.05, 0.2, 0.2], rtol=1e-6)
+
+
+def test_the_head_reads_and_predicts_what_the_config_says():
+  """head_input="features+denoised": the head reads [features, x0-hat] and its gradient reaches x0-hat;
+  targets="denoised": the neighbourhoods scored are x0-hat's; the term is lambda times the loss."""
+  from types import SimpleNamespace  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.context import objective  # pylint: disable=g-import-not-at-top
+  features, clean = random_inputs(5)
+  denoised = clean + 0.3 * jax.random.normal(jax.random.key(6), clean.shape)
+  spec = SimpleNamespace(features=F, targets=C)
+  key = jax.random.key(7)
+  for head_input, targets in (("features", "clean"), ("features+denoised", "denoised")):
+    config = _context_config(head_input=head_input, targets=targets, weight=0.3)
+    head = objective.build_head(config, spec, jax.random.key(0))
+    term = objective.make_term(config)
+
+    def value(d, head=head, term=term):
+      out = SimpleNamespace(features=features, targets=clean, denoised=d, signal=None)
+      return term(head, out, key, jnp.asarray(0))
+
+    weighted, loss = value(denoised)
+    np.testing.assert_allclose(float(weighted), 0.3 * float(loss), rtol=1e-6)
+    inputs = features if head_input == "features" else jnp.concatenate([features, denoised], -1)
+    want = context_loss(head, inputs, clean if targets == "clean" else denoised, key, strides=STRIDES)
+    np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
+    grad = jax.grad(lambda d: value(d)[0])(denoised)  # pylint: disable=cell-var-from-loop
+    assert (float(jnp.abs(grad).max()) > 0) == (head_input == "features+denoised")

@@ -56,13 +56,23 @@ def test_loss_is_mse_to_target():
     calls["x_t"], calls["t"] = x_t, t
     return 0.5 * x_t, x_t
 
-  loss, features, targets = diffusion.loss(model, {"image": x0}, jax.random.key(1))
+  out = diffusion.loss(model, {"image": x0}, jax.random.key(1))
   k_t, k_noise, _ = jax.random.split(jax.random.key(1), 3)
   noise = jax.random.normal(k_noise, x0.shape)
-  np.testing.assert_allclose(loss, np.mean((0.5 * np.asarray(calls["x_t"]) - np.asarray(noise)) ** 2), rtol=1e-5)
-  np.testing.assert_array_equal(calls["t"], jax.random.randint(k_t, (3,), 0, 100))
-  np.testing.assert_array_equal(targets, x0)
-  assert features.shape == x0.shape
+  x_t = np.asarray(calls["x_t"])
+  np.testing.assert_allclose(out.loss, np.mean((0.5 * x_t - np.asarray(noise)) ** 2), rtol=1e-5)
+  t = jax.random.randint(k_t, (3,), 0, 100)
+  np.testing.assert_array_equal(calls["t"], t)
+  np.testing.assert_array_equal(out.clean, x0)
+  assert out.features.shape == x0.shape
+  # The denoised estimate and the kept signal, recomputed in float64 from the eps-parameterisation.
+  abar = diffusion.alphas_cumprod[np.asarray(t)]
+  np.testing.assert_allclose(out.signal, abar, rtol=1e-6)
+  a = abar[:, None, None, None]
+  np.testing.assert_allclose(out.denoised, (x_t - np.sqrt(1 - a) * 0.5 * x_t) / np.sqrt(a), rtol=1e-4, atol=1e-5)
+  given = diffusion.loss(model, {"image": x0}, jax.random.key(1), t=jnp.array([5, 50, 99]))
+  np.testing.assert_array_equal(calls["t"], [5, 50, 99])
+  np.testing.assert_allclose(given.signal, diffusion.alphas_cumprod[[5, 50, 99]], rtol=1e-6)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v"])

@@ -98,3 +98,31 @@ def test_features_shape_and_input_checks(metric):
     metric.features(np.zeros((3, 8, 8, 1), np.float32))
   with pytest.raises(ValueError, match="labels"):
     metric.accuracy(np.zeros((3, SIZE, SIZE, 1), np.float32), np.zeros(4))
+
+
+def test_precision_recall_against_a_brute_force_loop():
+  """Kynkaenniemi et al.'s definition written out point by point: a sample counts for precision when it lies
+  within some real point's distance to that point's k-th nearest real neighbour; recall, the same with roles
+  swapped. Chunking is exercised by shrinking the chunk below the set sizes."""
+  from conprediff_jax.evaluation import manifold  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  real = rng.normal(size=(70, 4))
+  fake = rng.normal(loc=1.0, scale=0.8, size=(55, 4))
+
+  def covered(manifold_points, queries, k):
+    radius = [sorted(np.linalg.norm(p - q) for j, q in enumerate(manifold_points) if j != i)[k - 1]
+              for i, p in enumerate(manifold_points)]
+    return np.mean([any(np.linalg.norm(x - p) <= r for p, r in zip(manifold_points, radius)) for x in queries])
+
+  want = (covered(real, fake, 3), covered(fake, real, 3))
+  old = manifold._CHUNK  # pylint: disable=protected-access
+  try:
+    manifold._CHUNK = 16  # pylint: disable=protected-access
+    got = manifold.precision_recall(real, fake, k=3)
+  finally:
+    manifold._CHUNK = old  # pylint: disable=protected-access
+  np.testing.assert_allclose(got, want)
+  assert 0 < got[0] < 1 and 0 < got[1] < 1, got  # neither trivially 0 nor 1 on these sets
+  assert manifold.precision_recall(real, real[:40] + 5.0) == (0.0, 0.0)
+  with pytest.raises(ValueError, match="more than k=3"):
+    manifold.precision_recall(real, fake[:3])

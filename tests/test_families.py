@@ -138,3 +138,48 @@ def test_export_without_an_exporter_is_a_one_line_user_error(tmp_path):
   with pytest.raises(ValueError, match="text-conditional UNet") as error:
     families.get(text_conditional).export({}, str(tmp_path))
   assert main.is_startup_error(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("family", WITH_CONTEXT)
+def test_the_context_study_switches_trace_for_every_family_with_a_context_loss(family, tokenizer_workdir):
+  """Each family reports what the context study's switches read (its denoised estimate, its kept signal): a train
+  step with all of them on traces, and the head reads the features and the estimate side by side."""
+  config = _config(family, tokenizer_workdir, 0.1)
+  config.context.update(head_input="features+denoised", targets="denoised", timestep_weighting="snr",
+                        weight_warmup_steps=10)
+  exp = train.make_experiment(config)
+  state = jax.eval_shape(functools.partial(train.init_state, exp), jax.random.key(0))
+  spec = exp.family.feature_spec()
+  assert state["params"]["context"]["moments"]["kernel"].shape[0] == spec.features + spec.targets
+  batch = {"image": jax.ShapeDtypeStruct((config.train.batch_size, config.data.image_size, config.data.image_size,
+                                          config.data.channels), jax.numpy.float32)}
+  first_stage = None if exp.first_stage is None else exp.first_stage.weights
+  _, metrics = jax.eval_shape(functools.partial(train.train_step, exp), state, batch, jax.random.key(1), first_stage)
+  assert metrics["loss_context"].shape == ()
+
+
+def test_the_token_models_denoised_estimate_is_its_expected_code(tokenizer_workdir):
+  """Masked positions: the codebook vectors averaged under the predicted distribution; kept ones: their own code.
+  Recomputed in NumPy from the same logits."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.families import masked_process  # pylint: disable=g-import-not-at-top
+  family = families.get(_config("masked", tokenizer_workdir, 0.1))
+  stage = family.first_stage()
+  tokenizer = nnx.merge(stage.graphdef, stage.weights)
+  model = family.build(nnx.Rngs(0))
+  size = family.config.data.image_size
+  images = jax.random.uniform(jax.random.key(2), (4, size, size, 1), minval=-1, maxval=1)
+  key = jax.random.key(3)
+  out = family.loss(model, tokenizer, {"image": images}, key)
+  tokens = tokenizer.tokenize(images)
+  inputs, mask = masked_process.mask_tokens(jax.random.split(key)[0], tokens, model.mask_id,
+                                            family.config.masking.schedule)
+  logits = np.asarray(model(inputs, None)[0], np.float64)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  codebook = np.asarray(tokenizer.codebook[...], np.float64)
+  expected = np.where(np.asarray(mask)[..., None], probs @ codebook, codebook[np.asarray(tokens)])
+  np.testing.assert_allclose(out.denoised, expected, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out.signal, 1 - np.asarray(mask).mean(axis=(1, 2)), rtol=1e-6)
+  assert len(np.unique(np.asarray(out.signal))) > 1  # masks of several sizes were drawn

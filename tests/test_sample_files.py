@@ -69,7 +69,7 @@ def test_eval_streams_batches_to_the_metrics_of_one_batch(tokenizer_workdir, mon
     streamed = evaluator(trained.weights, trained.step)
     samples = np.concatenate([images for _, images, _ in evaluator.batches(trained.weights, trained.step)])
   assert sorted(whole) == ["class_accuracy", "codebook_perplexity", "codebook_usage", "fd_digits", "kid_digits",
-                           "reconstruction_mse"]
+                           "precision_digits", "recall_digits", "reconstruction_mse"]
   for k, v in whole.items():
     np.testing.assert_allclose(streamed[k], v, rtol=1e-6, err_msg=k)
   originals = load_digits(config.data.image_size)[0][:8]

@@ -13,8 +13,9 @@ from conprediff_jax.context.neighbourhoods import neighbourhoods
 
 def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targets: jax.Array,
                  key: jax.Array, *, strides: Sequence[int], solver: str = "sorted",
-                 position_fraction: float = 1.0, **solver_options) -> jax.Array:
-  """mean over (b, i, s) of W2^2(P-hat, P), computed in float32.
+                 position_fraction: float = 1.0, example_weights: jax.Array | None = None,
+                 **solver_options) -> jax.Array:
+  """mean over (b, i, s) of w_b W2^2(P-hat, P), computed in float32 (w_b = 1 without example_weights).
 
   Args:
     decoder: the context decoder; its strides and target size must match `strides` and `targets`.
@@ -25,6 +26,8 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
     solver: a name in wasserstein.SOLVERS; solver_options go to it.
     position_fraction: score this fraction of the B*H*W positions, drawn uniformly without replacement each
       call: an unbiased estimate of the same mean at a fraction of the decoder's cost (1.0: every position).
+    example_weights: [B] non-negative weights of each example's terms (a noise-level weighting), or None. They
+      scale the terms; the mean still divides by the number of terms, so weights below 1 also shrink the loss.
 
   Returns:
     scalar float32 loss. P is uniform over a position's in-image neighbours, P-hat uniform over Q samples. A
@@ -40,9 +43,15 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
     raise ValueError(f"position_fraction must be in (0, 1], got {position_fraction}")
   targets = jax.lax.stop_gradient(targets.astype(jnp.float32))
   values, mask = neighbourhoods(targets, strides)  # [B,H,W,S,8,C], [B,H,W,S,8]
+  weights = None
+  if example_weights is not None:
+    if example_weights.shape != targets.shape[:1]:
+      raise ValueError(f"example_weights must be [{targets.shape[0]}], got shape {example_weights.shape}")
+    weights = jnp.broadcast_to(example_weights.astype(jnp.float32)[:, None, None, None], mask.shape[:4])
   sample_key, solver_key, position_key = jax.random.split(key, 3)
   if position_fraction < 1.0:
-    features, values, mask = _random_positions(position_key, position_fraction, features, values, mask)
+    features, values, mask, weights = _random_positions(position_key, position_fraction, features, values, mask,
+                                                        weights)
   predictions = decoder(features.astype(jnp.float32), sample_key)  # [..., S, Q, C]
   if solver_options.get("num_projections"):
     solver_options = {"key": solver_key, **solver_options}
@@ -50,12 +59,14 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
   # An empty set has no distance: give it one placeholder point (whose value is ignored), then drop its term.
   mask = mask | (~present[..., None] & (jnp.arange(mask.shape[-1]) == 0))
   distances = wasserstein.wasserstein2(predictions, values, y_weights=mask, solver=solver, **solver_options)
+  if weights is not None:
+    distances = weights * distances
   return jnp.sum(jnp.where(present, distances, 0.0)) / jnp.maximum(jnp.sum(present), 1)
 
 
-def _random_positions(key, fraction, features, values, mask):
-  """The same random subset of the B*H*W positions from each array, flattened to one leading axis."""
-  num = features.shape[0] * features.shape[1] * features.shape[2]
+def _random_positions(key, fraction, *arrays):
+  """The same random subset of the B*H*W positions from each array (None stays None), flattened to one axis."""
+  num = arrays[0].shape[0] * arrays[0].shape[1] * arrays[0].shape[2]
   keep = jax.random.choice(key, num, (max(1, round(fraction * num)),), replace=False)
-  take = lambda x: x.reshape((num,) + x.shape[3:])[keep]
-  return take(features), take(values), take(mask)
+  take = lambda x: None if x is None else x.reshape((num,) + x.shape[3:])[keep]
+  return tuple(take(x) for x in arrays)

@@ -6,6 +6,7 @@ float32 device arrays; everything else is a pure function of them.
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,15 @@ def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> n
 
 
 SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}
+
+
+class DenoisingLoss(NamedTuple):
+  """One forward pass of the denoising loss, with what a context head may read from it."""
+  loss: jax.Array      # scalar
+  features: jax.Array  # [B, H, W, F] the network's per-position features
+  clean: jax.Array     # [B, H, W, C] x0
+  denoised: jax.Array  # [B, H, W, C] the network's own estimate of x0
+  signal: jax.Array    # [B] abar_t, the fraction of the signal's variance left in x_t
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,19 +101,20 @@ class GaussianDiffusion:
       return (x_t - s * eps) / a, eps
     return a * x_t - s * model_out, s * x_t + a * model_out
 
-  def loss(self, model, batch, key, *, dropout: bool = False):
-    """Mean squared error to the target at a uniform random t (weighted by `loss_weights`; 1 by default).
-
-    Returns (loss, features, clean targets) so a context head can score the same forward pass.
+  def loss(self, model, batch, key, *, dropout: bool = False, t=None) -> DenoisingLoss:
+    """Mean squared error to the target at a uniform random t, or at the given `t` [B] (weighted by
+    `loss_weights`; 1 by default), with the features and x0 estimate of the same forward pass for a context head.
     """
     from flax import nnx  # pylint: disable=g-import-not-at-top
 
     x0 = batch["image"]
     k_t, k_noise, k_drop = jax.random.split(key, 3)
-    t = jax.random.randint(k_t, x0.shape[:1], 0, self.timesteps)
+    if t is None:
+      t = jax.random.randint(k_t, x0.shape[:1], 0, self.timesteps)
     noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
-    out, features = model(self.q_sample(x0, t, noise), t, conditioning.from_batch(batch),
-                          rngs=nnx.Rngs(dropout=k_drop) if dropout else None)
+    x_t = self.q_sample(x0, t, noise)
+    out, features = model(x_t, t, conditioning.from_batch(batch), rngs=nnx.Rngs(dropout=k_drop) if dropout else None)
     weights = jnp.asarray(self.loss_weights(), jnp.float32)[t][:, None, None, None]
     loss = jnp.mean(weights * jnp.square(out - self.target(x0, t, noise)))
-    return loss, features, x0
+    denoised, _ = self.to_x0_eps(x_t, self._abar(t), out)
+    return DenoisingLoss(loss, features, x0, denoised, self._abar(t)[:, 0, 0, 0])

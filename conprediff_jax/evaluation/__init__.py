@@ -1,4 +1,4 @@
-"""Sample-quality metrics: FID / KID (NumPy), the FID Inception-v3 (Flax NNX), and FD-digits for the embedded set.
+"""Sample-quality metrics: FID / KID and precision / recall (NumPy), the FID Inception-v3 (Flax NNX), and FD-digits for the embedded set.
 
 Importing this package loads NumPy only; the JAX models load on first use of their names. Torch is never
 imported here (only the one-off `convert_fid_weights` script uses it).
@@ -11,6 +11,7 @@ from conprediff_jax.evaluation.fid import frechet_distance
 from conprediff_jax.evaluation.fid import kid
 from conprediff_jax.evaluation.fid import load_statistics
 from conprediff_jax.evaluation.fid import save_statistics
+from conprediff_jax.evaluation.manifold import precision_recall
 
 _LAZY = {
     "InceptionFeatures": "conprediff_jax.evaluation.inception",
@@ -19,7 +20,8 @@ _LAZY = {
     "DigitsMetric": "conprediff_jax.evaluation.digits_metric",
 }
 
-__all__ = ["feature_statistics", "frechet_distance", "kid", "load_statistics", "save_statistics", *_LAZY]
+__all__ = ["feature_statistics", "frechet_distance", "kid", "load_statistics", "precision_recall", "save_statistics",
+           *_LAZY]
 
 
 def __getattr__(name: str):

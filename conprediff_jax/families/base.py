@@ -44,11 +44,16 @@ class LossOutput:
   metrics:  scalars to log, named `loss_*` for the terms of `loss`
   features: [B, h, w, F] per-position features of the model's last block, for a context head (or None)
   targets:  [B, h, w, D] the clean signal on the same grid, the context head's targets (or None)
+  denoised: [B, h, w, D] the model's own estimate of `targets` from its corrupted input (or None)
+  signal:   [B] how much of each example's signal its input kept, in [0, 1]: abar_t for Gaussian noise, the
+            unmasked fraction for masked tokens (or None); what the context term's timestep weighting reads
   """
   loss: jax.Array
   metrics: dict[str, jax.Array]
   features: jax.Array | None = None
   targets: jax.Array | None = None
+  denoised: jax.Array | None = None
+  signal: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,8 +33,8 @@ class GaussianFamily(Family):
       known = mask_conditioning.random_known(jax.random.fold_in(key, MASK_STREAM), x0.shape[0], x0.shape[1],
                                              self.config.train.cond_dropout)
       batch = {**batch, **mask_conditioning.cond(x0, known)}
-    point, features, x0 = self.diffusion.loss(model, batch, key, dropout=self.config.model.dropout > 0)
-    return LossOutput(point, {"loss_point": point}, features, x0)
+    out = self.diffusion.loss(model, batch, key, dropout=self.config.model.dropout > 0)
+    return LossOutput(out.loss, {"loss_point": out.loss}, out.features, out.clean, out.denoised, out.signal)
 
   @property
   def mask_conditional(self) -> bool:

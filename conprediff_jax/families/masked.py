@@ -49,7 +49,12 @@ class MaskedFamily(Family):
     logits, features = model(inputs, cond, rngs=rngs)
     loss, accuracy = masked_process.masked_cross_entropy(logits, tokens, mask)
     targets = first_stage.embed(tokens)  # the frozen codebook vectors of the clean tokens
-    return LossOutput(loss, {"loss_point": loss, "masked_accuracy": accuracy}, features, targets)
+    # The model's estimate of those vectors: the expected code under its prediction where masked, the known one
+    # elsewhere.
+    expected = jax.nn.softmax(logits.astype(jnp.float32), axis=-1) @ first_stage.codebook[...]
+    denoised = jnp.where(mask[..., None], expected, targets)
+    signal = 1.0 - jnp.mean(mask.astype(jnp.float32), axis=(1, 2))
+    return LossOutput(loss, {"loss_point": loss, "masked_accuracy": accuracy}, features, targets, denoised, signal)
 
   def feature_spec(self) -> FeatureSpec:
     return FeatureSpec(grid=self.grid, features=self.config.model.width,

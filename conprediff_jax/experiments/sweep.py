@@ -1,0 +1,191 @@
+r"""A grid of training runs (arms x seeds) from a small spec file, each scored by the same protocol, reported as
+paired differences against a baseline arm.
+
+    python -m conprediff_jax.experiments.sweep --spec=configs/sweeps/context_study.toml --workdir=workdirs/study
+    python -m conprediff_jax.experiments.sweep --spec=... --arms=baseline,alpha_bar --seeds=0,1,2   # a later stage
+
+The spec (TOML, see configs/sweeps/) names the seeds, the baseline arm, a protocol (config overrides every run
+shares: how long it trains, how it is scored) and the arms (each a table of config overrides). Every run trains
+`--config` (configs/default.py by default; `--config.<key>=value` overrides it for all runs) with its arm's
+overrides at its seed, in `<workdir>/<arm>/seed<seed>/`, then `--mode=eval` scores it. Runs go seed by seed, the
+arms of a seed in turn, so machine noise hits the arms alike. Arms of one seed share the initial denoiser, the
+batches and the evaluation's initial noise: their scores are paired, and the report gives each arm's difference
+from the baseline of the same seed with a 95% t-interval over seeds.
+
+Repeating the command resumes: a finished run is read back (its settings must match, or it is refused by name),
+an unfinished one resumes from its last checkpoint. Writes results.json, results.md and results.png into the
+workdir.
+"""
+
+import json
+import os
+import time
+import tomllib
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from conprediff_jax import cli
+from conprediff_jax.experiments import report
+
+RUN_FILE = "sweep_run.json"
+SPECS = os.path.join(cli.REPO, "configs", "sweeps")
+
+
+def define_flags(default_spec: str, default_workdir: str) -> dict:
+  """The command line's flags; defined by the program that runs (this one, or ablation.py with its own spec)."""
+  return {"config": cli.define_config("Base config of every run"),
+          "spec": flags.DEFINE_string("spec", default_spec, "The sweep's spec file (TOML; see configs/sweeps/)."),
+          "workdir": flags.DEFINE_string("workdir", default_workdir, "One sub-folder per (arm, seed)."),
+          "arms": flags.DEFINE_list("arms", None, "Run these arms only (default: every arm of the spec)."),
+          "seeds": flags.DEFINE_list("seeds", None, "Seeds (default: the spec's)."),
+          "steps": flags.DEFINE_integer("steps", None, "Train steps of every run (default: the config's).")}
+
+
+def load_spec(path: str) -> dict:
+  """The spec file as {"seeds", "baseline", "protocol", "arms"}; one-line ValueErrors for what is wrong in it."""
+  try:
+    with open(path, "rb") as f:
+      spec = tomllib.load(f)
+  except OSError as e:
+    raise ValueError(f"--spec: cannot read {path!r} ({e.strerror}); see configs/sweeps/ for examples") from None
+  except tomllib.TOMLDecodeError as e:
+    raise ValueError(f"--spec: {path} is not valid TOML ({e})") from None
+  unknown = sorted(set(spec) - {"seeds", "baseline", "protocol", "arms"})
+  if unknown or not spec.get("arms"):
+    raise ValueError(f"--spec: {path} must have an [arms] table (and may have seeds, baseline, protocol); "
+                     f"{'unknown entries ' + str(unknown) if unknown else 'no arms'}")
+  spec.setdefault("seeds", [0])
+  spec.setdefault("protocol", {})
+  spec.setdefault("baseline", next(iter(spec["arms"])))
+  if spec["baseline"] not in spec["arms"]:
+    raise ValueError(f"--spec: baseline {spec['baseline']!r} is not one of the arms {list(spec['arms'])}")
+  return spec
+
+
+def override(config, settings: dict, where: str):
+  """A copy of `config` with each `dotted.key = value` of `settings` set; a key it lacks is a one-line error."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  for key, value in settings.items():
+    *path, leaf = key.split(".")
+    parent = config
+    for part in path:
+      parent = parent[part] if isinstance(parent, ml_collections.ConfigDict) and part in parent else None
+    if not isinstance(parent, ml_collections.ConfigDict) or leaf not in parent:
+      raise ValueError(f"{where}: {key!r} is not a config key; see configs/default.py for the keys")
+    try:
+      parent[leaf] = tuple(value) if isinstance(parent[leaf], tuple) else value
+    except TypeError as e:
+      raise ValueError(f"{where}: {key} = {value!r}: {e}") from None
+  return config
+
+
+def plan(base, spec: dict, workdir: str, arms: list[str] | None = None, seeds: list[int] | None = None,
+         steps: int | None = None, command_line: dict | None = None) -> list[dict]:
+  """Every run, in the order they go: [{"arm", "seed", "settings", "config", "workdir"}], each config validated,
+  each finished one checked to have been made with the same settings.
+
+  A run's settings, later ones winning: the spec's protocol, `steps`, the command line's --config.<key> overrides
+  (`command_line`, already in `base`: listed so that a run records them), its arm's overrides, its seed."""
+  from conprediff_jax import config_validation  # pylint: disable=g-import-not-at-top
+  arms = arms or list(spec["arms"])
+  missing = [a for a in arms if a not in spec["arms"]]
+  if missing:
+    raise ValueError(f"--arms: {missing} not in the spec's arms {list(spec['arms'])}")
+  protocol = {**spec["protocol"], **({"train.steps": steps} if steps else {}), **(command_line or {})}
+  runs = []
+  for seed in seeds if seeds is not None else spec["seeds"]:
+    for arm in arms:
+      settings = {**protocol, **spec["arms"][arm], "seed": int(seed)}
+      config = override(base, settings, f"arm {arm!r}")
+      try:
+        config_validation.validate(config, num_devices=1, process_count=1)
+      except config_validation.ConfigError as e:
+        raise ValueError(f"arm {arm!r}: {e}") from None
+      run = {"arm": arm, "seed": int(seed), "settings": settings, "config": config,
+             "workdir": os.path.join(workdir, arm, f"seed{seed}")}
+      done = finished(run)
+      if done is not None and done.get("settings") != json.loads(json.dumps(settings)):
+        raise ValueError(f"{run['workdir']} holds a run of arm {arm!r} with other settings ({done.get('settings')}); "
+                         "delete it or use another --workdir")
+      runs.append(run)
+  return runs
+
+
+def finished(run: dict) -> dict | None:
+  """The result a finished run wrote, or None."""
+  path = os.path.join(run["workdir"], RUN_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def run_one(run: dict) -> dict:
+  """Trains (or resumes) and scores one run; writes its result last, so that only a finished run has one."""
+  from conprediff_jax import evaluate, train  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  train.train(run["config"], run["workdir"])
+  seconds = time.perf_counter() - start
+  result = {"settings": run["settings"], "train_seconds": seconds, **evaluate.evaluate(run["config"], run["workdir"])}
+  path = os.path.join(run["workdir"], RUN_FILE)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=2)
+  os.replace(path + ".tmp", path)
+  return result
+
+
+def sweep(runs: list[dict], spec: dict) -> dict:
+  """Runs (or reads back) every run of the plan; returns the results report.py reads."""
+  results, started, fresh = {}, time.perf_counter(), 0
+  for i, run in enumerate(runs):
+    result = finished(run)
+    was_done = result is not None
+    if not was_done:
+      result = run_one(run)
+      fresh += 1
+    results.setdefault(run["arm"], []).append({"seed": run["seed"], **result})
+    left = len(runs) - i - 1
+    eta = (time.perf_counter() - started) / fresh * left if fresh else 0.0
+    scores = ", ".join(f"{k} {result[k]:.4g}" for k in report.METRICS if k in result)
+    print(f"[{i + 1}/{len(runs)}] {run['arm']} seed {run['seed']}: {scores}"
+          f"{' (done before)' if was_done else ''}; {left} to go, ~{eta / 60:.0f} min", flush=True)
+  return {"baseline": spec["baseline"], "arms": {a: spec["arms"][a] for a in results}, "protocol": spec["protocol"],
+          "runs": results}
+
+
+def write(results: dict, workdir: str, title: str) -> str:
+  text = report.markdown(results, title)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump({**results, "differences": report.differences(results)}, f, indent=2)
+  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
+    f.write(text + "\n")
+  report.plot(results, os.path.join(workdir, "results.png"))
+  return text
+
+
+def main(argv, f):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  try:
+    spec = load_spec(f["spec"].value)
+    seeds = None if f["seeds"].value is None else [int(s) for s in f["seeds"].value]
+    command_line = config_flags.get_override_values(flags.FLAGS["config"])
+    runs = plan(f["config"].value, spec, f["workdir"].value, f["arms"].value, seeds, f["steps"].value, command_line)
+  except ValueError as e:  # the spec, the flags, or a config they make
+    cli.fail(str(e))
+  results = sweep(runs, spec)
+  print(write(results, f["workdir"].value, f"Sweep {os.path.basename(f['spec'].value)}"))
+
+
+def run_program(default_spec: str, default_workdir: str):
+  parsed = define_flags(default_spec, default_workdir)
+  app.run(lambda argv: main(argv, parsed), flags_parser=lambda argv: cli.parse(argv, parsed["config"]))
+
+
+if __name__ == "__main__":
+  run_program(os.path.join(SPECS, "context_study.toml"), "workdirs/context_study")
