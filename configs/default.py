@@ -52,6 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.text_conditional = False   # configs/digits_text.py: prompts, read by cross-attention
   config.model.dtype = "float32"     # compute dtype; parameters stay float32
   config.model.remat = False         # recompute each block's activations in the backward pass: less memory
+  # A diffusers UNet2DModel folder (safetensors) whose weights a fresh run starts from, to fine-tune it (with the
+  # context loss); `python -m conprediff_jax.convert import DIR` prints the model settings that match it.
+  config.model.init_from = ""
 
   config.text = text_settings()
 

@@ -10,6 +10,7 @@ import os
 import sys
 
 from absl import flags
+import ml_collections
 from ml_collections import config_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,8 +28,9 @@ def fail(message: str):
   sys.exit(USAGE_ERROR)
 
 
-def parse(argv: list[str], config_flag) -> list[str]:
-  """absl's parsing of `argv` (the config file `config_flag` names, configs/default.py by default)."""
+def parse(argv: list[str], config_flag, positional: int = 0) -> list[str]:
+  """absl's parsing of `argv` (the config file `config_flag` names, configs/default.py by default); up to
+  `positional` arguments that are not flags are returned after the program's name."""
   if not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
     argv = [argv[0], f"--config={DEFAULT_CONFIG}", *argv[1:]]
   try:
@@ -41,7 +43,7 @@ def parse(argv: list[str], config_flag) -> list[str]:
   except (flags.Error, ValueError, TypeError) as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     fail(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}")  # a config file's own error is the last line
-  if len(rest) > 1:
+  if len(rest) > 1 + positional:
     fail(f"unexpected arguments {rest[1:]}; pass settings as --flag=value or --config.<key>=value")
   return rest
 
@@ -54,3 +56,20 @@ def unknown_override(e: LookupError | AttributeError, argv: list[str]) -> str:
   flag = next((a.split("=")[0] for a in argv
                if a.startswith("--config.") and key.strip("'") in a.split("=")[0].split(".")), "--config.*")
   return f"{flag}: {key} is not a config key; {hint or 'see configs/default.py for the keys'}"
+
+
+def override(config, settings: dict, where: str):
+  """A copy of `config` with each `dotted.key = value` of `settings` set; a key it lacks is a one-line error."""
+  config = config.copy_and_resolve_references()
+  for key, value in settings.items():
+    *path, leaf = key.split(".")
+    parent = config
+    for part in path:
+      parent = parent[part] if isinstance(parent, ml_collections.ConfigDict) and part in parent else None
+    if not isinstance(parent, ml_collections.ConfigDict) or leaf not in parent:
+      raise ValueError(f"{where}: {key!r} is not a config key; see configs/default.py for the keys")
+    try:
+      parent[leaf] = tuple(value) if isinstance(parent[leaf], tuple) else value
+    except TypeError as e:
+      raise ValueError(f"{where}: {key} = {value!r}: {e}") from None
+  return config

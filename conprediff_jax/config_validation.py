@@ -432,9 +432,17 @@ def _check_paths(config, prefix: str = "") -> None:
       raise ConfigError(prefix + key, f"{value!r} does not exist", "point it at the file, or leave it empty")
 
 
+def _check_init_from(config) -> None:
+  path = config.model.init_from
+  if path and not os.path.isdir(os.path.expanduser(path)):
+    raise ConfigError("model.init_from", f"{path!r} is not an existing directory",
+                      "point it at a diffusers UNet2DModel folder (safetensors), or leave it empty")
+
+
 Rule = Callable[[ml_collections.ConfigDict], None]
 FAMILY_RULES: dict[str, tuple[Rule, ...]] = {
-    "gaussian": (_check_unet, _grid_check(lambda c: (c.data.image_size, "config.data.image_size")), _check_sampling),
+    "gaussian": (_check_unet, _grid_check(lambda c: (c.data.image_size, "config.data.image_size")), _check_sampling,
+                 _check_init_from),
     "masked": (_check_first_stage, _check_transformer, _grid_check(
         lambda c: (token_grid(read_first_stage_config(c.first_stage.workdir)), "the tokenizer's token grid"))),
     "autoencoder": (_check_vq, _check_no_context),
@@ -478,7 +486,7 @@ def _check_mesh_and_batch(config, num_devices: int, process_count: int) -> None:
 # A resumed run may change how long it trains, how it logs, checkpoints and samples, and on which mesh it runs
 # (checkpoints restore onto any mesh); any other change means the workdir holds a different experiment.
 RESUMABLE_PREFIXES = ("train.steps", "train.log_every", "train.max_nonfinite_steps", "checkpoint.", "sample.",
-                      "mesh.", "model.remat")
+                      "mesh.", "model.remat", "model.init_from")
 
 
 def _flatten(tree, prefix=""):
@@ -503,6 +511,9 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, *, mode: str 
   with open(path, encoding="utf-8") as f:
     saved = _flatten(json.load(f))
   current = _flatten(json.loads(config.to_json_best_effort()))
+  # A key the run's code did not have yet is no change at the value that code behaved as: the schema's default.
+  defaults = _flatten(json.loads(family_schema(config.family).to_json_best_effort())) if config.family in SCHEMAS else {}
+  saved.update({k: v for k, v in current.items() if k not in saved and k in defaults and defaults[k] == v})
   if mode == "train":
     matters = lambda k: not k.startswith(RESUMABLE_PREFIXES)
     keys, fix = saved.keys() | current.keys(), "use a new --workdir, or pass --allow_config_change to continue that run"

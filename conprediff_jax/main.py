@@ -33,7 +33,7 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "inpaint"
 
 def is_startup_error(e: Exception) -> bool:
   """FileNotFoundError/ValueError from opening the data, the prompts to sample or the images and masks to inpaint,
-  finding no checkpoint, text embeddings of the wrong width, or exporting (inpainting) with a family that has no
+  the weights to start from (model.init_from), finding no checkpoint, text embeddings of the wrong width, or exporting (inpainting) with a family that has no
   exporter (inpainter): user errors."""
   if not isinstance(e, (FileNotFoundError, ValueError)):
     return False
@@ -44,7 +44,7 @@ def is_startup_error(e: Exception) -> bool:
 
   frames = [frame.f_code for frame, _ in traceback.walk_tb(e.__traceback__)]
   reading_inputs = (registry.make_source, sample_requests.request, sample_requests.cond, inpaint_run.load_images,
-                    inpaint_run.load_known)
+                    inpaint_run.load_known, families.Family.import_weights, families.FAMILIES["gaussian"].import_weights)
   refusing = (sampling.restore_ema_weights, families.Family.export, families.FAMILIES["gaussian"].export,
               families.Family.inpainter, text_encoder.TextEncoder.__call__)
   return (any(f.__code__ in frames for f in reading_inputs) or frames[-1] in [f.__code__ for f in refusing])

@@ -198,7 +198,15 @@ def restore_or_init(run: Run, seed: int):
     logging.info("resumed from the checkpoint at step %d", int(jax.device_get(state["step"])))
     return state
   init = jax.jit(functools.partial(init_state, run.exp), out_shardings=run.shardings)
-  return init(jax.random.key(seed))
+  state = init(jax.random.key(seed))
+  init_from = run.exp.config.model.get("init_from", "")
+  if init_from:  # a fresh run starts from imported weights; a resumed one has its own
+    imported = run.exp.family.import_weights(init_from)
+    put = lambda: jax.device_put(imported, run.shardings["params"]["model"])  # two copies: the step donates both
+    buffers = families.restrict(state["ema"], run.exp.buffer_shapes)
+    state = {**state, "params": {**state["params"], "model": put()}, "ema": families.union(put(), buffers)}
+    logging.info("started from the weights imported from %s", init_from)
+  return state
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -293,3 +293,16 @@ def test_cli_refuses_foreign_workdir_unless_allowed(tmp_path):
   proc = subprocess.run(cmd + ["--allow_config_change", "--mode=sample"], cwd=REPO, capture_output=True, text=True,
                         timeout=120, check=False)
   assert "--workdir=" not in proc.stderr and "no checkpoint" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_resuming_a_run_from_before_a_key_existed_passes_at_its_default_only(tmp_path):
+  """A run saved by code that lacked a key behaved as the key's default: resuming at that value is no change,
+  resuming at another value is."""
+  config = smoke()
+  saved = config.to_dict()
+  del saved["context"]["timestep_weighting"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  config_validation.check_workdir(config, str(tmp_path))
+  config.context.timestep_weighting = "snr"
+  with pytest.raises(ConfigError, match=r"config.context.timestep_weighting: is 'snr', but .* trained with None"):
+    config_validation.check_workdir(config, str(tmp_path))

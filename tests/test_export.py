@@ -200,3 +200,118 @@ def test_export_imports_neither_torch_nor_context(tmp_path):
       "assert not bad, bad\n")
   subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, check=True, timeout=120)
   assert os.path.exists(tmp_path / "unet" / export.WEIGHTS_NAME)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Import: a diffusers UNet2DModel (made and saved by diffusers) read as our UNet.
+# ------------------------------------------------------------------------------------------------------------------
+IMPORTS = {
+    "two_levels": dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D",
+                       "UpBlock2D"), attention_head_dim=8, norm_num_groups=4),
+    "class_conditional_rgb": dict(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                                  layers_per_block=2, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                  up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=4,
+                                  norm_num_groups=4, num_class_embeds=5),
+    "three_levels": dict(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16, 16),
+                         layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                         up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8,
+                         norm_num_groups=4),
+}
+
+
+def _saved_diffusers_unet(folder, seed: int, **kwargs):
+  """A UNet2DModel with every tensor drawn off its init (no zero bias or unit norm scale hides a slip), saved as
+  diffusers saves one (safetensors)."""
+  from conprediff_jax.export import diffusers_import  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(seed)
+  unet = diffusers.UNet2DModel(**kwargs, norm_eps=1e-5).eval()
+  with torch.no_grad():
+    for p in unet.parameters():
+      p.add_(0.2 * torch.randn_like(p))
+  unet.save_pretrained(str(folder), safe_serialization=True)
+  return unet, diffusers_import.config_overrides(diffusers_import.read_unet_config(str(folder)))
+
+
+@pytest.mark.parametrize("variant", sorted(IMPORTS))
+def test_diffusers_unet_imports_exactly_and_round_trips(tmp_path, variant):
+  """diffusers -> ours: the same outputs on random inputs (float32, relative error ~1e-6 expected); ours ->
+  diffusers: every tensor bitwise the one we read."""
+  from conprediff_jax import cli  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.export import diffusers_import  # pylint: disable=g-import-not-at-top
+  unet, overrides = _saved_diffusers_unet(tmp_path, seed=3, **IMPORTS[variant])
+  config = cli.override(_config(), overrides, "test")
+  params = diffusers_import.load_unet_params(str(tmp_path), config)
+
+  rng = np.random.default_rng(4)
+  size, channels = config.data.image_size, config.data.channels
+  x = rng.normal(size=(3, size, size, channels)).astype(np.float32)
+  t = rng.integers(0, 1000, size=3)
+  labels = rng.integers(0, config.data.num_classes + 1, size=3) if config.model.class_conditional else None
+  ours = np.asarray(_denoiser_fn(config)(params, x, jnp.asarray(t, jnp.int32),
+                                         None if labels is None else jnp.asarray(labels, jnp.int32)))
+  with torch.no_grad():
+    theirs = unet(_nchw(x), torch.from_numpy(t), class_labels=None if labels is None else torch.from_numpy(labels))
+  theirs = theirs.sample.numpy().transpose(0, 2, 3, 1)
+  error = np.abs(ours - theirs).max() / np.abs(theirs).max()
+  print(f"{variant}: max |ours - diffusers| / max |diffusers| = {error:.2e}")
+  assert error < 1e-5
+  back = export.to_diffusers_state_dict(params, export.unet2d_config(config))
+  original = {k: v.numpy() for k, v in unet.state_dict().items()}
+  assert sorted(back) == sorted(original)
+  for k, v in original.items():
+    np.testing.assert_array_equal(back[k], v, err_msg=k)
+
+
+def test_import_refuses_what_our_unet_cannot_express_by_name(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.export import diffusers_import  # pylint: disable=g-import-not-at-top
+  base = {**IMPORTS["two_levels"], "down_block_types": list(IMPORTS["two_levels"]["down_block_types"]),
+          "up_block_types": list(IMPORTS["two_levels"]["up_block_types"])}
+  for change, named in (({"resnet_time_scale_shift": "scale_shift"}, "resnet_time_scale_shift='scale_shift'"),
+                        ({"flip_sin_to_cos": False}, "flip_sin_to_cos=False"),
+                        ({"down_block_types": ["DownBlock2D", "SkipDownBlock2D"]}, "SkipDownBlock2D"),
+                        ({"attention_head_dim": 3}, "attention_head_dim=3"),
+                        ({"out_channels": 2}, "out_channels=2")):
+    with pytest.raises(ValueError, match=named):
+      diffusers_import.config_overrides({**base, **change})
+  (tmp_path / "unet").mkdir()
+  (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel", **base}))
+  (tmp_path / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"pickle")
+  with pytest.raises(ValueError, match=r"only safetensors are read, never pickles"):
+    diffusers_import.unet_folder(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="holds no diffusers UNet"):
+    diffusers_import.unet_folder(str(tmp_path / "unet" / "nothing"))
+
+
+def test_fine_tuning_starts_at_the_imported_models_loss_computed_in_torch(tmp_path):
+  """A fresh run with model.init_from: its parameters and EMA are the imported ones, and the family's loss on a
+  batch (v-prediction, Min-SNR-5) equals that loss recomputed in torch with diffusers' forward pass."""
+  from conprediff_jax import cli  # pylint: disable=g-import-not-at-top
+  unet, overrides = _saved_diffusers_unet(tmp_path / "hub", seed=5, **IMPORTS["two_levels"])
+  config = cli.override(_config(), {**overrides, "model.init_from": str(tmp_path / "hub")}, "test")
+  config.diffusion.prediction, config.diffusion.min_snr_gamma = "v", 5.0
+  run = train.setup(config, str(tmp_path / "run"))
+  state = jax.device_get(train.restore_or_init(run, config.seed))
+  run.manager.close()
+  for tree in (state["params"]["model"], state["ema"]):
+    back = export.to_diffusers_state_dict(tree)
+    for k, v in unet.state_dict().items():
+      np.testing.assert_array_equal(back[k], v.numpy(), err_msg=k)
+
+  family = run.exp.family
+  x0 = np.random.default_rng(6).uniform(-1, 1, size=(4, 8, 8, 1)).astype(np.float32)
+  key = jax.random.key(7)
+  model = nnx.merge(run.exp.model_def, state["params"]["model"])
+  ours = float(family.loss(model, None, {"image": jnp.asarray(x0)}, key).loss)
+  k_t, k_noise, _ = jax.random.split(key, 3)
+  t = np.asarray(jax.random.randint(k_t, (4,), 0, 1000))
+  noise = np.asarray(jax.random.normal(k_noise, x0.shape), np.float64)
+  abar = family.diffusion.alphas_cumprod[t][:, None, None, None]
+  x_t = np.sqrt(abar) * x0 + np.sqrt(1 - abar) * noise
+  with torch.no_grad():
+    out = unet(_nchw(x_t.astype(np.float32)), torch.from_numpy(t)).sample.numpy().transpose(0, 2, 3, 1)
+  v = np.sqrt(abar) * noise - np.sqrt(1 - abar) * x0
+  snr = abar / (1 - abar)
+  torch_loss = np.mean(np.minimum(snr, 5.0) / (snr + 1) * (out - v) ** 2)
+  np.testing.assert_allclose(ours, torch_loss, rtol=1e-4)

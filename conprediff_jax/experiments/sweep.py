@@ -65,24 +65,6 @@ def load_spec(path: str) -> dict:
   return spec
 
 
-def override(config, settings: dict, where: str):
-  """A copy of `config` with each `dotted.key = value` of `settings` set; a key it lacks is a one-line error."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  config = config.copy_and_resolve_references()
-  for key, value in settings.items():
-    *path, leaf = key.split(".")
-    parent = config
-    for part in path:
-      parent = parent[part] if isinstance(parent, ml_collections.ConfigDict) and part in parent else None
-    if not isinstance(parent, ml_collections.ConfigDict) or leaf not in parent:
-      raise ValueError(f"{where}: {key!r} is not a config key; see configs/default.py for the keys")
-    try:
-      parent[leaf] = tuple(value) if isinstance(parent[leaf], tuple) else value
-    except TypeError as e:
-      raise ValueError(f"{where}: {key} = {value!r}: {e}") from None
-  return config
-
-
 def plan(base, spec: dict, workdir: str, arms: list[str] | None = None, seeds: list[int] | None = None,
          steps: int | None = None, command_line: dict | None = None) -> list[dict]:
   """Every run, in the order they go: [{"arm", "seed", "settings", "config", "workdir"}], each config validated,
@@ -100,7 +82,7 @@ def plan(base, spec: dict, workdir: str, arms: list[str] | None = None, seeds: l
   for seed in seeds if seeds is not None else spec["seeds"]:
     for arm in arms:
       settings = {**protocol, **spec["arms"][arm], "seed": int(seed)}
-      config = override(base, settings, f"arm {arm!r}")
+      config = cli.override(base, settings, f"arm {arm!r}")
       try:
         config_validation.validate(config, num_devices=1, process_count=1)
       except config_validation.ConfigError as e:

@@ -196,16 +196,22 @@ def diffusers_state_dict_shapes(unet_config: Mapping[str, Any]) -> dict[str, tup
   return shapes
 
 
-def _to_torch_layout(leaf_name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
-  if leaf_name == "kernel" and value.ndim == 4:
-    return "weight", value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-  if leaf_name == "kernel" and value.ndim == 2:
-    return "weight", value.T  # (in, out) -> (out, in)
+def torch_layout(leaf_name: str, ndim: int) -> tuple[str, tuple[int, ...] | None]:
+  """(PyTorch's name for our parameter leaf, the axes that transpose ours into its layout, or None)."""
+  if leaf_name == "kernel" and ndim == 4:
+    return "weight", (3, 2, 0, 1)  # HWIO -> OIHW
+  if leaf_name == "kernel" and ndim == 2:
+    return "weight", (1, 0)  # (in, out) -> (out, in)
   if leaf_name in ("scale", "embedding"):
-    return "weight", value
+    return "weight", None
   if leaf_name == "bias":
-    return "bias", value
-  raise ValueError(f"no diffusers equivalent for a parameter named {leaf_name!r} of shape {value.shape}")
+    return "bias", None
+  raise ValueError(f"no diffusers equivalent for a {ndim}-d parameter named {leaf_name!r}")
+
+
+def _to_torch_layout(leaf_name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
+  suffix, axes = torch_layout(leaf_name, value.ndim)
+  return suffix, value if axes is None else value.transpose(axes)
 
 
 def to_diffusers_state_dict(params: Mapping, unet_config: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:

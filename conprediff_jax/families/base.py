@@ -13,6 +13,7 @@ a VQ autoencoder). The trainer never asks which family it runs; it calls these m
   inpainter(model_def, first_stage_def, num_images) -> pure (weights, first_stage_weights, key, images, known)
   score(model, samples)            metrics of its own for --mode=eval (a tokenizer's reconstruction error)
   export(weights, out_dir)         the inference model in another framework's format, where there is one
+  import_weights(path)             and back: its parameters from such a checkpoint (config.model.init_from)
 
 Model state that is not trained by gradients (a VQ codebook's running averages) is held in `nnx.BatchStat`
 variables: the loss may update them in place and the trainer carries them in the EMA tree unaveraged.
@@ -135,6 +136,13 @@ class Family(abc.ABC):
     """The metrics from score_batch's totals over every batch."""
     del totals
     return {}
+
+  def import_weights(self, path: str) -> dict:
+    """The inference model's parameters (a pure dict) read from another framework's checkpoint at `path`: what a
+    fresh run starts from with config.model.init_from."""
+    del path
+    raise ValueError(f"config.model.init_from: the {self.config.family!r} family imports no weights (the "
+                     "'gaussian' family imports a diffusers UNet2DModel)")
 
   def export(self, weights, out_dir: str) -> str:
     """Writes the inference model in another framework's format; returns the folder."""

@@ -81,6 +81,13 @@ class GaussianFamily(Family):
 
     return inpaint
 
+  def import_weights(self, path: str) -> dict:
+    if self.mask_conditional or self.config.model.text_conditional:
+      raise ValueError("config.model.init_from: a diffusers UNet2DModel imports as an unconditional or "
+                       "class-conditional UNet; this config's UNet also reads a mask or a prompt")
+    from conprediff_jax.export import diffusers_import  # pylint: disable=g-import-not-at-top  # torch-free
+    return diffusers_import.load_unet_params(path, self.config)
+
   def export(self, weights, out_dir: str) -> str:
     if self.mask_conditional:
       raise ValueError("--mode=export: a mask-conditioned UNet (config.model.mask_conditional) reads extra input "

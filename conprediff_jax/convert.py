@@ -1,0 +1,55 @@
+r"""Conversions between this project's models and PyTorch's (diffusers), from the command line.
+
+    python -m conprediff_jax.convert import DIR [--config=configs/default.py]
+
+`import` reads a diffusers UNet2DModel folder (safetensors), checks every tensor against the UNet that the config
+with the printed overrides builds, and prints the command that fine-tunes it here (with the context loss on, as
+the config has it): `--config.model.init_from=DIR` and the model settings that match DIR. Export runs through
+the trainer: `python -m conprediff_jax.main --workdir=W --mode=export` (docs/pytorch.md).
+"""
+
+from absl import app
+from absl import logging
+
+from conprediff_jax import cli
+
+_CONFIG = cli.define_config("The config to fine-tune with")
+
+
+def import_command(path: str, config) -> str:
+  """The verified command line that fine-tunes the diffusers UNet at `path` with `config`; ValueError if it
+  cannot be."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import config_validation  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.export import diffusers_import  # pylint: disable=g-import-not-at-top
+  folder = diffusers_import.unet_folder(path)
+  overrides = {**diffusers_import.config_overrides(diffusers_import.read_unet_config(folder)),
+               "model.init_from": path}
+  config = cli.override(config, overrides, path)
+  config_validation.validate(config, num_devices=1, process_count=1)
+  params = diffusers_import.load_unet_params(path, config)
+  count = sum(v.size for v in jax.tree.leaves(params))
+  flags = " ".join(f"--config.{k}={_flag_value(v)}" for k, v in overrides.items())
+  return (f"# {folder}: {count:,} parameters, every tensor matched\n"
+          f"python -m conprediff_jax.main {flags} --workdir=workdirs/finetune")
+
+
+def _flag_value(value) -> str:
+  if isinstance(value, tuple):
+    return f"'({', '.join(map(str, value))}{',' if len(value) == 1 else ''})'"
+  return str(value)
+
+
+def main(argv):
+  logging.set_verbosity(logging.WARNING)
+  if len(argv) != 3 or argv[1] != "import":
+    cli.fail("usage: python -m conprediff_jax.convert import DIR [--config=...]; export is "
+             "python -m conprediff_jax.main --workdir=W --mode=export")
+  try:
+    print(import_command(argv[2], _CONFIG.value))
+  except (FileNotFoundError, ValueError) as e:
+    cli.fail(str(e))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=lambda argv: cli.parse(argv, _CONFIG, positional=2))

@@ -1,0 +1,145 @@
+"""Import of a diffusers `UNet2DModel` (a safetensors folder; no pickle, no network) as our UNet's parameters.
+
+    python -m conprediff_jax.convert import DIR                       # prints the --config overrides that match DIR
+    python -m conprediff_jax.main --config.model.init_from=DIR ...    # fine-tunes it (with the context loss)
+
+DIR is a pipeline folder (with `unet/`) or the UNet's own folder (`config.json` and
+`diffusion_pytorch_model.safetensors`). Our UNet mirrors UNet2DModel module for module (export/diffusers_export.py),
+so import is the exporter's renaming run backwards, checked tensor by tensor. A UNet2DModel setting our UNet cannot
+express (another time embedding, scale-shift norms, attention at several widths, ...) is refused by name.
+"""
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from conprediff_jax.export.diffusers_export import WEIGHTS_NAME, torch_layout
+from conprediff_jax.models.unet import NORM_EPS
+
+# UNet2DModel settings our UNet has one value of: (its value here, diffusers' default when config.json omits it).
+FIXED = {"center_input_sample": False, "time_embedding_type": "positional", "time_embedding_dim": None,
+         "freq_shift": 0, "flip_sin_to_cos": True, "mid_block_type": "UNetMidBlock2D", "mid_block_scale_factor": 1,
+         "downsample_padding": 1, "downsample_type": "conv", "upsample_type": "conv", "act_fn": "silu",
+         "attn_norm_num_groups": None, "resnet_time_scale_shift": "default", "add_attention": True,
+         "class_embed_type": None}
+DIFFUSERS_DEFAULTS = {**FIXED, "norm_eps": 1e-5, "dropout": 0.0}
+REQUIRED = ("sample_size", "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
+            "layers_per_block", "attention_head_dim", "norm_num_groups")
+
+
+def unet_folder(path: str) -> str:
+  """The folder holding the UNet's config.json and weights: `path` itself or its `unet/`."""
+  path = os.path.expanduser(path)
+  for folder in (os.path.join(path, "unet"), path):
+    if os.path.exists(os.path.join(folder, "config.json")):
+      weights = os.path.join(folder, WEIGHTS_NAME)
+      if not os.path.exists(weights):
+        found = [f for f in os.listdir(folder) if f.endswith((".bin", ".pt", ".ckpt", ".safetensors"))]
+        raise ValueError(f"{folder} has no {WEIGHTS_NAME} (found {found or 'no weights'}); only safetensors are "
+                         "read, never pickles: re-save it with save_pretrained(..., safe_serialization=True)")
+      return folder
+  raise FileNotFoundError(f"{path!r} holds no diffusers UNet (no config.json there or in unet/)")
+
+
+def read_unet_config(folder: str) -> dict[str, Any]:
+  with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+    config = json.load(f)
+  if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+    raise ValueError(f"{folder}: a {config['_class_name']}; only UNet2DModel imports (UNet2DConditionModel does not)")
+  return config
+
+
+def config_overrides(unet: dict[str, Any]) -> dict[str, Any]:
+  """The `config.<key>` values that make our UNet the network `UNet2DModel(**unet)` builds; ValueError naming the
+  first setting that has no equivalent here."""
+  missing = [k for k in REQUIRED if k not in unet]
+  if missing:
+    raise ValueError(f"the UNet's config.json lacks {missing}")
+  get = lambda k: unet.get(k, DIFFUSERS_DEFAULTS[k])
+  for key, value in FIXED.items():
+    if get(key) != value:
+      raise ValueError(f"UNet2DModel {key}={get(key)!r} has no equivalent here (ours: {value!r})")
+  if abs(get("norm_eps") - NORM_EPS) > 1e-12:
+    raise ValueError(f"UNet2DModel norm_eps={get('norm_eps')} has no equivalent here (ours: {NORM_EPS})")
+  if unet["in_channels"] != unet["out_channels"]:
+    raise ValueError(f"UNet2DModel in_channels={unet['in_channels']} != out_channels={unet['out_channels']}: our "
+                     "denoiser predicts as many channels as it reads")
+  down = list(unet["down_block_types"])
+  if any(k not in ("DownBlock2D", "AttnDownBlock2D") for k in down):
+    raise ValueError(f"UNet2DModel down_block_types {down}: only DownBlock2D and AttnDownBlock2D import")
+  mirrored = [k.replace("Down", "Up") for k in reversed(down)]
+  if list(unet["up_block_types"]) != mirrored:
+    raise ValueError(f"UNet2DModel up_block_types {unet['up_block_types']}: ours mirror the down blocks ({mirrored})")
+  widths = list(unet["block_out_channels"])
+  attention = [k == "AttnDownBlock2D" for k in down]
+  head_dim = unet["attention_head_dim"]
+  attention_widths = {w for w, a in zip(widths, attention) if a} | {widths[-1]}
+  if head_dim is None or len(attention_widths) > 1 or widths[-1] % head_dim:
+    raise ValueError(f"UNet2DModel attention at widths {sorted(attention_widths)} with attention_head_dim="
+                     f"{head_dim}: ours has one head count, so every attention layer must have one width that the "
+                     "head size divides")
+  if any(w % widths[0] for w in widths):
+    raise ValueError(f"UNet2DModel block_out_channels {widths}: ours are multiples of the first")
+  size = unet["sample_size"]
+  size = size[0] if isinstance(size, (list, tuple)) else size
+  classes = unet.get("num_class_embeds")
+  overrides = {
+      "data.image_size": int(size), "data.channels": int(unet["in_channels"]),
+      "model.channels": int(widths[0]), "model.channel_mults": tuple(w // widths[0] for w in widths),
+      "model.num_res_blocks": int(unet["layers_per_block"]),
+      "model.attention_resolutions": tuple(int(size) // 2**i for i, a in enumerate(attention) if a),
+      "model.num_heads": int(widths[-1] // head_dim), "model.num_groups": int(unet["norm_num_groups"]),
+      "model.dropout": float(get("dropout")), "model.class_conditional": bool(classes)}
+  if classes:  # our class embedding's last row is the null class (classifier-free guidance)
+    overrides["data.num_classes"] = int(classes) - 1
+  return overrides
+
+
+def mismatches(config, overrides: dict[str, Any]) -> list[str]:
+  """`key=value` of each override that `config` does not already have."""
+  out = []
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    have = config[section][name]
+    if (tuple(have) if isinstance(have, (list, tuple)) else have) != value:
+      out.append(f"{key}={value}")
+  return out
+
+
+def load_unet_params(path: str, config) -> dict:
+  """Our UNet's parameters (a pure dict of float32 NumPy arrays) from the diffusers UNet at `path`, for `config`,
+  whose model settings must be those of config_overrides (a one-line ValueError names the first that is not)."""
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import families  # pylint: disable=g-import-not-at-top
+  folder = unet_folder(path)
+  wrong = mismatches(config, config_overrides(read_unet_config(folder)))
+  if wrong:
+    raise ValueError(f"config.model.init_from={path!r} is a UNet with {', '.join(wrong)}; pass those "
+                     f"(python -m conprediff_jax.convert import {path} prints every setting)")
+  tensors = load_file(os.path.join(folder, WEIGHTS_NAME))
+  _, abstract, _ = families.abstract_model(families.get(config))
+  used = set()
+
+  def take(path_keys, leaf):
+    keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path_keys]
+    suffix, axes = torch_layout(keys[-1], len(leaf.shape))
+    name = ".".join(keys[:-1] + [suffix])
+    if name not in tensors:
+      raise ValueError(f"{folder}: tensor {name} missing from {WEIGHTS_NAME}")
+    value = np.asarray(tensors[name], np.float32)
+    if axes is not None and value.ndim == len(axes):
+      value = value.transpose(np.argsort(axes))  # back from PyTorch's layout
+    if value.shape != tuple(leaf.shape):
+      raise ValueError(f"{folder}: tensor {name} has shape {tensors[name].shape}, our {'.'.join(keys)} needs "
+                       f"{tuple(leaf.shape)} in diffusers' layout")
+    used.add(name)
+    return np.ascontiguousarray(value)
+
+  params = jax.tree_util.tree_map_with_path(take, abstract)
+  extra = sorted(set(tensors) - used)
+  if extra:
+    raise ValueError(f"{folder}: {len(extra)} tensors have no place in our UNet, e.g. {extra[:3]}")
+  return params
