@@ -31,7 +31,8 @@ _CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 # Each family's reference config: its keys and value types are the schema every config of that family must match.
 # Spelled out like CHOICES (families/__init__.py FAMILIES is the registry; a test keeps the two in step).
-SCHEMAS: dict[str, str] = {"gaussian": "default.py", "masked": "digits_tokens.py", "autoencoder": "digits_vq.py"}
+SCHEMAS: dict[str, str] = {"gaussian": "default.py", "masked": "digits_tokens.py", "autoencoder": "digits_vq.py",
+                           "kl_autoencoder": "digits_kl.py"}
 
 # Registry names by key. Spelled out rather than imported: the registries live in modules that load jax, flax or
 # ott-jax, and tests/test_config_validation.py checks that these match them.
@@ -60,6 +61,7 @@ FAMILY_CHOICES: dict[str, dict[str, tuple]] = {
     "masked": {"model.name": ("transformer",), "sample.sampler": ("maskgit",),
                "sample.schedule": ("cosine", "linear", "square")},  # masked_process.py MASK_SCHEDULES
     "autoencoder": {"model.name": ("vq",)},
+    "kl_autoencoder": {"model.name": ("kl",)},
 }
 
 # Numeric bounds by key: (test, the requirement in words).
@@ -115,6 +117,8 @@ BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "model.commitment_cost": _NON_NEGATIVE,
     "model.codebook_decay": _FRACTION,
     "model.dead_code_threshold": _NON_NEGATIVE,
+    "model.latent_channels": _POSITIVE,
+    "model.kl_weight": _NON_NEGATIVE,
     "text.max_length": _POSITIVE,
     "text.width": _POSITIVE,
     "text.depth": _NON_NEGATIVE,
@@ -446,6 +450,7 @@ FAMILY_RULES: dict[str, tuple[Rule, ...]] = {
     "masked": (_check_first_stage, _check_transformer, _grid_check(
         lambda c: (token_grid(read_first_stage_config(c.first_stage.workdir)), "the tokenizer's token grid"))),
     "autoencoder": (_check_vq, _check_no_context),
+    "kl_autoencoder": (_check_levels, _check_no_context),
 }
 RULES: tuple[Rule, ...] = (_check_conditioning, _check_data, _check_paths)  # every family's
 

@@ -17,15 +17,18 @@ def tiny_config(family: str = "gaussian", tokenizer_workdir: str = ""):
   from configs import smoke  # pylint: disable=g-import-not-at-top
   if family == "gaussian":
     return smoke.get_config()
-  module = {"autoencoder": "digits_vq", "masked": "digits_tokens"}[family]
+  module = {"autoencoder": "digits_vq", "kl_autoencoder": "digits_kl", "masked": "digits_tokens"}[family]
   config = __import__(f"configs.{module}", fromlist=["get_config"]).get_config()
   base = smoke.get_config()
   for section in ("data", "train", "checkpoint"):
     config[section].update({k: v for k, v in base[section].items() if k in config[section]})
   config.context.update(base.context)
   config.data.split = "train"
+  if family == "kl_autoencoder":
+    config.model.update(channels=8, channel_mults=(1, 2), num_groups=4)
   if family == "autoencoder":
     config.model.update(channels=8, channel_mults=(1, 2), num_groups=4, codebook_size=16, code_dim=4)  # 4x4 tokens
+  if family in ("autoencoder", "kl_autoencoder"):
     config.context.weight = 0.0
     config.eval.split, config.eval.num_samples, config.eval.batch_size = "train[:8]", 8, 8
     config.sample.num_images = 8

@@ -122,3 +122,13 @@ def test_ablation_trains_both_arms_and_writes_the_tables(tmp_path):
   table = (tmp_path / "results.md").read_text()
   assert "| baseline | context.weight=0.0 | 1 |" in table and "| context | - | 1 |" in table
   assert sorted(os.listdir(tmp_path)) == ["baseline", "context", "results.json", "results.md", "results.png"]
+
+
+def test_a_run_stopped_by_a_signal_is_not_recorded_as_finished(tmp_path, monkeypatch):
+  from conprediff_jax import train  # pylint: disable=g-import-not-at-top
+  spec = _spec(tmp_path)
+  run = sweep.plan(tiny_config(), spec, str(tmp_path), arms=["on"], seeds=[0])[0]
+  monkeypatch.setattr(train, "train", lambda config, workdir: {"step": 5, "stopped": "received SIGTERM"})
+  with pytest.raises(sweep.Stopped, match=r"stopped at step 5 \(received SIGTERM\); run the same command again"):
+    sweep.sweep([run], spec)
+  assert sweep.finished(run) is None

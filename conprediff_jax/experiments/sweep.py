@@ -13,12 +13,13 @@ batches and the evaluation's initial noise: their scores are paired, and the rep
 from the baseline of the same seed with a 95% t-interval over seeds.
 
 Repeating the command resumes: a finished run is read back (its settings must match, or it is refused by name),
-an unfinished one resumes from its last checkpoint. Writes results.json, results.md and results.png into the
-workdir.
+an unfinished one resumes from its last checkpoint (SIGTERM or Ctrl-C saves one and stops the sweep). `--report`
+tabulates the finished runs only. Writes results.json, results.md and results.png into the workdir.
 """
 
 import json
 import os
+import sys
 import time
 import tomllib
 
@@ -31,6 +32,10 @@ from conprediff_jax import cli
 from conprediff_jax.experiments import report
 
 RUN_FILE = "sweep_run.json"
+
+
+class Stopped(Exception):
+  """The sweep was told to stop (SIGTERM, SIGINT) during a run, whose checkpoint is saved."""
 SPECS = os.path.join(cli.REPO, "configs", "sweeps")
 
 
@@ -41,7 +46,8 @@ def define_flags(default_spec: str, default_workdir: str) -> dict:
           "workdir": flags.DEFINE_string("workdir", default_workdir, "One sub-folder per (arm, seed)."),
           "arms": flags.DEFINE_list("arms", None, "Run these arms only (default: every arm of the spec)."),
           "seeds": flags.DEFINE_list("seeds", None, "Seeds (default: the spec's)."),
-          "steps": flags.DEFINE_integer("steps", None, "Train steps of every run (default: the config's).")}
+          "steps": flags.DEFINE_integer("steps", None, "Train steps of every run (default: the config's)."),
+          "report": flags.DEFINE_bool("report", False, "Train nothing: tabulate the runs already finished.")}
 
 
 def load_spec(path: str) -> dict:
@@ -110,7 +116,10 @@ def run_one(run: dict) -> dict:
   """Trains (or resumes) and scores one run; writes its result last, so that only a finished run has one."""
   from conprediff_jax import evaluate, train  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  train.train(run["config"], run["workdir"])
+  outcome = train.train(run["config"], run["workdir"])
+  if outcome["stopped"]:  # SIGTERM or SIGINT: the checkpoint is saved; this run is not finished, nor is the sweep
+    raise Stopped(f"{run['workdir']}: stopped at step {outcome['step']} ({outcome['stopped']}); run the same "
+                  "command again to resume")
   seconds = time.perf_counter() - start
   result = {"settings": run["settings"], "train_seconds": seconds, **evaluate.evaluate(run["config"], run["workdir"])}
   path = os.path.join(run["workdir"], RUN_FILE)
@@ -160,7 +169,15 @@ def main(argv, f):
     runs = plan(f["config"].value, spec, f["workdir"].value, f["arms"].value, seeds, f["steps"].value, command_line)
   except ValueError as e:  # the spec, the flags, or a config they make
     cli.fail(str(e))
-  results = sweep(runs, spec)
+  if f["report"].value:
+    runs = [r for r in runs if finished(r) is not None]
+    if not runs:
+      cli.fail(f"--report: no finished run in {f['workdir'].value} for these arms and seeds")
+  try:
+    results = sweep(runs, spec)
+  except Stopped as e:
+    print(e, file=sys.stderr)
+    return
   print(write(results, f["workdir"].value, f"Sweep {os.path.basename(f['spec'].value)}"))
 
 

@@ -249,18 +249,49 @@ def _write_json(path: str, content: Mapping[str, Any]) -> None:
     f.write("\n")
 
 
+def _write_model(folder: str, class_name: str, model_config: Mapping[str, Any], state_dict: Mapping) -> None:
+  """A diffusers model folder: config.json and the weights as safetensors (a plain PyTorch state dict)."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top  # export-only dependency
+  os.makedirs(folder, exist_ok=True)
+  save_file(dict(state_dict), os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
+  _write_json(os.path.join(folder, "config.json"),
+              {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION, **model_config})
+
+
 def export_pipeline(config, ema_params: Mapping, out_dir: str) -> str:
   """Writes a `DDIMPipeline.from_pretrained`-loadable folder from the denoiser's (EMA) parameters; returns it."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top  # export-only dependency
   unet = unet2d_config(config)
   scheduler = scheduler_config(config)
-  state_dict = to_diffusers_state_dict(ema_params, unet)
+  _write_model(os.path.join(out_dir, "unet"), "UNet2DModel", unet, to_diffusers_state_dict(ema_params, unet))
   stamp = lambda cls: {"_class_name": cls, "_diffusers_version": DIFFUSERS_VERSION}
-  os.makedirs(os.path.join(out_dir, "unet"), exist_ok=True)
-  save_file(state_dict, os.path.join(out_dir, "unet", WEIGHTS_NAME), metadata={"format": "pt"})
-  _write_json(os.path.join(out_dir, "unet", "config.json"), {**stamp("UNet2DModel"), **unet})
   _write_json(os.path.join(out_dir, "scheduler", "scheduler_config.json"), {**stamp("DDIMScheduler"), **scheduler})
   _write_json(os.path.join(out_dir, "model_index.json"),
               {**stamp("DDIMPipeline"), "unet": ["diffusers", "UNet2DModel"],
                "scheduler": ["diffusers", "DDIMScheduler"]})
+  return out_dir
+
+
+def autoencoder_kl_config(config, scaling_factor: float) -> dict[str, Any]:
+  """`AutoencoderKL(**autoencoder_kl_config(config, s))` builds the network configs/digits_kl.py describes."""
+  m, d = config.model, config.data
+  levels = len(m.channel_mults)
+  return {
+      "in_channels": d.channels, "out_channels": d.channels,
+      "down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
+      "block_out_channels": [m.channels * k for k in m.channel_mults], "layers_per_block": m.num_res_blocks,
+      "act_fn": "silu", "latent_channels": m.latent_channels, "norm_num_groups": m.num_groups,
+      "sample_size": d.image_size, "scaling_factor": float(scaling_factor), "shift_factor": None,
+      "latents_mean": None, "latents_std": None, "force_upcast": True, "use_quant_conv": True,
+      "use_post_quant_conv": True, "mid_block_add_attention": True,
+  }
+
+
+def export_autoencoder(config, weights: Mapping, out_dir: str, scaling_factor: float | None = None) -> str:
+  """Writes an `AutoencoderKL.from_pretrained`-loadable folder; the scaling factor measured on the training data
+  unless given."""
+  if scaling_factor is None:
+    from conprediff_jax import families  # pylint: disable=g-import-not-at-top
+    scaling_factor = families.get(config).scaling_factor(weights)
+  _write_model(out_dir, "AutoencoderKL", autoencoder_kl_config(config, scaling_factor),
+               to_diffusers_state_dict(weights))
   return out_dir

@@ -112,15 +112,20 @@ def mismatches(config, overrides: dict[str, Any]) -> list[str]:
 def load_unet_params(path: str, config) -> dict:
   """Our UNet's parameters (a pure dict of float32 NumPy arrays) from the diffusers UNet at `path`, for `config`,
   whose model settings must be those of config_overrides (a one-line ValueError names the first that is not)."""
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   from conprediff_jax import families  # pylint: disable=g-import-not-at-top
   folder = unet_folder(path)
   wrong = mismatches(config, config_overrides(read_unet_config(folder)))
   if wrong:
     raise ValueError(f"config.model.init_from={path!r} is a UNet with {', '.join(wrong)}; pass those "
                      f"(python -m conprediff_jax.convert import {path} prints every setting)")
+  return read_params(folder, families.abstract_model(families.get(config))[1])
+
+
+def read_params(folder: str, abstract: dict) -> dict:
+  """The parameters of our model with Param shapes `abstract` from the diffusers weights in `folder`: the
+  exporter's names and layouts (diffusers_export.torch_layout) run backwards; every tensor must be used once."""
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   tensors = load_file(os.path.join(folder, WEIGHTS_NAME))
-  _, abstract, _ = families.abstract_model(families.get(config))
   used = set()
 
   def take(path_keys, leaf):
@@ -141,5 +146,5 @@ def load_unet_params(path: str, config) -> dict:
   params = jax.tree_util.tree_map_with_path(take, abstract)
   extra = sorted(set(tensors) - used)
   if extra:
-    raise ValueError(f"{folder}: {len(extra)} tensors have no place in our UNet, e.g. {extra[:3]}")
+    raise ValueError(f"{folder}: {len(extra)} tensors have no place in our model, e.g. {extra[:3]}")
   return params

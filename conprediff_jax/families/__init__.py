@@ -8,10 +8,11 @@ from conprediff_jax.families.base import (BUFFERS, Family, FeatureSpec, FirstSta
                                           restrict, union)
 from conprediff_jax.families.autoencoder import AutoencoderFamily
 from conprediff_jax.families.gaussian import GaussianFamily
+from conprediff_jax.families.kl_autoencoder import KLAutoencoderFamily
 from conprediff_jax.families.masked import MaskedFamily
 
 FAMILIES: dict[str, type[Family]] = {"gaussian": GaussianFamily, "masked": MaskedFamily,
-                                     "autoencoder": AutoencoderFamily}
+                                     "autoencoder": AutoencoderFamily, "kl_autoencoder": KLAutoencoderFamily}
 
 
 def get(config) -> Family:

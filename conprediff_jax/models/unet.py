@@ -47,25 +47,27 @@ class TimestepEmbedding(nnx.Module):
 _conv = layers.conv
 
 
-def _norm(channels, groups, rngs, dtype):
-  return layers.group_norm(channels, groups, rngs, dtype, epsilon=NORM_EPS)
+def _norm(channels, groups, rngs, dtype, epsilon=NORM_EPS):
+  return layers.group_norm(channels, groups, rngs, dtype, epsilon=epsilon)
 
 
 class ResnetBlock2D(nnx.Module):
+  """diffusers' ResnetBlock2D; without `temb_dim` (an autoencoder's) it has no time embedding projection."""
 
-  def __init__(self, cin: int, cout: int, temb_dim: int, *, groups: int, dropout: float, rngs: nnx.Rngs,
-               dtype=jnp.float32):
-    self.norm1 = _norm(cin, groups, rngs, dtype)
+  def __init__(self, cin: int, cout: int, temb_dim: int | None, *, groups: int, dropout: float, rngs: nnx.Rngs,
+               dtype=jnp.float32, epsilon: float = NORM_EPS):
+    self.norm1 = _norm(cin, groups, rngs, dtype, epsilon)
     self.conv1 = _conv(cin, cout, rngs, dtype)
-    self.time_emb_proj = nnx.Linear(temb_dim, cout, dtype=dtype, rngs=rngs)
-    self.norm2 = _norm(cout, groups, rngs, dtype)
+    self.time_emb_proj = nnx.Linear(temb_dim, cout, dtype=dtype, rngs=rngs) if temb_dim else None
+    self.norm2 = _norm(cout, groups, rngs, dtype, epsilon)
     self.dropout = nnx.Dropout(dropout)
     self.conv2 = _conv(cout, cout, rngs, dtype)
     self.conv_shortcut = _conv(cin, cout, rngs, dtype, kernel=1) if cin != cout else None
 
-  def __call__(self, x, temb, rngs=None):
+  def __call__(self, x, temb=None, rngs=None):
     h = self.conv1(nnx.silu(self.norm1(x)))
-    h = h + self.time_emb_proj(nnx.silu(temb))[:, None, None, :]
+    if self.time_emb_proj is not None:
+      h = h + self.time_emb_proj(nnx.silu(temb))[:, None, None, :]
     # Dropout runs only when the caller hands an rng, i.e. at train time; sampling passes none.
     h = self.conv2(self.dropout(nnx.silu(self.norm2(h)), deterministic=rngs is None, rngs=rngs))
     if self.conv_shortcut is not None:
@@ -76,11 +78,12 @@ class ResnetBlock2D(nnx.Module):
 class Attention(nnx.Module):
   """Spatial self-attention with a residual connection, as diffusers' `Attention` in UNet2DModel."""
 
-  def __init__(self, channels: int, *, heads: int, groups: int, rngs: nnx.Rngs, dtype=jnp.float32):
+  def __init__(self, channels: int, *, heads: int, groups: int, rngs: nnx.Rngs, dtype=jnp.float32,
+               epsilon: float = NORM_EPS):
     if channels % heads:
       raise ValueError(f"attention channels {channels} not divisible by num_heads {heads}")
     self.heads = heads
-    self.group_norm = _norm(channels, groups, rngs, dtype)
+    self.group_norm = _norm(channels, groups, rngs, dtype, epsilon)
     self.to_q = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
     self.to_k = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
     self.to_v = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)

@@ -1,0 +1,60 @@
+"""The latent-diffusion first stage: a KL autoencoder (diffusers' AutoencoderKL layout) trained to reconstruct,
+read frozen by a latent Gaussian model (config.first_stage.workdir of configs/digits_latent.py).
+
+Loss: per-pixel squared error of the reconstruction decoded from a posterior sample, plus `model.kl_weight` times
+the KL to N(0, I) per pixel (LDM's sum-over-pixels objective divided by the pixel count). No patch discriminator.
+Samples and evaluation are reconstructions of held-out images, as for the VQ tokenizer; --mode=eval also reports
+the latents' standard deviation, whose inverse is the scaling factor a latent diffusion model applies.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from conprediff_jax.families.autoencoder import AutoencoderFamily
+from conprediff_jax.families.base import LossOutput
+from conprediff_jax.models.kl import kl_from_config
+
+
+class KLAutoencoderFamily(AutoencoderFamily):
+
+  def build(self, rngs: nnx.Rngs) -> nnx.Module:
+    return kl_from_config(self.config, rngs=rngs)
+
+  def loss(self, model, first_stage, batch, key) -> LossOutput:
+    del first_stage
+    images = batch["image"]
+    reconstruction, kl = model(images, key)
+    mse = jnp.mean(jnp.square(reconstruction - images))
+    kl_per_pixel = jnp.mean(kl) / np.prod(images.shape[1:])
+    loss = mse + self.config.model.kl_weight * kl_per_pixel
+    return LossOutput(loss, {"loss_reconstruction": mse, "kl_per_pixel": kl_per_pixel})
+
+  def score_batch(self, model: nnx.Module, samples: np.ndarray, offset: int) -> dict[str, np.ndarray]:
+    originals = self.sample_cond(len(samples), offset)["image"]
+    mean = np.asarray(model.encode(jnp.asarray(originals))[0], np.float64)
+    return {"squared_error": np.sum(np.square(samples - originals), dtype=np.float64), "values": samples.size,
+            "latent_sum": mean.sum(), "latent_sq_sum": np.square(mean).sum(), "latent_values": mean.size}
+
+  def score(self, totals: dict) -> dict[str, float]:
+    mean = totals["latent_sum"] / totals["latent_values"]
+    std = np.sqrt(totals["latent_sq_sum"] / totals["latent_values"] - mean**2)
+    return {"reconstruction_mse": float(totals["squared_error"] / totals["values"]), "latent_std": float(std)}
+
+  def scaling_factor(self, weights, num_images: int = 1024) -> float:
+    """1 / the standard deviation of the posterior means of (up to) `num_images` training images: latents times
+    this have about unit variance, what a diffusion model's noise schedule assumes (LDM's rescaling)."""
+    from conprediff_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+    source = data_lib.make_source(self.config.data)
+    images = source.get_batch(np.arange(min(num_images, len(source))))["image"]
+    model = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: self.build(nnx.Rngs(0)))), weights)
+    return float(1.0 / np.std(np.asarray(_encode_mean(model, jnp.asarray(images)))))
+
+  def export(self, weights, out_dir: str) -> str:
+    from conprediff_jax.export import diffusers_export  # pylint: disable=g-import-not-at-top  # torch-free, lazy
+    return diffusers_export.export_autoencoder(self.config, weights, out_dir)
+
+
+@nnx.jit
+def _encode_mean(model, images):
+  return model.encode(images)[0]
