@@ -58,6 +58,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.text = text_settings()
 
+  # Latent diffusion (configs/digits_latent.py): the UNet diffuses the latents of a frozen KL autoencoder.
+  config.first_stage = ml_collections.ConfigDict()
+  config.first_stage.workdir = ""    # a trained KL autoencoder (configs/digits_kl.py); empty: pixel space
+  config.first_stage.scaling_factor = 0.0  # latents are multiplied by this; 0: 1 / their std on the data
+
   config.diffusion = ml_collections.ConfigDict()
   config.diffusion.schedule = "cosine"  # "linear" | "cosine"
   config.diffusion.timesteps = 1000

@@ -436,6 +436,36 @@ def _check_paths(config, prefix: str = "") -> None:
       raise ConfigError(prefix + key, f"{value!r} does not exist", "point it at the file, or leave it empty")
 
 
+def denoiser_view(config) -> ml_collections.ConfigDict:
+  """The data shape a Gaussian model's UNet sees: the config's own, or, with config.first_stage.workdir, the latent
+  grid and channels of the autoencoder there (families/latent.py)."""
+  saved = read_first_stage_config(config.first_stage.workdir) if config.first_stage.workdir else None
+  if saved is None:
+    return config
+  view = config.copy_and_resolve_references()
+  view.data.image_size = saved["data"]["image_size"] // 2 ** (len(saved["model"]["channel_mults"]) - 1)
+  view.data.channels = saved["model"]["latent_channels"]
+  return view
+
+
+def _check_latent_first_stage(config) -> None:
+  """Latent diffusion reads a trained KL autoencoder of the same images."""
+  workdir = config.first_stage.workdir
+  if not workdir:
+    return
+  make = (f"train it first: python -m conprediff_jax.main --config=configs/digits_kl.py --workdir={workdir}")
+  saved = read_first_stage_config(workdir)
+  if saved is None or not os.path.isdir(os.path.join(os.path.expanduser(workdir), "checkpoints")):
+    raise ConfigError("first_stage.workdir", f"{workdir!r} holds no trained KL autoencoder", make)
+  if saved.get("family") != "kl_autoencoder":
+    raise ConfigError("first_stage.workdir", f"{workdir!r} holds a {saved.get('family', 'gaussian')!r} run, not a "
+                      "KL autoencoder (family 'kl_autoencoder')", make)
+  for key in ("image_size", "channels"):
+    if saved["data"][key] != config.data[key]:
+      raise ConfigError(f"data.{key}", f"{config.data[key]} but the autoencoder in {workdir!r} was trained with "
+                        f"{saved['data'][key]}", f"set config.data.{key}={saved['data'][key]}")
+
+
 def _check_init_from(config) -> None:
   path = config.model.init_from
   if path and not os.path.isdir(os.path.expanduser(path)):
@@ -445,7 +475,8 @@ def _check_init_from(config) -> None:
 
 Rule = Callable[[ml_collections.ConfigDict], None]
 FAMILY_RULES: dict[str, tuple[Rule, ...]] = {
-    "gaussian": (_check_unet, _grid_check(lambda c: (c.data.image_size, "config.data.image_size")), _check_sampling,
+    "gaussian": (_check_latent_first_stage, lambda c: _check_unet(denoiser_view(c)),
+                 _grid_check(lambda c: (denoiser_view(c).data.image_size, "the denoiser's grid")), _check_sampling,
                  _check_init_from),
     "masked": (_check_first_stage, _check_transformer, _grid_check(
         lambda c: (token_grid(read_first_stage_config(c.first_stage.workdir)), "the tokenizer's token grid"))),

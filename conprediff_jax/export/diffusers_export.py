@@ -258,16 +258,29 @@ def _write_model(folder: str, class_name: str, model_config: Mapping[str, Any], 
               {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION, **model_config})
 
 
-def export_pipeline(config, ema_params: Mapping, out_dir: str) -> str:
-  """Writes a `DDIMPipeline.from_pretrained`-loadable folder from the denoiser's (EMA) parameters; returns it."""
+def export_pipeline(config, ema_params: Mapping, out_dir: str, *, pipeline: str = "DDIMPipeline",
+                    clip_sample: bool = True, components: Mapping[str, str] | None = None) -> str:
+  """Writes a `DDIMPipeline.from_pretrained`-loadable folder from the denoiser's (EMA) parameters; returns it.
+  (`pipeline`, `clip_sample` and further `components` {folder: class} are the latent pipeline's.)"""
   unet = unet2d_config(config)
-  scheduler = scheduler_config(config)
+  scheduler = {**scheduler_config(config), "clip_sample": clip_sample}
   _write_model(os.path.join(out_dir, "unet"), "UNet2DModel", unet, to_diffusers_state_dict(ema_params, unet))
   stamp = lambda cls: {"_class_name": cls, "_diffusers_version": DIFFUSERS_VERSION}
   _write_json(os.path.join(out_dir, "scheduler", "scheduler_config.json"), {**stamp("DDIMScheduler"), **scheduler})
+  parts = {"unet": "UNet2DModel", "scheduler": "DDIMScheduler", **(components or {})}
   _write_json(os.path.join(out_dir, "model_index.json"),
-              {**stamp("DDIMPipeline"), "unet": ["diffusers", "UNet2DModel"],
-               "scheduler": ["diffusers", "DDIMScheduler"]})
+              {**stamp(pipeline), **{name: ["diffusers", cls] for name, cls in parts.items()}})
+  return out_dir
+
+
+def export_latent_pipeline(denoiser_config, ema_params: Mapping, autoencoder_config, autoencoder_weights: Mapping,
+                           scaling_factor: float, out_dir: str) -> str:
+  """A latent model as an `LDMPipeline` folder (its `vqvae` slot holds our AutoencoderKL, which the pipeline
+  divides latents by `scaling_factor` and decodes, as ours does): loadable with no code of ours. The scheduler does
+  not clip: latents are unbounded."""
+  export_pipeline(denoiser_config, ema_params, out_dir, pipeline="LDMPipeline", clip_sample=False,
+                  components={"vqvae": "AutoencoderKL"})
+  export_autoencoder(autoencoder_config, autoencoder_weights, os.path.join(out_dir, "vqvae"), scaling_factor)
   return out_dir
 
 

@@ -6,15 +6,13 @@ head reads the transformer's final token features; its targets are the frozen co
 Sampling: MaskGIT's iterative parallel decoding from all-[MASK], then the tokenizer's decoder to pixels.
 """
 
-import functools
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
 from conprediff_jax import conditioning, config_validation
+from conprediff_jax.families import first_stage as first_stage_lib
 from conprediff_jax.families import masked_process
 from conprediff_jax.families.autoencoder import AutoencoderFamily
 from conprediff_jax.families.base import Family, FeatureSpec, FirstStage, LossOutput, inference_model
@@ -38,7 +36,8 @@ class MaskedFamily(Family):
                                    grid=self.grid, rngs=rngs)
 
   def first_stage(self) -> FirstStage:
-    return load_tokenizer(os.path.abspath(os.path.expanduser(self.config.first_stage.workdir)))
+    workdir = self.config.first_stage.workdir
+    return first_stage_lib.load(workdir, f"train it first with --config=configs/digits_vq.py --workdir={workdir}")
 
   def loss(self, model, first_stage, batch, key) -> LossOutput:
     tokens = jax.lax.stop_gradient(first_stage.tokenize(batch["image"]))
@@ -97,25 +96,3 @@ class MaskedFamily(Family):
       return jnp.where(known, images, filled)
 
     return inpaint
-
-
-@functools.lru_cache(maxsize=4)
-def _restore(workdir: str, step: int):
-  # Imported here: sampling imports this package.
-  from conprediff_jax import parallel, sampling  # pylint: disable=g-import-not-at-top
-  tokenizer = AutoencoderFamily(ml_collections.ConfigDict(config_validation.read_first_stage_config(workdir)))
-  axes = tokenizer.config.mesh.axes
-  one_device = parallel.make_mesh((1,) * len(axes), axes, devices=jax.local_devices()[:1])
-  graphdef, weights, _, _ = sampling.restore_ema_weights(tokenizer, workdir, one_device, step)
-  return graphdef, jax.device_get(weights)
-
-
-def load_tokenizer(workdir: str) -> FirstStage:
-  """The EMA weights of the tokenizer's latest checkpoint (host arrays), read once per process and step."""
-  checkpoints = os.path.join(workdir, "checkpoints")
-  steps = sorted(int(name) for name in os.listdir(checkpoints) if name.isdigit()) if os.path.isdir(checkpoints) else []
-  if not steps:
-    raise FileNotFoundError(f"no tokenizer checkpoint in {checkpoints}: train it first with "
-                            f"--config=configs/digits_vq.py --workdir={workdir}")
-  graphdef, weights = _restore(workdir, steps[-1])
-  return FirstStage(graphdef, weights, f"{workdir} step {steps[-1]}")

@@ -1,0 +1,41 @@
+"""A frozen first stage (a VQ tokenizer, a KL autoencoder) read from the workdir where its own family trained it:
+its config.json and the EMA weights of its latest checkpoint, as host arrays, read once per process."""
+
+import functools
+import os
+
+import jax
+import ml_collections
+
+from conprediff_jax import config_validation
+from conprediff_jax.families.base import FirstStage
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+  saved = config_validation.read_first_stage_config(workdir)
+  if saved is None:
+    raise FileNotFoundError(f"config.first_stage.workdir={workdir!r} holds no trained first stage (no config.json)")
+  return ml_collections.ConfigDict(saved)
+
+
+def load(workdir: str, train_it: str) -> FirstStage:
+  """The first stage trained in `workdir`; `train_it` (the command that trains one) completes the error when there
+  is no checkpoint."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  checkpoints = os.path.join(workdir, "checkpoints")
+  steps = sorted(int(name) for name in os.listdir(checkpoints) if name.isdigit()) if os.path.isdir(checkpoints) else []
+  if not steps:
+    raise FileNotFoundError(f"no first-stage checkpoint in {checkpoints}: {train_it}")
+  graphdef, weights = _restore(workdir, steps[-1])
+  return FirstStage(graphdef, weights, f"{workdir} step {steps[-1]}")
+
+
+@functools.lru_cache(maxsize=4)
+def _restore(workdir: str, step: int):
+  # Imported here: sampling imports the families package, which imports this module.
+  from conprediff_jax import families, parallel, sampling  # pylint: disable=g-import-not-at-top
+  family = families.get(saved_config(workdir))
+  axes = family.config.mesh.axes
+  one_device = parallel.make_mesh((1,) * len(axes), axes, devices=jax.local_devices()[:1])
+  graphdef, weights, _, _ = sampling.restore_ema_weights(family, workdir, one_device, step)
+  return graphdef, jax.device_get(weights)
