@@ -329,12 +329,24 @@ def _check_vq(config) -> None:
 
 
 def read_first_stage_config(workdir: str) -> dict | None:
-  """The config.json a first-stage run wrote into its workdir, or None when there is none."""
+  """The config.json a first-stage run wrote into its workdir, or None when there is none. A diffusers
+  AutoencoderKL folder reads as the config of the KL autoencoder it imports as (export/diffusers_import.py)."""
   path = os.path.join(os.path.expanduser(workdir), "config.json")
   if not os.path.exists(path):
     return None
   with open(path, encoding="utf-8") as f:
-    return json.load(f)
+    saved = json.load(f)
+  if saved.get("_class_name") == "AutoencoderKL":
+    from conprediff_jax.export import diffusers_import  # pylint: disable=g-import-not-at-top  # loads jax
+    return diffusers_import.autoencoder_config(saved, family_schema("kl_autoencoder").to_dict())
+  return saved
+
+
+def has_weights(workdir: str) -> bool:
+  """Whether a first stage's folder holds weights: a run's checkpoints, or a diffusers folder's safetensors."""
+  workdir = os.path.expanduser(workdir)
+  return (os.path.isdir(os.path.join(workdir, "checkpoints"))
+          or os.path.exists(os.path.join(workdir, "diffusion_pytorch_model.safetensors")))
 
 
 def token_grid(first_stage: dict) -> int:
@@ -455,8 +467,9 @@ def _check_latent_first_stage(config) -> None:
     return
   make = (f"train it first: python -m conprediff_jax.main --config=configs/digits_kl.py --workdir={workdir}")
   saved = read_first_stage_config(workdir)
-  if saved is None or not os.path.isdir(os.path.join(os.path.expanduser(workdir), "checkpoints")):
-    raise ConfigError("first_stage.workdir", f"{workdir!r} holds no trained KL autoencoder", make)
+  if saved is None or not has_weights(workdir):
+    raise ConfigError("first_stage.workdir", f"{workdir!r} holds no trained KL autoencoder (nor a diffusers "
+                      "AutoencoderKL folder)", make)
   if saved.get("family") != "kl_autoencoder":
     raise ConfigError("first_stage.workdir", f"{workdir!r} holds a {saved.get('family', 'gaussian')!r} run, not a "
                       "KL autoencoder (family 'kl_autoencoder')", make)

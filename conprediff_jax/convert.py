@@ -4,7 +4,8 @@ r"""Conversions between this project's models and PyTorch's (diffusers), from th
 
 `import` reads a diffusers UNet2DModel folder (safetensors), checks every tensor against the UNet that the config
 with the printed overrides builds, and prints the command that fine-tunes it here (with the context loss on, as
-the config has it): `--config.model.init_from=DIR` and the model settings that match DIR. Export runs through
+the config has it): `--config.model.init_from=DIR` and the model settings that match DIR. Given an AutoencoderKL
+folder, it prints the command that trains a latent model on it (`--config.first_stage.workdir=DIR`). Export runs through
 the trainer: `python -m conprediff_jax.main --workdir=W --mode=export` (docs/pytorch.md).
 """
 
@@ -20,8 +21,18 @@ def import_command(path: str, config) -> str:
   """The verified command line that fine-tunes the diffusers UNet at `path` with `config`; ValueError if it
   cannot be."""
   import jax  # pylint: disable=g-import-not-at-top
-  from conprediff_jax import config_validation  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import config_validation, families  # pylint: disable=g-import-not-at-top
   from conprediff_jax.export import diffusers_import  # pylint: disable=g-import-not-at-top
+  vae = config_validation.read_first_stage_config(path)
+  if vae is not None and "scaling_factor" in vae:  # a diffusers AutoencoderKL: a first stage for latent diffusion
+    config = cli.override(config, {"first_stage.workdir": path, "data.image_size": vae["data"]["image_size"],
+                                   "data.channels": vae["data"]["channels"]}, path)
+    stage = families.get(config).first_stage()
+    count = sum(v.size for v in jax.tree.leaves(stage.weights))
+    return (f"# {path}: AutoencoderKL, {count:,} parameters, every tensor matched, scaling factor "
+            f"{vae['scaling_factor']}\npython -m conprediff_jax.main --config=configs/digits_latent.py "
+            f"--config.first_stage.workdir={path} --config.data.image_size={vae['data']['image_size']} "
+            f"--config.data.channels={vae['data']['channels']} --workdir=workdirs/latent")
   folder = diffusers_import.unet_folder(path)
   overrides = {**diffusers_import.config_overrides(diffusers_import.read_unet_config(folder)),
                "model.init_from": path}

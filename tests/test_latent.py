@@ -91,3 +91,28 @@ def test_the_exported_ldm_pipeline_samples_what_ours_does(tmp_path, autoencoder_
   ours = np.asarray(family.latent.decode(autoencoder, latents)) / 2 + 0.5
   assert theirs.shape == (2, 8, 8, 1) and np.abs(ours - 0.5).max() > 0.05  # not a blank image
   np.testing.assert_allclose(theirs, ours, atol=1e-4)
+
+
+def test_a_diffusers_autoencoder_kl_folder_serves_as_the_first_stage(tmp_path):
+  """config.first_stage.workdir may name a diffusers AutoencoderKL folder (e.g. a Stable Diffusion VAE): it is
+  imported tensor by tensor, decodes what diffusers decodes, and its own scaling factor is used."""
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  torch = pytest.importorskip("torch")
+  diffusers = pytest.importorskip("diffusers")
+  from conprediff_jax.export import diffusers_export  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  vae = diffusers.AutoencoderKL(**diffusers_export.autoencoder_kl_config(tiny_config("kl_autoencoder"), 0.37)).eval()
+  with torch.no_grad():
+    for p in vae.parameters():
+      p.add_(0.1 * torch.randn_like(p))
+  vae.save_pretrained(str(tmp_path), safe_serialization=True)
+  config = _latent_config(str(tmp_path))
+  config_validation.validate(config, num_devices=1)
+  family = families.get(config)
+  stage = family.first_stage()
+  assert family.latent.scaling_factor == pytest.approx(0.37) and stage.source.endswith("(diffusers)")
+  latents = np.random.default_rng(0).normal(size=(2, 4, 4, 2)).astype(np.float32)
+  ours = np.asarray(family.latent.decode(nnx.merge(stage.graphdef, stage.weights), jnp.asarray(latents)))
+  with torch.no_grad():
+    theirs = vae.decode(torch.from_numpy(latents.transpose(0, 3, 1, 2)) / 0.37).sample.clamp(-1, 1).numpy()
+  np.testing.assert_allclose(ours, theirs.transpose(0, 2, 3, 1), atol=1e-5)

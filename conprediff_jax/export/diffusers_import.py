@@ -98,6 +98,35 @@ def config_overrides(unet: dict[str, Any]) -> dict[str, Any]:
   return overrides
 
 
+def autoencoder_config(vae: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+  """The config (as a dict, like a run's config.json) of the KL autoencoder that reads the diffusers
+  `AutoencoderKL(**vae)` weights, from `base` (configs/digits_kl.py's); its `scaling_factor` is diffusers'. Settings
+  ours cannot express are refused by name."""
+  fixed = {"act_fn": "silu", "use_quant_conv": True, "use_post_quant_conv": True, "mid_block_add_attention": True,
+           "shift_factor": None, "latents_mean": None, "latents_std": None}
+  for key, value in fixed.items():
+    if vae.get(key, value) != value:
+      raise ValueError(f"AutoencoderKL {key}={vae[key]!r} has no equivalent here (ours: {value!r})")
+  widths = list(vae["block_out_channels"])
+  levels = len(widths)
+  if (list(vae["down_block_types"]) != ["DownEncoderBlock2D"] * levels
+      or list(vae["up_block_types"]) != ["UpDecoderBlock2D"] * levels):
+    raise ValueError(f"AutoencoderKL blocks {vae['down_block_types']} / {vae['up_block_types']}: only "
+                     "DownEncoderBlock2D / UpDecoderBlock2D import")
+  if vae["in_channels"] != vae["out_channels"] or any(w % widths[0] for w in widths):
+    raise ValueError(f"AutoencoderKL in/out channels {vae['in_channels']}/{vae['out_channels']} and widths {widths}: "
+                     "ours reconstruct their input and widen by integer multiples")
+  size = vae.get("sample_size", 0)
+  config = json.loads(json.dumps(base))
+  config["data"].update(image_size=int(size[0] if isinstance(size, (list, tuple)) else size),
+                        channels=int(vae["in_channels"]))
+  config["model"].update(channels=widths[0], channel_mults=[w // widths[0] for w in widths],
+                         num_res_blocks=int(vae["layers_per_block"]), latent_channels=int(vae["latent_channels"]),
+                         num_groups=int(vae["norm_num_groups"]))
+  config["scaling_factor"] = float(vae.get("scaling_factor", 0.18215))
+  return config
+
+
 def mismatches(config, overrides: dict[str, Any]) -> list[str]:
   """`key=value` of each override that `config` does not already have."""
   out = []

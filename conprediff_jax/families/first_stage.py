@@ -19,9 +19,12 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def load(workdir: str, train_it: str) -> FirstStage:
-  """The first stage trained in `workdir`; `train_it` (the command that trains one) completes the error when there
-  is no checkpoint."""
+  """The first stage trained in `workdir` (or a diffusers AutoencoderKL folder there); `train_it` (the command that
+  trains one) completes the error when there is no checkpoint."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  if "scaling_factor" in saved_config(workdir):  # a diffusers folder, not a run of ours
+    graphdef, weights = _import(workdir)
+    return FirstStage(graphdef, weights, f"{workdir} (diffusers)")
   checkpoints = os.path.join(workdir, "checkpoints")
   steps = sorted(int(name) for name in os.listdir(checkpoints) if name.isdigit()) if os.path.isdir(checkpoints) else []
   if not steps:
@@ -39,3 +42,11 @@ def _restore(workdir: str, step: int):
   one_device = parallel.make_mesh((1,) * len(axes), axes, devices=jax.local_devices()[:1])
   graphdef, weights, _, _ = sampling.restore_ema_weights(family, workdir, one_device, step)
   return graphdef, jax.device_get(weights)
+
+
+@functools.lru_cache(maxsize=4)
+def _import(folder: str):
+  from conprediff_jax import families  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.export import diffusers_import  # pylint: disable=g-import-not-at-top
+  graphdef, abstract, _ = families.abstract_model(families.get(saved_config(folder)))
+  return graphdef, diffusers_import.read_params(folder, abstract)

@@ -1,9 +1,10 @@
 """Latent diffusion: the Gaussian family's denoiser run on the latents of a frozen KL autoencoder
-(config.first_stage.workdir, trained with configs/digits_kl.py), as in LDM.
+(config.first_stage.workdir: trained with configs/digits_kl.py, or a diffusers AutoencoderKL folder), as in LDM.
 
 Training encodes each batch (a posterior sample) and multiplies by the scaling factor; sampling draws latents and
-decodes them divided by it. The factor is config.first_stage.scaling_factor, or, at 0, 1 / the standard deviation
-of the autoencoder's latents over its training data, measured once when the first stage is loaded. The denoiser
+decodes them divided by it. The factor is config.first_stage.scaling_factor, or, at 0, a diffusers autoencoder's
+own, or 1 / the standard deviation of our autoencoder's latents over its training data, measured once when the
+first stage is loaded. The denoiser
 (and a context head reading it) works on the latent grid: the config's data.image_size and data.channels stay
 the pixels', `denoiser_config` holds the latent ones.
 """
@@ -45,8 +46,9 @@ class LatentSpace:
 
   @functools.cached_property
   def scaling_factor(self) -> float:
-    if self._scaling_factor:
-      return float(self._scaling_factor)
+    """config.first_stage.scaling_factor, else a diffusers autoencoder's own, else measured on the data."""
+    if self._scaling_factor or "scaling_factor" in self.autoencoder_config:
+      return float(self._scaling_factor or self.autoencoder_config.scaling_factor)
     from conprediff_jax import families  # pylint: disable=g-import-not-at-top  # families imports this module
     factor = families.get(self.autoencoder_config).scaling_factor(self.stage.weights)
     logging.info("latent scaling factor %.5f: 1 / the std of the autoencoder's latents on its training data",
