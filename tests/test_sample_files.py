@@ -87,3 +87,13 @@ def test_noise_floor_scores_one_checkpoint_on_independent_sample_sets(tmp_path, 
   assert row["num_samples"] == 8 and len(fd) == 2 and fd[0] != fd[1]  # other samples, other scores
   assert row["fd_digits_mean"] == np.mean(fd) and row["fd_digits_std"] == np.std(fd, ddof=1)
   assert noise_floor.table(rows).splitlines()[2].startswith("| 8 | ")
+
+
+def test_noise_floor_pairs_two_runs_by_sample_set():
+  from conprediff_jax.experiments import noise_floor  # pylint: disable=g-import-not-at-top
+  run = lambda fd, kid: {"fd_digits": fd, "kid_digits": kid}
+  mine = [{"num_samples": 8, "runs": [run(10.0, 0.1), run(12.0, 0.3), run(11.0, 0.2)]}]
+  theirs = [{"num_samples": 8, "runs": [run(9.0, 0.1), run(12.5, 0.1), run(10.0, 0.0)]}]
+  (row,) = noise_floor.paired(mine, theirs)
+  assert row["differences"]["fd_digits"] == [1.0, -0.5, 1.0]
+  np.testing.assert_allclose([row["fd_digits_mean"], row["fd_digits_std"]], [0.5, np.std([1, -0.5, 1], ddof=1)])

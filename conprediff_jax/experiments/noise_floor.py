@@ -6,6 +6,11 @@ For each sample count N, `--mode=eval`'s protocol is run `--repeats` times on th
 time with another `eval.sample_seed` (1, 2, ...; other initial noise, the same weights): the spread of FD-digits and
 KID-digits across those runs is the floor under which a difference between two models at N samples means nothing.
 Prints a table and writes `noise_floor.json` into the workdir.
+
+    python -m conprediff_jax.experiments.noise_floor --workdir=A --against=B --num_samples=2048 --repeats=4
+
+With `--against`, a second run of the same seed and step (another arm of a sweep) is scored on the same sample sets:
+the spread of the paired difference A - B is the sampling noise of a sweep's paired comparison at N samples.
 """
 
 import json
@@ -27,7 +32,8 @@ def define_flags():
   return (cli.define_config("The config the workdir was trained with"),
           flags.DEFINE_string("workdir", "workdirs/default", "A trained run."),
           flags.DEFINE_list("num_samples", ["512", "2048"], "Sample counts to measure."),
-          flags.DEFINE_integer("repeats", 5, "Independent sample sets per count."))
+          flags.DEFINE_integer("repeats", 5, "Independent sample sets per count."),
+          flags.DEFINE_string("against", "", "A second run: report the paired differences' spread too."))
 
 
 def measure(config, workdir: str, sizes: list[int], repeats: int) -> list[dict]:
@@ -50,6 +56,17 @@ def measure(config, workdir: str, sizes: list[int], repeats: int) -> list[dict]:
   return rows
 
 
+def paired(rows: list[dict], other: list[dict]) -> list[dict]:
+  """Per sample count, the differences (this run minus the other) on each shared sample set, and their spread."""
+  out = []
+  for mine, theirs in zip(rows, other):
+    diffs = {k: [a[k] - b[k] for a, b in zip(mine["runs"], theirs["runs"])] for k in METRICS}
+    out.append({"num_samples": mine["num_samples"], "differences": diffs,
+                **{f"{k}_{stat}": float(fn(diffs[k])) for k in METRICS
+                   for stat, fn in (("mean", np.mean), ("std", lambda v: np.std(v, ddof=1)))}})
+  return out
+
+
 def table(rows: list[dict]) -> str:
   lines = ["| samples | FD-digits mean +- std (min-max) | KID-digits mean +- std |", "|---|---|---|"]
   for r in rows:
@@ -59,19 +76,27 @@ def table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def main(argv, config_flag, workdir_flag, num_samples_flag, repeats_flag):
+def main(argv, config_flag, workdir_flag, num_samples_flag, repeats_flag, against_flag):
   del argv
   logging.set_verbosity(logging.WARNING)
-  workdir = workdir_flag.value
+  workdir, sizes = workdir_flag.value, [int(n) for n in num_samples_flag.value]
   from conprediff_jax import config_validation  # pylint: disable=g-import-not-at-top
   try:
-    rows = measure(config_flag.value, workdir, [int(n) for n in num_samples_flag.value], repeats_flag.value)
+    rows = measure(config_flag.value, workdir, sizes, repeats_flag.value)
+    other = measure(config_flag.value, against_flag.value, sizes, repeats_flag.value) if against_flag.value else None
   except (FileNotFoundError, ValueError, config_validation.ConfigError) as e:  # no checkpoint, another config
     cli.fail(str(e))
   text = table(rows)
   print(f"\n{len(rows[0]['runs'])} sample sets per row, checkpoint step {rows[0]['step']} of {workdir}\n{text}")
+  result = rows
+  if other is not None:
+    result = {"runs": rows, "against": other, "paired": paired(rows, other)}
+    print(f"\npaired with {against_flag.value} (this minus that, on the same sample sets):")
+    for r in result["paired"]:
+      print(f"  N={r['num_samples']}: FD-digits difference {r['fd_digits_mean']:+.2f} +- {r['fd_digits_std']:.2f}, "
+            f"KID-digits {r['kid_digits_mean']:+.4f} +- {r['kid_digits_std']:.4f}")
   with open(os.path.join(workdir, "noise_floor.json"), "w", encoding="utf-8") as f:
-    json.dump(rows, f, indent=2)
+    json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":
