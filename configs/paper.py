@@ -1,10 +1,12 @@
-"""What the paper-scale pixel configs share: a prepared TFDS dataset (docs/datasets.md) and a pixel-space UNet sized
-like the published model each task builds on. Not a config itself: run a task's file, e.g.
+"""What the paper-scale configs share: a prepared TFDS dataset (docs/datasets.md) and a UNet sized like the
+published model each task builds on, in pixel space or on a KL autoencoder's latents. Not a config itself: run a
+task's file, e.g.
 
     python -m conprediff_jax.main --config=configs/cifar10.py --workdir=workdirs/cifar10
 
-Each task's file (cifar10.py, celebahq_inpaint.py, imagenet_inpaint.py) states its sizes, its prepare and train
-commands, the hardware it was sized for and the paper's figure as the target; none was trained here."""
+Each task's file (cifar10.py, celebahq_inpaint.py, imagenet_inpaint.py; the latent celebahq.py, ffhq.py,
+lsun_church.py, lsun_bedroom.py, coco_t2i.py with their autoencoders in paper_kl.py) states its sizes, its prepare
+and train commands, the hardware it was sized for and the paper's figure as the target; none was trained here."""
 
 import ml_collections
 
@@ -30,4 +32,23 @@ def pixel_diffusion(*, tfds_name: str, image_size: int, num_classes: int = 0, ch
   config.context.position_fraction = 0.25  # score a quarter of the positions: the head's cost at 256^2
   config.sample.update(num_images=16, batch_size=16)
   config.eval.update(num_samples=50_000, batch_size=250, metric="fid")
+  return config
+
+
+# The latent tasks: (TFDS name, autoencoder downsampling, latent channels); LDM's f4 / f8 first stages, as KL.
+LATENT_DATA = {"celebahq": ("celebahq256", 4, 3), "ffhq": ("ffhq256", 4, 3), "lsun_church": ("lsun_church256", 8, 4),
+               "lsun_bedroom": ("lsun_bedroom256", 4, 3), "coco": ("coco256", 8, 4)}
+
+
+def latent_diffusion(task: str, *, channels: int, channel_mults, attention_resolutions, num_heads: int,
+                     steps: int, batch_size: int, learning_rate: float) -> ml_collections.ConfigDict:
+  """A UNet on the latents of `workdirs/<task>_kl` (configs/paper_kl.py:<task>), LDM's linear schedule, eps."""
+  tfds_name, factor, _ = LATENT_DATA[task]
+  config = pixel_diffusion(tfds_name=tfds_name, image_size=256, channels=channels, channel_mults=channel_mults,
+                           num_res_blocks=2, attention_resolutions=attention_resolutions, num_heads=num_heads,
+                           dropout=0.0, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                           schedule="linear")
+  config.first_stage.workdir = f"workdirs/{task}_kl"
+  config.context.position_fraction = 1.0 if factor == 8 else 0.5  # a 32^2 or 64^2 latent grid is cheap to score
+  del factor
   return config

@@ -465,7 +465,8 @@ def _check_latent_first_stage(config) -> None:
   workdir = config.first_stage.workdir
   if not workdir:
     return
-  make = (f"train it first: python -m conprediff_jax.main --config=configs/digits_kl.py --workdir={workdir}")
+  make = (f"train it first: python -m conprediff_jax.main --config=<its autoencoder config: configs/digits_kl.py "
+          f"for the digits, configs/paper_kl.py:<task> for the paper's tasks> --workdir={workdir}")
   saved = read_first_stage_config(workdir)
   if saved is None or not has_weights(workdir):
     raise ConfigError("first_stage.workdir", f"{workdir!r} holds no trained KL autoencoder (nor a diffusers "

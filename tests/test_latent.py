@@ -62,8 +62,8 @@ def test_a_latent_config_needs_a_kl_autoencoder(tmp_path, tokenizer_workdir):
   for workdir, problem in ((str(tmp_path), "holds no trained KL autoencoder"),
                            (tokenizer_workdir, "holds a 'autoencoder' run, not a KL autoencoder")):
     with pytest.raises(config_validation.ConfigError, match=rf"^config.first_stage.workdir: .*{problem}.*; train it "
-                                                           r"first: python -m conprediff_jax.main --config=configs/"
-                                                           r"digits_kl.py"):
+                                                           r"first: python -m conprediff_jax.main --config=<its "
+                                                           r"autoencoder config: configs/digits_kl.py"):
       config_validation.validate(_latent_config(workdir), num_devices=1)
 
 

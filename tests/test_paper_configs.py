@@ -1,4 +1,5 @@
-"""The paper-scale configs (configs/celebahq_*.py, cifar10.py, imagenet_inpaint.py): valid, built at full size
+"""The paper-scale configs (configs/celebahq*.py, cifar10.py, imagenet_inpaint.py, the latent ffhq.py, lsun_*.py,
+coco_t2i.py and their autoencoders in paper_kl.py): valid, built at full size
 without computing anything, one-line errors naming the prepare command when their data is missing, and trained one
 step and sampled one step at reduced size (same structure: levels, bf16, context strides)."""
 
@@ -10,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import celebahq_inpaint, celebahq_tokens, celebahq_vq, cifar10, imagenet_inpaint
+from configs import celebahq, celebahq_inpaint, celebahq_tokens, celebahq_vq, cifar10, coco_t2i, ffhq
+from configs import imagenet_inpaint, lsun_bedroom, lsun_church, paper_kl
 from conprediff_jax import config_validation, families, sampling, train
 from conprediff_jax import data as data_lib
 from tests.conftest import make_random_workdir
@@ -106,4 +108,79 @@ def test_pixel_configs_train_one_step_and_sample_one_at_reduced_size(name):
   assert np.isfinite(float(metrics["loss"])) and float(metrics["loss_context"]) > 0
   cond = exp.family.sample_cond(2)
   out = np.asarray(sampling.make_sample_fn(exp.family, exp.model_def, 2)(state["ema"], None, jax.random.key(2), cond))
+  assert out.shape == (2, size, size, 3) and np.all(np.abs(out) <= 1) and out.std() > 0
+
+
+# task -> (config module, UNet parameter range at full size, latent grid)
+LATENT = {"celebahq": (celebahq, 250e6, 300e6, 64), "ffhq": (ffhq, 250e6, 300e6, 64),
+          "lsun_church": (lsun_church, 230e6, 280e6, 32), "lsun_bedroom": (lsun_bedroom, 250e6, 300e6, 64),
+          "coco": (coco_t2i, 800e6, 950e6, 32)}
+
+
+def _latent_config(task, folder, kl):
+  """The task's latent config over a stand-in first stage in `folder` (its autoencoder's config.json, no weights
+  needed to build), with captions where it reads them."""
+  (folder / "config.json").write_text(kl.to_json_best_effort())
+  os.makedirs(folder / "checkpoints", exist_ok=True)
+  config = LATENT[task][0].get_config()
+  config.data.data_dir, config.first_stage.workdir = str(folder), str(folder)
+  if config.model.text_conditional:
+    (folder / "captions.txt").write_text("a bus\n")
+    config.data.captions = str(folder / "captions.txt")
+  return config
+
+
+@pytest.mark.parametrize("task", LATENT)
+def test_latent_configs_are_valid_build_and_name_what_is_missing(tmp_path, task):
+  module, low, high, grid = LATENT[task]
+  kl = paper_kl.get_config(task)
+  kl.data.data_dir = str(tmp_path)
+  config_validation.validate(kl, num_devices=8, process_count=2)
+  config = _latent_config(task, tmp_path, kl)
+  config_validation.validate(config, num_devices=8, process_count=2)
+  family = families.get(config)
+  assert family.feature_spec().grid == grid and family.feature_spec().targets == kl.model.latent_channels
+  assert low < train.param_count(families.abstract_model(family)[1]) < high
+  with pytest.raises(FileNotFoundError) as missing:  # the images, for the autoencoder and for the latent model
+    data_lib.make_source(config.data)
+  assert "\n" not in str(missing.value) and f"--name={config.data.tfds_name}" in str(missing.value)
+  untrained = module.get_config()  # as a new user runs it: no autoencoder trained yet
+  untrained.data.data_dir = str(tmp_path)
+  with pytest.raises(config_validation.ConfigError, match=r"^config.first_stage.workdir: 'workdirs/.*_kl' holds no "
+                                                          r"trained KL autoencoder.*configs/paper_kl.py:<task>"):
+    config_validation.validate(untrained, num_devices=8, process_count=2)
+
+
+@pytest.mark.slow  # compiles two latent UNets and their autoencoders' decoders: `python -m pytest -q -m slow tests`
+@pytest.mark.parametrize("task", ["lsun_church", "coco"])
+def test_latent_configs_train_one_step_and_sample_one_at_reduced_size(tmp_path, task):
+  """Every level kept, widths cut: a random autoencoder of digits at the smallest size whose latent grid still has
+  every UNet level (attention resolutions scaled with it), then the latent UNet (with its text encoder for COCO)
+  trains one step with the context loss and samples decoded images."""
+  levels = len(LATENT[task][0].get_config().model.channel_mults)
+  factor = paper_kl.paper.LATENT_DATA[task][1]
+  size = factor * 2 ** (levels - 1)
+  kl = paper_kl.get_config(task)
+  kl.data.update(name="digits", tfds_name="", image_size=size, channels=3, split="train", num_classes=10)
+  kl.model.update(channels=8, num_groups=4, num_res_blocks=1)
+  kl.eval.split = "train[:8]"
+  config = _latent_config(task, tmp_path, kl)
+  make_random_workdir(str(tmp_path), kl)
+  config.data.update(name="digits", tfds_name="", image_size=size, channels=3, split="train")
+  config.model.update(channels=8, num_groups=4, num_heads=2, num_res_blocks=1,
+                      attention_resolutions=tuple(r * size // 256 for r in config.model.attention_resolutions))
+  config.text.update(width=16, depth=1, num_heads=2)
+  config.train.batch_size, config.sample.steps = 4, 1
+  config_validation.validate(config, num_devices=1)
+  exp = train.make_experiment(config)
+  state = jax.jit(functools.partial(train.init_state, exp))(jax.random.key(0))
+  batch = {"image": np.random.default_rng(0).uniform(-1, 1, (4, size, size, 3)).astype(np.float32)}
+  if config.model.text_conditional:
+    batch["text_tokens"] = np.random.default_rng(1).integers(1, 200, (4, config.text.max_length), dtype=np.int32)
+  _, metrics = jax.jit(functools.partial(train.train_step, exp))(state, batch, jax.random.key(1),
+                                                                exp.first_stage.weights)
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["loss_context"]) > 0
+  cond = exp.family.sample_cond(2)
+  out = np.asarray(sampling.make_sample_fn(exp.family, exp.model_def, 2, first_stage_def=exp.first_stage_def)(
+      state["ema"], exp.first_stage.weights, jax.random.key(2), cond))
   assert out.shape == (2, size, size, 3) and np.all(np.abs(out) <= 1) and out.std() > 0
