@@ -284,6 +284,7 @@ def test_import_refuses_what_our_unet_cannot_express_by_name(tmp_path):
     diffusers_import.unet_folder(str(tmp_path / "unet" / "nothing"))
 
 
+@pytest.mark.slow  # builds a run and traces the loss op by op: `python -m pytest -q -m slow tests`
 def test_fine_tuning_starts_at_the_imported_models_loss_computed_in_torch(tmp_path):
   """A fresh run with model.init_from: its parameters and EMA are the imported ones, and the family's loss on a
   batch (v-prediction, Min-SNR-5) equals that loss recomputed in torch with diffusers' forward pass."""

@@ -6,6 +6,7 @@ import pytest
 from tests.conftest import make_random_workdir, tiny_config
 
 
+@pytest.mark.slow  # fits a head and probes gradients twice: `python -m pytest -q -m slow tests`
 def test_the_gradient_diagnostic_scales_with_lambda_and_bins_by_timestep(tmp_path):
   """lambda enters the ratio once: doubling it doubles |lambda g_ctx| / |g_point| and leaves the cosine and the
   head's loss as they were (the same head fit, the same draws)."""

@@ -38,7 +38,7 @@ def test_the_denoiser_sees_scaled_posterior_samples_on_the_latent_grid(autoencod
   autoencoder = nnx.merge(stage.graphdef, stage.weights)
   real = load_digits(8)[0]
   # The scaling factor: 1 / std of the posterior means of the autoencoder's training images, in float64.
-  want = 1 / np.std(np.asarray(autoencoder.encode(jnp.asarray(real[:1024]))[0], np.float64))
+  want = 1 / np.std(np.asarray(jax.jit(lambda x: autoencoder.encode(x)[0])(jnp.asarray(real[:1024])), np.float64))
   np.testing.assert_allclose(family.latent.scaling_factor, want, rtol=1e-4)
   assert family.feature_spec() == families.FeatureSpec(grid=4, features=8, targets=2)
 
@@ -50,7 +50,11 @@ def test_the_denoiser_sees_scaled_posterior_samples_on_the_latent_grid(autoencod
   np.testing.assert_allclose(out.targets, (mean + np.exp(0.5 * logvar) * noise) * want, rtol=1e-4, atol=1e-5)
   assert out.features.shape[:3] == (4, 4, 4)
 
-  # One train step with the context loss on the latent grid, the first stage passed frozen.
+
+@pytest.mark.slow  # compiles a train step: `python -m pytest -q -m slow tests`
+def test_a_latent_model_takes_a_train_step_with_the_context_loss_on_the_latent_grid(autoencoder_workdir):
+  config = _latent_config(autoencoder_workdir)
+  real = load_digits(8)[0]
   exp = train.make_experiment(config)
   state = jax.jit(functools.partial(train.init_state, exp))(jax.random.key(0))
   _, metrics = jax.jit(functools.partial(train.train_step, exp))(
@@ -67,6 +71,7 @@ def test_a_latent_config_needs_a_kl_autoencoder(tmp_path, tokenizer_workdir):
       config_validation.validate(_latent_config(workdir), num_devices=1)
 
 
+@pytest.mark.slow  # compiles our sampler and runs diffusers': `python -m pytest -q -m slow tests`
 def test_the_exported_ldm_pipeline_samples_what_ours_does(tmp_path, autoencoder_workdir):
   """diffusers' LDMPipeline on the exported folder (UNet, AutoencoderKL, DDIM scheduler; no code of ours) draws the
   same digits as our DDIM from the same initial latents (steps == T, where the two DDIMs coincide)."""
