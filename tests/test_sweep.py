@@ -51,7 +51,8 @@ def test_the_plan_goes_seed_by_seed_with_each_arms_settings(tmp_path):
 @pytest.mark.parametrize("text,message", [
     ("seeds = [0", "is not valid TOML"),
     ("seeds = [0]", "must have an [arms] table"),
-    ('baseline = "x"\n[arms]\na = {}', "baseline 'x' is not one of the arms"),
+    ('baseline = "x"\n[arms]\na = {}', "'x' (baseline or [compare]) is not one of the arms"),
+    ('[arms]\na = {}\n[compare]\na = "y"', "'y' (baseline or [compare]) is not one of the arms"),
     ('[arms]\na = { "context.wieght" = 0.0 }', "arm 'a': 'context.wieght' is not a config key"),
     ('[arms]\na = { "context.weight" = "high" }', "arm 'a': context.weight = 'high'"),
     ('[arms]\na = { "context.timestep_weighting" = "never" }', "arm 'a': config.context.timestep_weighting"),
@@ -88,7 +89,11 @@ def test_paired_differences_and_their_t_intervals():
   assert report.differences(results)["a"]["recall_digits"]["mean"] == 0.0
   assert math.isnan(report.interval([1.0])[1])
   text = report.markdown(results, "t")
-  assert "| base | context.weight=0.0 | 4 |" in text and f"| a | 4 | {diff.mean():+.3g} [" in text
+  assert "| base | context.weight=0.0 | 4 |" in text and f"| a | base | 4 | {diff.mean():+.3g} [" in text
+  # An arm compared with another arm than the baseline ([compare]).
+  results["runs"]["b"] = [run("a", s) for s in range(4)]
+  results["compare"] = {"a": "b"}
+  assert report.differences(results)["a"]["fd_digits"]["per_seed"] == [0.0] * 4
 
 
 def test_the_plot_draws_one_row_per_arm(tmp_path):

@@ -1,7 +1,8 @@
 """A sweep's results as tables (Markdown), paired differences with intervals (JSON) and a plot (PNG, drawn with
 PIL). No flags here: importable from anywhere.
 
-`results` is {"baseline": arm, "arms": {arm: its overrides}, "protocol": overrides shared by every run,
+`results` is {"baseline": arm, "compare": {arm: the arm it is compared with, where not the baseline},
+"arms": {arm: its overrides}, "protocol": overrides shared by every run,
 "runs": {arm: [{"seed", "settings", "train_seconds", <metrics>...}, ...]}}.
 """
 
@@ -32,13 +33,18 @@ def interval(values) -> tuple[float, float, float]:
   return mean, mean - half, mean + half
 
 
+def baseline_of(results, arm: str) -> str:
+  """The arm `arm` is compared with: its own (the spec's [compare] table), or the sweep's baseline."""
+  return results.get("compare", {}).get(arm, results["baseline"])
+
+
 def differences(results) -> dict:
-  """{arm: {metric: {"mean", "low", "high", "per_seed", "seeds"}}}: arm minus baseline on the seeds both have."""
-  base = {r["seed"]: r for r in results["runs"][results["baseline"]]}
+  """{arm: {metric: {"mean", "low", "high", "per_seed", "seeds"}}}: arm minus its baseline on the seeds both have."""
   out = {}
   for arm, runs in results["runs"].items():
-    if arm == results["baseline"]:
+    if arm == results["baseline"] or baseline_of(results, arm) not in results["runs"]:
       continue
+    base = {r["seed"]: r for r in results["runs"][baseline_of(results, arm)]}
     paired = [(r, base[r["seed"]]) for r in runs if r["seed"] in base]
     if not paired:
       continue
@@ -55,8 +61,9 @@ def markdown(results, title: str) -> str:
   runs = results["runs"]
   seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
   protocol = ", ".join(f"{k}={v}" for k, v in results.get("protocol", {}).items()) or "the config's own"
-  lines = [f"## {title}", "", f"Seeds {seeds}; every run: {protocol}. Paired differences are arm minus "
-           f"{results['baseline']!r} on the same seed: mean and {CONFIDENCE:.0%} t-interval over seeds.", "",
+  lines = [f"## {title}", "", f"Seeds {seeds}; every run: {protocol}. Paired differences are an arm minus its "
+           f"baseline ({results['baseline']!r} unless named) on the same seed: mean and {CONFIDENCE:.0%} t-interval "
+           "over seeds.", "",
            "| arm | overrides | seeds | " + " | ".join(f"{METRICS[m][0]} ({METRICS[m][1]} is better)" for m in metrics)
            + " | FD-digits per seed | train s |", "|---|---|---|" + "---|" * len(metrics) + "---|---|"]
   for arm, rs in runs.items():
@@ -69,16 +76,17 @@ def markdown(results, title: str) -> str:
     lines.append(f"| {arm} | {overrides} | {len(rs)} | " + " | ".join(cells) + f" | {fd} | {np.mean([r['train_seconds'] for r in rs]):.0f} |")
   diffs = differences(results)
   if diffs:
-    lines += ["", f"Paired differences against {results['baseline']!r}:", "",
-              "| arm | pairs | " + " | ".join(f"Δ {METRICS[m][0]}" for m in metrics) + " |",
-              "|---|---|" + "---|" * len(metrics)]
+    lines += ["", "Paired differences, arm minus the arm it is compared with:", "",
+              "| arm | against | pairs | " + " | ".join(f"Δ {METRICS[m][0]}" for m in metrics) + " |",
+              "|---|---|---|" + "---|" * len(metrics)]
     for arm, d in diffs.items():
       cells = []
       for m in metrics:
         x = d[m]
         ci = f" [{x['low']:+.3g}, {x['high']:+.3g}]" if math.isfinite(x["low"]) else ""
         cells.append(f"{x['mean']:+.3g}{ci}")
-      lines.append(f"| {arm} | {len(d[metrics[0]]['seeds'])} | " + " | ".join(cells) + " |")
+      lines.append(f"| {arm} | {baseline_of(results, arm)} | {len(d[metrics[0]]['seeds'])} | " + " | ".join(cells)
+                   + " |")
   return "\n".join(lines)
 
 
@@ -99,13 +107,14 @@ def plot(results, path: str, metric: str = "fd_digits", size=(720, None), margin
   image = Image.new("RGB", (width, height), "white")
   draw = ImageDraw.Draw(image)
   top = 30
-  draw.text((10, 8), f"{METRICS.get(metric, (metric,))[0]}: arm minus {results['baseline']} (same seed), "
-                     f"{CONFIDENCE:.0%} t-interval", fill="black")
+  draw.text((10, 8), f"{METRICS.get(metric, (metric,))[0]}: arm minus its baseline ({results['baseline']} unless "
+                     f"named), same seed, {CONFIDENCE:.0%} t-interval", fill="black")
   for y in range(top - 5, top + row * len(diffs), 6):  # zero, dashed
     draw.line([(sx(0.0), y), (sx(0.0), y + 3)], fill="gray")
   for i, (arm, d) in enumerate(diffs.items()):
     y = top + row * i + row // 2
-    draw.text((10, y - 6), arm[:22], fill="black")
+    label = arm if baseline_of(results, arm) == results["baseline"] else f"{arm} - {baseline_of(results, arm)}"
+    draw.text((10, y - 6), label[:22], fill="black")
     if math.isfinite(d["low"]):
       draw.line([(sx(d["low"]), y), (sx(d["high"]), y)], fill="steelblue", width=2)
     draw.line([(sx(d["mean"]), y - 8), (sx(d["mean"]), y + 8)], fill="steelblue", width=3)

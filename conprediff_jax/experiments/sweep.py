@@ -5,7 +5,8 @@ paired differences against a baseline arm.
     python -m conprediff_jax.experiments.sweep --spec=... --arms=baseline,alpha_bar --seeds=0,1,2   # a later stage
 
 The spec (TOML, see configs/sweeps/) names the seeds, the baseline arm, a protocol (config overrides every run
-shares: how long it trains, how it is scored) and the arms (each a table of config overrides). Every run trains
+shares: how long it trains, how it is scored), the arms (each a table of config overrides) and, in [compare], arms
+paired with another arm than the baseline. Every run trains
 `--config` (configs/default.py by default; `--config.<key>=value` overrides it for all runs) with its arm's
 overrides at its seed, in `<workdir>/<arm>/seed<seed>/`, then `--mode=eval` scores it. Runs go seed by seed, the
 arms of a seed in turn, so machine noise hits the arms alike. Arms of one seed share the initial denoiser, the
@@ -59,15 +60,17 @@ def load_spec(path: str) -> dict:
     raise ValueError(f"--spec: cannot read {path!r} ({e.strerror}); see configs/sweeps/ for examples") from None
   except tomllib.TOMLDecodeError as e:
     raise ValueError(f"--spec: {path} is not valid TOML ({e})") from None
-  unknown = sorted(set(spec) - {"seeds", "baseline", "protocol", "arms"})
+  unknown = sorted(set(spec) - {"seeds", "baseline", "protocol", "arms", "compare"})
   if unknown or not spec.get("arms"):
-    raise ValueError(f"--spec: {path} must have an [arms] table (and may have seeds, baseline, protocol); "
+    raise ValueError(f"--spec: {path} must have an [arms] table (and may have seeds, baseline, protocol, compare); "
                      f"{'unknown entries ' + str(unknown) if unknown else 'no arms'}")
   spec.setdefault("seeds", [0])
   spec.setdefault("protocol", {})
+  spec.setdefault("compare", {})
   spec.setdefault("baseline", next(iter(spec["arms"])))
-  if spec["baseline"] not in spec["arms"]:
-    raise ValueError(f"--spec: baseline {spec['baseline']!r} is not one of the arms {list(spec['arms'])}")
+  for arm in [spec["baseline"], *spec["compare"], *spec["compare"].values()]:
+    if arm not in spec["arms"]:
+      raise ValueError(f"--spec: {arm!r} (baseline or [compare]) is not one of the arms {list(spec['arms'])}")
   return spec
 
 
@@ -144,8 +147,8 @@ def sweep(runs: list[dict], spec: dict) -> dict:
     scores = ", ".join(f"{k} {result[k]:.4g}" for k in report.METRICS if k in result)
     print(f"[{i + 1}/{len(runs)}] {run['arm']} seed {run['seed']}: {scores}"
           f"{' (done before)' if was_done else ''}; {left} to go, ~{eta / 60:.0f} min", flush=True)
-  return {"baseline": spec["baseline"], "arms": {a: spec["arms"][a] for a in results}, "protocol": spec["protocol"],
-          "runs": results}
+  return {"baseline": spec["baseline"], "compare": spec["compare"], "arms": {a: spec["arms"][a] for a in results},
+          "protocol": spec["protocol"], "runs": results}
 
 
 def write(results: dict, workdir: str, title: str) -> str:
