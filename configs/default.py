@@ -154,7 +154,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.shape = (-1, 1)        # -1: all remaining devices
-  config.mesh.axes = ("data", "fsdp")
+  config.mesh.axes = ("data", "fsdp")  # add "model" (e.g. shape (-1, 1, 2)) to split wide layers' features
   return config
 
 

@@ -511,8 +511,9 @@ def _check_mesh_and_batch(config, num_devices: int, process_count: int) -> None:
     raise ConfigError("mesh.shape", f"{shape} has {len(shape)} sizes for the {len(axes)} axes {axes} "
                       "(config.mesh.axes)", "give one size per axis")
   missing = [a for a in parallel.BATCH_AXES if a not in axes]
-  if missing or len(set(axes)) != len(axes):
-    raise ConfigError("mesh.axes", f"{axes} must name each of {parallel.BATCH_AXES} once", "e.g. ('data', 'fsdp')")
+  if missing or len(set(axes)) != len(axes) or not set(axes) <= set(parallel.AXES):
+    raise ConfigError("mesh.axes", f"{axes} must name each of {parallel.BATCH_AXES} once, and may add "
+                      f"{parallel.MODEL_AXIS!r}", "e.g. ('data', 'fsdp') or ('data', 'fsdp', 'model')")
   if any(s != -1 and s < 1 for s in shape):
     raise ConfigError("mesh.shape", f"{shape} holds sizes other than positive ints and -1",
                       "use positive sizes, and -1 for all remaining devices")

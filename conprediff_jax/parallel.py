@@ -1,8 +1,11 @@
 """Device mesh, shardings and multi-host start-up.
 
-The mesh has (at least) the axes `data` and `fsdp`. Batches are split over both; every parameter-shaped array
-(parameters, EMA, optimiser moments) is split over `fsdp` along its largest dimension that divides evenly, and
-replicated when none does. One rule for every array keeps optimiser state aligned with its parameters.
+The mesh has the axes `data` and `fsdp`, and optionally `model`. Batches are split over `data` and `fsdp`. Every
+parameter-shaped array (parameters, EMA, optimiser moments) is split over `model` along its last dimension (a
+layer's output features: attention projections, MLP and convolution widths), when that divides evenly: tensor
+parallelism for wide layers, with the compiler inserting the collectives. It is then split over `fsdp` along its
+largest other dimension that divides evenly, and replicated where nothing does. One rule for every array keeps
+optimiser state aligned with its parameters.
 """
 
 import math
@@ -15,6 +18,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
 FSDP_AXIS = "fsdp"
+MODEL_AXIS = "model"
+AXES = (*BATCH_AXES, MODEL_AXIS)
 # Arrays smaller than this stay replicated: splitting them costs more in collectives than it saves in memory.
 MIN_SHARDED_SIZE = 2**14
 
@@ -71,22 +76,26 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
-  """Shards the largest evenly divisible dimension over `fsdp`; replicates small or indivisible arrays."""
-  if fsdp_size == 1 or math.prod(shape) < MIN_SHARDED_SIZE:
+def param_spec(shape: tuple[int, ...], fsdp_size: int, model_size: int = 1) -> P:
+  """`model` on the last dimension of a matrix or kernel when it divides, then `fsdp` on the largest other evenly
+  divisible dimension; small arrays are replicated."""
+  if math.prod(shape) < MIN_SHARDED_SIZE:
     return P()
-  for dim in np.argsort(shape, kind="stable")[::-1]:
-    if shape[dim] % fsdp_size == 0:
-      spec = [None] * len(shape)
-      spec[dim] = FSDP_AXIS
-      return P(*spec)
-  return P()
+  spec = [None] * len(shape)
+  if model_size > 1 and len(shape) >= 2 and shape[-1] % model_size == 0:
+    spec[-1] = MODEL_AXIS
+  if fsdp_size > 1:
+    for dim in np.argsort(shape, kind="stable")[::-1]:
+      if spec[dim] is None and shape[dim] % fsdp_size == 0:
+        spec[dim] = FSDP_AXIS
+        break
+  return P(*spec) if any(spec) else P()
 
 
 def state_shardings(mesh, abstract_state):
   """NamedShardings for every leaf of a (shape-only) train state."""
-  size = mesh.shape[FSDP_AXIS]
-  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(tuple(x.shape), size)), abstract_state)
+  fsdp, model = mesh.shape[FSDP_AXIS], dict(mesh.shape).get(MODEL_AXIS, 1)
+  return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(tuple(x.shape), fsdp, model)), abstract_state)
 
 
 def to_host(x) -> np.ndarray:

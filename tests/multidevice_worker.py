@@ -80,12 +80,13 @@ def run_steps(exp, mesh, batch, state=None, steps=2):
   return losses, jax.device_get(state), state
 
 
-def sharded_step(family: str, context_weight: float):
+def sharded_step(family: str, context_weight: float, eight=None):
+  """Two steps on 8 devices (by default a (2, 4) data x fsdp mesh) against the same two on one device."""
   exp = experiment(family, context_weight)
   x, y = load_digits(8)
   batch = {"image": x[:16], "label": y[:16]}
   one = parallel.make_mesh((1, 1), ("data", "fsdp"), devices=jax.devices()[:1])
-  eight = parallel.make_mesh((2, 4), ("data", "fsdp"))
+  eight = eight or parallel.make_mesh((2, 4), ("data", "fsdp"))
   # Initialised once, on the 8-device mesh (the init compile that checkpoint_roundtrip shares); the 1-device run
   # starts from a copy of the same values, so the two runs differ in the step's sharding alone.
   init8 = make_state(exp, eight)[0]
@@ -130,7 +131,18 @@ def sample(family: str, workdir: str):
           "png": os.path.exists(os.path.join(workdir, "samples.png"))}
 
 
+def model_parallel_step(family: str, weight: str):
+  """sharded_step on a (2, 2, 2) data x fsdp x model mesh, with every array large enough to be split (the tiny
+  model's would otherwise all stay replicated), so the tensor-parallel rule really runs."""
+  old, parallel.MIN_SHARDED_SIZE = parallel.MIN_SHARDED_SIZE, 0
+  try:
+    return sharded_step(family, float(weight), parallel.make_mesh((2, 2, 2), ("data", "fsdp", "model")))
+  finally:
+    parallel.MIN_SHARDED_SIZE = old
+
+
 CHECKS = {"sharded_step": lambda family, weight: sharded_step(family, float(weight)),
+          "model_parallel_step": model_parallel_step,
           "checkpoint_roundtrip": checkpoint_roundtrip, "sample": sample}
 
 

@@ -121,7 +121,19 @@ MALFORMED = {
     "negative mesh size": ({"mesh.shape": (-2, -2)}, "mesh.shape", 4, 1),
     "mesh shape vs axes": ({"mesh.shape": (-1, 1, 1)}, "mesh.shape", 1, 1),
     "mesh without fsdp": ({"mesh.axes": ("data", "model")}, "mesh.axes", 1, 1),
+    "unknown mesh axis": ({"mesh.axes": ("data", "fsdp", "tensor"), "mesh.shape": (-1, 1, 1)}, "mesh.axes", 1, 1),
 }
+
+
+def test_param_spec_splits_output_features_over_model_then_the_rest_over_fsdp():
+  from conprediff_jax import parallel  # pylint: disable=g-import-not-at-top
+  P = parallel.P  # pylint: disable=invalid-name
+  assert parallel.param_spec((3, 3, 64, 128), fsdp_size=4, model_size=2) == P(None, None, "fsdp", "model")
+  assert parallel.param_spec((256, 512), fsdp_size=1, model_size=4) == P(None, "model")
+  assert parallel.param_spec((8192, 3), fsdp_size=2, model_size=2) == P("fsdp", None)  # 3 outputs: not split
+  assert parallel.param_spec((8192,), fsdp_size=1, model_size=2) == P()  # a bias or norm scale: replicated
+  assert parallel.param_spec((16, 16), fsdp_size=4, model_size=2) == P()  # small: replicated
+  assert parallel.param_spec((3, 3, 64, 128), fsdp_size=4) == P(None, None, None, "fsdp")  # fsdp alone as before
 
 
 @pytest.mark.parametrize("changes,key,devices,processes", MALFORMED.values(), ids=MALFORMED.keys())

@@ -31,6 +31,7 @@ STEPS = [(f, 0.1 if f in WITH_CONTEXT else 0.0) for f in FAMILIES]
 def worker(tmp_path_factory):
   """Runs every check once; returns `get(check) -> result`, which fails the calling test if that check failed."""
   checks = {f"sharded_step:{f}:{w}": f"sharded_step:{f}:{w}" for f, w in STEPS}  # name -> the worker's argument
+  checks["model_parallel_step:gaussian"] = "model_parallel_step:gaussian:0.1"
   for family in FAMILIES:  # sample reads the checkpoint that checkpoint_roundtrip writes
     workdir = tmp_path_factory.mktemp(f"conformance_{family}")
     checks[f"checkpoint_roundtrip:{family}"] = f"checkpoint_roundtrip:{family}:{workdir}"
@@ -66,6 +67,17 @@ def test_train_step_on_8_devices_matches_1_device(worker, family, context_weight
     assert abs(gnorm1 - gnorm8) <= 1e-4 * abs(gnorm1), (out["losses1"], out["losses8"])
   # Adam turns float rounding in near-zero gradients into sign flips of size ~lr in a few entries, so the
   # parameters are compared as the norm of their difference against the norm of the update itself.
+  assert out["param_diff_norm"] <= 0.01 * out["param_update_norm"], out
+
+
+def test_train_step_with_a_model_axis_matches_1_device(worker):
+  """Tensor parallelism (mesh.axes with 'model'): output features split over 'model', and the step computes what
+  one device does."""
+  out = worker("model_parallel_step:gaussian")
+  assert any("model" in spec and "fsdp" in spec for spec in out["specs"]), out["specs"]
+  for (loss1, gnorm1), (loss8, gnorm8) in zip(out["losses1"], out["losses8"]):
+    assert abs(loss1 - loss8) <= 1e-5 * abs(loss1), (out["losses1"], out["losses8"])
+    assert abs(gnorm1 - gnorm8) <= 1e-4 * abs(gnorm1), (out["losses1"], out["losses8"])
   assert out["param_diff_norm"] <= 0.01 * out["param_update_norm"], out
 
 

@@ -90,7 +90,7 @@ def markdown(results, title: str) -> str:
   return "\n".join(lines)
 
 
-def plot(results, path: str, metric: str = "fd_digits", size=(720, None), margin=150) -> None:
+def plot(results, path: str, metric: str = "fd_digits", size=(760, None), margin=190) -> None:
   """Each arm's paired difference in `metric` from the baseline: the per-seed differences as dots, the mean as a
   bar, its 95% interval as a line; zero (no difference) dashed."""
   from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
@@ -114,7 +114,7 @@ def plot(results, path: str, metric: str = "fd_digits", size=(720, None), margin
   for i, (arm, d) in enumerate(diffs.items()):
     y = top + row * i + row // 2
     label = arm if baseline_of(results, arm) == results["baseline"] else f"{arm} - {baseline_of(results, arm)}"
-    draw.text((10, y - 6), label[:22], fill="black")
+    draw.text((10, y - 6), label[:30], fill="black")
     if math.isfinite(d["low"]):
       draw.line([(sx(d["low"]), y), (sx(d["high"]), y)], fill="steelblue", width=2)
     draw.line([(sx(d["mean"]), y - 8), (sx(d["mean"]), y + 8)], fill="steelblue", width=3)
