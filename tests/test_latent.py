@@ -20,7 +20,9 @@ from tests.conftest import make_random_workdir, tiny_config
 @pytest.fixture(scope="module")
 def autoencoder_workdir(tmp_path_factory):
   """A random KL autoencoder of 8x8 grey images: 4x4x2 latents."""
-  return make_random_workdir(str(tmp_path_factory.mktemp("kl")), tiny_config("kl_autoencoder"))
+  config = tiny_config("kl_autoencoder")
+  config.model.channel_mults = (1, 2)
+  return make_random_workdir(str(tmp_path_factory.mktemp("kl")), config)
 
 
 def _latent_config(workdir, **diffusion):
@@ -30,6 +32,7 @@ def _latent_config(workdir, **diffusion):
   return config
 
 
+@pytest.mark.slow  # `python -m pytest -q -m slow tests`
 def test_the_denoiser_sees_scaled_posterior_samples_on_the_latent_grid(autoencoder_workdir):
   config = _latent_config(autoencoder_workdir)
   config_validation.validate(config, num_devices=1)
@@ -107,7 +110,9 @@ def test_a_diffusers_autoencoder_kl_folder_serves_as_the_first_stage(tmp_path):
   diffusers = pytest.importorskip("diffusers")
   from conprediff_jax.export import diffusers_export  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
-  vae = diffusers.AutoencoderKL(**diffusers_export.autoencoder_kl_config(tiny_config("kl_autoencoder"), 0.37)).eval()
+  kl = tiny_config("kl_autoencoder")
+  kl.model.channel_mults = (1, 2)
+  vae = diffusers.AutoencoderKL(**diffusers_export.autoencoder_kl_config(kl, 0.37)).eval()
   with torch.no_grad():
     for p in vae.parameters():
       p.add_(0.1 * torch.randn_like(p))

@@ -130,7 +130,8 @@ def _latent_config(task, folder, kl):
   return config
 
 
-@pytest.mark.parametrize("task", LATENT)
+@pytest.mark.parametrize("task", ["celebahq", *(pytest.param(t, marks=pytest.mark.slow)  # the others: -m slow
+                                               for t in ("ffhq", "lsun_church", "lsun_bedroom", "coco"))])
 def test_latent_configs_are_valid_build_and_name_what_is_missing(tmp_path, task):
   module, low, high, grid = LATENT[task]
   kl = paper_kl.get_config(task)
