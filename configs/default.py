@@ -14,6 +14,9 @@ samples): level with the former long default (batch 64, 1,500 steps, constant ra
 on the EPYC and ~24 minutes on the Xeon. The same checkpoints sampled with DDIM-50 (`--config.sample.sampler=ddim
 --config.sample.steps=50 --config.sample.spacing=uniform`) score 21.0, 20.9, 22.7. docs/benchmarks.md ("The
 README's commands", figure 10) has the runs between them.
+
+The context loss (λ = 0.1) is on: over seven paired seeds at 2,048 samples it raises precision by +0.023 [+0.015,
++0.031] and leaves FD-digits and recall unchanged within noise; no variant beat it (docs/ablation.md).
 """
 
 import ml_collections
