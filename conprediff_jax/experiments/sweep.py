@@ -176,11 +176,14 @@ def main(argv, f):
     runs = [r for r in runs if finished(r) is not None]
     if not runs:
       cli.fail(f"--report: no finished run in {f['workdir'].value} for these arms and seeds")
+  from conprediff_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   try:
     results = sweep(runs, spec)
   except Stopped as e:
     print(e, file=sys.stderr)
     return
+  except workdir_lock.WorkdirBusy as e:  # another sweep (or training) is on this run
+    cli.fail(str(e))
   print(write(results, f["workdir"].value, f"Sweep {os.path.basename(f['spec'].value)}"))
 
 
