@@ -297,7 +297,7 @@ def relative_errors(x, y, keep, **options):
           grad_error / np.linalg.norm(ref_grad.reshape(len(x), -1), axis=1))
 
 
-@pytest.mark.parametrize("c", [1, 3])
+@pytest.mark.parametrize("c", [1, pytest.param(3, marks=pytest.mark.slow)])  # 3 channels: `-m slow`
 def test_sinkhorn_defaults_converge_further_than_plain_50_iterations(c):
   """Over-relaxation: 20 iterations land nearer OT_eps than 50 plain ones did."""
   x, y, keep = random_sets(18, (128,), 8, 8, c)

@@ -81,7 +81,7 @@ def test_mask_conditioned_unet_reads_only_the_known_pixels_and_nothing_known_whe
   np.testing.assert_allclose(forward(model, x, t, None)[0], nothing, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["unet", "transformer"])
+@pytest.mark.parametrize("name", [pytest.param("unet", marks=pytest.mark.slow), "transformer"])  # unet: -m slow
 def test_remat_recomputes_blocks_for_the_same_gradients(name):
   """`model.remat`: the blocks' activations are recomputed in the backward pass (a checkpoint in the gradient's
   program), and the gradients are those of the plain model."""
