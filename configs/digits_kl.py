@@ -11,14 +11,13 @@ latents. Results to expect are in docs/pytorch.md ("Latent diffusion on the digi
 
 import ml_collections
 
-from configs import default
+from configs import digits_vq
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = default.get_config()
+  """The tokenizer's data, training, sampling and evaluation settings (configs/digits_vq.py), another network."""
+  config = digits_vq.get_config()
   config.family = "kl_autoencoder"
-  del config["diffusion"]
-  config.data.split = "train[:1600]"  # the rest is held out for eval.split
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "kl"
@@ -31,19 +30,4 @@ def get_config() -> ml_collections.ConfigDict:
   # somewhat more to keep the latents near N(0, I) without blurring.
   config.model.kl_weight = 1e-4
   config.model.dtype = "float32"
-
-  config.context.weight = 0.0  # an autoencoder has no context loss (see DESIGN.md); the keys stay for one schema
-
-  config.train.steps = 1500
-  config.train.batch_size = 32
-  config.train.learning_rate = 1e-3
-  config.train.ema_decay = 0.99
-
-  config.sample = ml_collections.ConfigDict()
-  config.sample.num_images = 32  # held-out digits shown with their reconstructions
-  config.sample.batch_size = 32
-
-  config.eval.split = "train[1600:]"  # what reconstructions are scored on
-  config.eval.num_samples = 197
-  config.eval.batch_size = 197
   return config

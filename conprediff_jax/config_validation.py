@@ -342,6 +342,12 @@ def read_first_stage_config(workdir: str) -> dict | None:
   return saved
 
 
+def from_diffusers(saved) -> bool:
+  """Whether a first stage's config (read_first_stage_config) is a diffusers AutoencoderKL's: only those carry the
+  diffusers scaling factor."""
+  return "scaling_factor" in saved
+
+
 def has_weights(workdir: str) -> bool:
   """Whether a first stage's folder holds weights: a run's checkpoints, or a diffusers folder's safetensors."""
   workdir = os.path.expanduser(workdir)
@@ -354,21 +360,30 @@ def token_grid(first_stage: dict) -> int:
   return first_stage["data"]["image_size"] // 2 ** (len(first_stage["model"]["channel_mults"]) - 1)
 
 
+def _check_trained_first_stage(config, *, family: str, kind: str, missing: str, make: str,
+                               diffusers_ok: bool = False) -> None:
+  """config.first_stage.workdir holds a trained `family` run (`kind` in messages) of the config's image shape, or,
+  with `diffusers_ok`, a diffusers folder that reads as one; `missing` says what is absent, `make` how to train it."""
+  workdir = config.first_stage.workdir
+  saved = read_first_stage_config(workdir) if workdir else None
+  weights = has_weights if diffusers_ok else lambda w: os.path.isdir(os.path.join(os.path.expanduser(w), "checkpoints"))
+  if saved is None or not weights(workdir):
+    raise ConfigError("first_stage.workdir", f"{workdir!r} holds no trained {missing}", make)
+  if saved.get("family") != family:
+    raise ConfigError("first_stage.workdir", f"{workdir!r} holds a {saved.get('family', 'gaussian')!r} run, not a "
+                      f"{kind} (family {family!r})", make)
+  for key in ("image_size", "channels"):
+    if saved["data"][key] != config.data[key]:
+      raise ConfigError(f"data.{key}", f"{config.data[key]} but the {kind} in {workdir!r} was trained with "
+                        f"{saved['data'][key]}", f"set config.data.{key}={saved['data'][key]}")
+
+
 def _check_first_stage(config) -> None:
   """The masked family reads a trained tokenizer; say which command makes one when it is missing."""
   workdir = config.first_stage.workdir
   make = (f"train the tokenizer first: python -m conprediff_jax.main --config=configs/digits_vq.py "
           f"--workdir={workdir or 'workdirs/digits_vq'}")
-  saved = read_first_stage_config(workdir) if workdir else None
-  if saved is None or not os.path.isdir(os.path.join(os.path.expanduser(workdir), "checkpoints")):
-    raise ConfigError("first_stage.workdir", f"{workdir!r} holds no trained tokenizer", make)
-  if saved.get("family") != "autoencoder":
-    raise ConfigError("first_stage.workdir", f"{workdir!r} holds a {saved.get('family', 'gaussian')!r} run, not a "
-                      "tokenizer (family 'autoencoder')", make)
-  for key in ("image_size", "channels"):
-    if saved["data"][key] != config.data[key]:
-      raise ConfigError(f"data.{key}", f"{config.data[key]} but the tokenizer in {workdir!r} was trained with "
-                        f"{saved['data'][key]}", f"set config.data.{key}={saved['data'][key]}")
+  _check_trained_first_stage(config, family="autoencoder", kind="tokenizer", missing="tokenizer", make=make)
 
 
 def _check_transformer(config) -> None:
@@ -467,17 +482,8 @@ def _check_latent_first_stage(config) -> None:
     return
   make = (f"train it first: python -m conprediff_jax.main --config=<its autoencoder config: configs/digits_kl.py "
           f"for the digits, configs/paper_kl.py:<task> for the paper's tasks> --workdir={workdir}")
-  saved = read_first_stage_config(workdir)
-  if saved is None or not has_weights(workdir):
-    raise ConfigError("first_stage.workdir", f"{workdir!r} holds no trained KL autoencoder (nor a diffusers "
-                      "AutoencoderKL folder)", make)
-  if saved.get("family") != "kl_autoencoder":
-    raise ConfigError("first_stage.workdir", f"{workdir!r} holds a {saved.get('family', 'gaussian')!r} run, not a "
-                      "KL autoencoder (family 'kl_autoencoder')", make)
-  for key in ("image_size", "channels"):
-    if saved["data"][key] != config.data[key]:
-      raise ConfigError(f"data.{key}", f"{config.data[key]} but the autoencoder in {workdir!r} was trained with "
-                        f"{saved['data'][key]}", f"set config.data.{key}={saved['data'][key]}")
+  _check_trained_first_stage(config, family="kl_autoencoder", kind="KL autoencoder", make=make, diffusers_ok=True,
+                             missing="KL autoencoder (nor a diffusers AutoencoderKL folder)")
 
 
 def _check_init_from(config) -> None:

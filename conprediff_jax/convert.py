@@ -24,7 +24,7 @@ def import_command(path: str, config) -> str:
   from conprediff_jax import config_validation, families  # pylint: disable=g-import-not-at-top
   from conprediff_jax.export import diffusers_import  # pylint: disable=g-import-not-at-top
   vae = config_validation.read_first_stage_config(path)
-  if vae is not None and "scaling_factor" in vae:  # a diffusers AutoencoderKL: a first stage for latent diffusion
+  if vae is not None and config_validation.from_diffusers(vae):  # an AutoencoderKL: a latent model's first stage
     config = cli.override(config, {"first_stage.workdir": path, "data.image_size": vae["data"]["image_size"],
                                    "data.channels": vae["data"]["channels"]}, path)
     stage = families.get(config).first_stage()

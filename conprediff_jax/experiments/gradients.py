@@ -129,11 +129,10 @@ def table(rows: list[dict]) -> str:
 def main(argv, config_flag, workdir_flag, bins_flag, batches_flag, fit_flag):
   del argv
   logging.set_verbosity(logging.WARNING)
-  from conprediff_jax import config_validation  # pylint: disable=g-import-not-at-top
   workdir = workdir_flag.value
   try:
     rows = measure(config_flag.value, workdir, [int(b) for b in bins_flag.value], batches_flag.value, fit_flag.value)
-  except (FileNotFoundError, ValueError, config_validation.ConfigError) as e:
+  except (FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
     cli.fail(str(e))
   print(table(rows))
   with open(os.path.join(workdir, "gradients.json"), "w", encoding="utf-8") as f:

@@ -22,7 +22,7 @@ def load(workdir: str, train_it: str) -> FirstStage:
   """The first stage trained in `workdir` (or a diffusers AutoencoderKL folder there); `train_it` (the command that
   trains one) completes the error when there is no checkpoint."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  if "scaling_factor" in saved_config(workdir):  # a diffusers folder, not a run of ours
+  if config_validation.from_diffusers(saved_config(workdir)):  # not a run of ours
     graphdef, weights = _import(workdir)
     return FirstStage(graphdef, weights, f"{workdir} (diffusers)")
   checkpoints = os.path.join(workdir, "checkpoints")

@@ -12,7 +12,7 @@ import numpy as np
 from flax import nnx
 
 from conprediff_jax.families.autoencoder import AutoencoderFamily
-from conprediff_jax.families.base import LossOutput
+from conprediff_jax.families.base import LossOutput, abstract_model
 from conprediff_jax.models.kl import kl_from_config
 
 
@@ -32,7 +32,7 @@ class KLAutoencoderFamily(AutoencoderFamily):
 
   def score_batch(self, model: nnx.Module, samples: np.ndarray, offset: int) -> dict[str, np.ndarray]:
     originals = self.sample_cond(len(samples), offset)["image"]
-    mean = np.asarray(model.encode(jnp.asarray(originals))[0], np.float64)
+    mean = np.asarray(_encode_mean(model, jnp.asarray(originals)), np.float64)
     return {"squared_error": np.sum(np.square(samples - originals), dtype=np.float64), "values": samples.size,
             "latent_sum": mean.sum(), "latent_sq_sum": np.square(mean).sum(), "latent_values": mean.size}
 
@@ -47,7 +47,7 @@ class KLAutoencoderFamily(AutoencoderFamily):
     from conprediff_jax import data as data_lib  # pylint: disable=g-import-not-at-top
     source = data_lib.make_source(self.config.data)
     images = source.get_batch(np.arange(min(num_images, len(source))))["image"]
-    model = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: self.build(nnx.Rngs(0)))), weights)
+    model = nnx.merge(abstract_model(self)[0], weights)
     return float(1.0 / np.std(np.asarray(_encode_mean(model, jnp.asarray(images)))))
 
   def export(self, weights, out_dir: str) -> str:
