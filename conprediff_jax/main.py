@@ -2,8 +2,8 @@ r"""Entry point: `python -m conprediff_jax.main --config=configs/<name>.py --wor
 
 Modes: `train` (resumes from the workdir, samples at the end), `sample` (samples.png / samples.npz from the
 latest checkpoint's EMA parameters), `eval` (metrics of those parameters into eval_<step>.json), `inpaint`
-(inpaint.png / .npz / .json: masked images filled in; conprediff_jax/inpainting/run.py), `export` (a diffusers
-DDIMPipeline folder in <workdir>/export).
+(inpaint.png / .npz / .json: masked images filled in; conprediff_jax/inpainting/run.py), `export` (diffusers folders
+in <workdir>/export: a DDIMPipeline, LDMPipeline, AutoencoderKL or UNet2DConditionModel; docs/pytorch.md).
 
 With no flags it trains configs/default.py (the embedded digits) into workdirs/default. Any config value can be
 overridden from the command line, e.g. `--config.train.steps=200 --config.context.solver=sinkhorn`.

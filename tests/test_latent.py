@@ -102,6 +102,38 @@ def test_the_exported_ldm_pipeline_samples_what_ours_does(tmp_path, autoencoder_
   np.testing.assert_allclose(theirs, ours, atol=1e-4)
 
 
+@pytest.mark.slow  # compiles our guided sampler and runs diffusers': `python -m pytest -q -m slow tests`
+def test_the_exported_text_to_image_latent_model_samples_what_ours_does(tmp_path, autoencoder_workdir):
+  """A text-conditional latent model (configs/coco_t2i.py's path) exports with its autoencoder as `vae/`, and
+  export/torch_text.py's guided DDIM decodes the images ours does."""
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  torch = pytest.importorskip("torch")
+  pytest.importorskip("diffusers")
+  from conprediff_jax import conditioning, sampling  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.export import torch_text  # pylint: disable=g-import-not-at-top
+  config = _latent_config(autoencoder_workdir, timesteps=10, prediction="v")
+  config.model.text_conditional = True
+  config.text.update(max_length=8, width=16, depth=1, num_heads=2)
+  make_random_workdir(str(tmp_path / "run"), config)
+  trained = sampling.load_latest_ema(config, str(tmp_path / "run"))
+  family = trained.family
+  out = family.export(jax.device_get(trained.weights), str(tmp_path / "export"))
+  prompts, scale = ["the digit 4", "seven"], 3.0
+  x_T = torch.randn((2, 2, 4, 4), generator=torch.Generator().manual_seed(0))
+  theirs = torch_text.TextToImage(out)(prompts, guidance_scale=scale, num_inference_steps=10, latents=x_T)
+
+  model = nnx.merge(trained.model_def, trained.weights)
+  cond = {"text_tokens": jnp.asarray(conditioning.encode_text(prompts, config.text.max_length))}
+  guided = conditioning.classifier_free(lambda x, t, c: model(x, t, c)[0], cond, scale)
+  latents = samplers.sample(guided, family.diffusion, jax.random.key(0), (2, 4, 4, 2), sampler="ddim", steps=10,
+                            eta=0.0, clip_x0=False, x_T=jnp.asarray(x_T.numpy().transpose(0, 2, 3, 1)))
+  autoencoder = nnx.merge(trained.first_stage_def, trained.first_stage_weights)
+  ours = np.clip(np.asarray(family.latent.decode(autoencoder, latents)) / 2 + 0.5, 0, 1)
+  assert theirs.shape == (2, 8, 8, 1) and np.abs(ours - 0.5).max() > 0.05  # not a blank image
+  print(f"guided latent DDIM-10, torch vs ours: max abs {np.abs(theirs - ours).max():.2e}")
+  np.testing.assert_allclose(theirs, ours, atol=1e-4)
+
+
 def test_a_diffusers_autoencoder_kl_folder_serves_as_the_first_stage(tmp_path):
   """config.first_stage.workdir may name a diffusers AutoencoderKL folder (e.g. a Stable Diffusion VAE): it is
   imported tensor by tensor, decodes what diffusers decodes, and its own scaling factor is used."""

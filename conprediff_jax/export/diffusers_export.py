@@ -1,4 +1,5 @@
-"""Export of the EMA denoiser as a diffusers `DDIMPipeline` folder, written without torch.
+"""Export of the EMA denoiser as a diffusers `DDIMPipeline` folder (a latent model's as an `LDMPipeline`, a
+text-conditional one's as a `UNet2DConditionModel` with our text encoder), written without torch.
 
     python -m conprediff_jax.main --config=... --workdir=<dir> --mode=export   # -> <workdir>/export
     # PyTorch side:  DDIMPipeline.from_pretrained(out)(num_inference_steps=50, use_clipped_model_output=True)
@@ -20,6 +21,11 @@ What differs from our own sampler (`conprediff_jax.diffusion.samplers`):
 - `DDIMPipeline` takes no class labels: a class-conditional UNet is exported (call it with `class_labels`, whose
   last index, `num_classes`, is the null class) but the pipeline alone cannot drive it.
 
+A text-conditional UNet follows `UNet2DConditionModel` (Transformer2DModel attentions with linear projections), but
+no diffusers pipeline runs our text encoder: `export_text_to_image` writes the UNet, the scheduler and the encoder
+(a plain state dict), and `export/torch_text.py`, a file of torch and diffusers alone, encodes prompts and runs the
+guided DDIM loop.
+
 This module imports neither torch nor the training-only `conprediff_jax.context`.
 """
 
@@ -31,19 +37,22 @@ from typing import Any
 import jax
 import numpy as np
 
+from conprediff_jax import conditioning
+from conprediff_jax.models.attention import LN_EPS
 from conprediff_jax.models.unet import NORM_EPS
 
 # The diffusers release whose UNet2DModel / DDIMScheduler layout this exporter was checked against (tests).
 DIFFUSERS_VERSION = "0.42.1"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+TEXT_ENCODER_WEIGHTS = "model.safetensors"
 PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction"}
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # Configs.
 # ------------------------------------------------------------------------------------------------------------------
-def unet2d_config(config) -> dict[str, Any]:
-  """`UNet2DModel(**unet2d_config(config))` builds the network our `config.model` describes."""
+def _unet_settings(config) -> tuple[dict[str, Any], list[bool]]:
+  """The settings UNet2DModel and UNet2DConditionModel share, and which levels attend."""
   m, d = config.model, config.data
   if m.name != "unet":
     raise ValueError(f"diffusers export supports config.model.name='unet', got {m.name!r}")
@@ -53,14 +62,6 @@ def unet2d_config(config) -> dict[str, Any]:
     raise ValueError(f"diffusers export needs config.model.channel_mults[0] == 1, got {mults}")
   widths = [m.channels * k for k in mults]
   attention = [d.image_size // 2**level in tuple(m.attention_resolutions) for level in range(len(widths))]
-  # diffusers fixes the head *width* for the whole UNet; we fix the head *count*: equal only at one width.
-  attention_widths = {w for w, a in zip(widths, attention) if a} | {widths[-1]}  # the mid block always attends
-  if len(attention_widths) > 1:
-    raise ValueError(f"diffusers export needs every attention layer (mid block included) at one width, got "
-                     f"{sorted(attention_widths)}: change config.model.attention_resolutions or channel_mults")
-  width = attention_widths.pop()
-  if width % m.num_heads:
-    raise ValueError(f"attention width {width} not divisible by config.model.num_heads {m.num_heads}")
   return {
       "sample_size": d.image_size,
       "in_channels": d.channels,
@@ -70,28 +71,78 @@ def unet2d_config(config) -> dict[str, Any]:
       "time_embedding_dim": None,  # 4 * block_out_channels[0], as ours
       "freq_shift": 0,
       "flip_sin_to_cos": True,
-      "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attention],
-      "mid_block_type": "UNetMidBlock2D",
-      "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)],
       "block_out_channels": widths,
       "layers_per_block": m.num_res_blocks,
       "mid_block_scale_factor": 1,
       "downsample_padding": 1,
-      "downsample_type": "conv",
-      "upsample_type": "conv",
       "dropout": float(m.dropout),
       "act_fn": "silu",
-      "attention_head_dim": width // m.num_heads,
       "norm_num_groups": m.num_groups,
-      "attn_norm_num_groups": None,
       "norm_eps": NORM_EPS,
       "resnet_time_scale_shift": "default",
-      "add_attention": True,
       "class_embed_type": None,
       # Our embedding has one extra, last row: the null class.
       "num_class_embeds": d.num_classes + 1 if m.class_conditional else None,
+  }, attention
+
+
+def unet2d_config(config) -> dict[str, Any]:
+  """`UNet2DModel(**unet2d_config(config))` builds the network our `config.model` describes."""
+  if config.model.get("text_conditional", False):
+    raise ValueError("a text-conditional UNet is a UNet2DConditionModel (unet2d_condition_config), not a UNet2DModel")
+  settings, attention = _unet_settings(config)
+  widths, heads = settings["block_out_channels"], config.model.num_heads
+  # diffusers fixes the head *width* for the whole UNet; we fix the head *count*: equal only at one width.
+  attention_widths = {w for w, a in zip(widths, attention) if a} | {widths[-1]}  # the mid block always attends
+  if len(attention_widths) > 1:
+    raise ValueError(f"diffusers export needs every attention layer (mid block included) at one width, got "
+                     f"{sorted(attention_widths)}: change config.model.attention_resolutions or channel_mults")
+  width = attention_widths.pop()
+  if width % heads:
+    raise ValueError(f"attention width {width} not divisible by config.model.num_heads {heads}")
+  return {
+      **settings,
+      "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attention],
+      "mid_block_type": "UNetMidBlock2D",
+      "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)],
+      "downsample_type": "conv",
+      "upsample_type": "conv",
+      "attention_head_dim": width // heads,
+      "attn_norm_num_groups": None,
+      "add_attention": True,
       "num_train_timesteps": None,
   }
+
+
+def unet2d_condition_config(config) -> dict[str, Any]:
+  """`UNet2DConditionModel(**unet2d_condition_config(config))` builds the text-conditional UNet: every attention
+  a Transformer2DModel with linear projections whose cross-attention reads the text encoder's context."""
+  settings, attention = _unet_settings(config)
+  t = config.text
+  return {
+      **settings,
+      "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
+      "mid_block_type": "UNetMidBlock2DCrossAttn",
+      "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)],
+      "cross_attention_dim": t.width if t.encoder == "bytes" else t.embedding_dim,
+      # UNet2DConditionModel's attention_head_dim is, by a legacy of its naming, the number of heads: as ours.
+      "attention_head_dim": config.model.num_heads,
+      "use_linear_projection": True,
+      "transformer_layers_per_block": 1,
+      "only_cross_attention": False,
+      "upcast_attention": False,
+      "dual_cross_attention": False,
+      "conv_in_kernel": 3,
+      "conv_out_kernel": 3,
+  }
+
+
+def text_encoder_config(config) -> dict[str, Any]:
+  """What export/torch_text.py needs to rebuild our text encoder (models/text_encoder.py) in PyTorch."""
+  t = config.text
+  return {"encoder": t.encoder, "max_length": t.max_length, "width": t.width, "depth": t.depth,
+          "num_heads": t.num_heads, "embedding_dim": t.embedding_dim, "layer_norm_eps": LN_EPS,
+          "pad": conditioning.PAD, "bos": conditioning.BOS, "vocab": conditioning.TEXT_VOCAB}
 
 
 def scheduler_config(config) -> dict[str, Any]:
@@ -131,7 +182,8 @@ def scheduler_config(config) -> dict[str, Any]:
 # Weights.
 # ------------------------------------------------------------------------------------------------------------------
 def diffusers_state_dict_shapes(unet_config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-  """Every tensor name and shape of `UNet2DModel(**unet_config).state_dict()`, derived without torch.
+  """Every tensor name and shape of `UNet2DModel(**unet_config).state_dict()` (or UNet2DConditionModel's, for a
+  config with `cross_attention_dim`), derived without torch.
 
   An independent reading of diffusers' layout, so that a renaming slip in our UNet or in the exporter fails here
   rather than in a user's `load_state_dict`.
@@ -157,10 +209,27 @@ def diffusers_state_dict_shapes(unet_config: Mapping[str, Any]) -> dict[str, tup
     if cin != cout:
       affine(f"{name}.conv_shortcut", cin, cout, 1)
 
+  cross = c.get("cross_attention_dim")
+
   def attention(name, channels):
-    norm(f"{name}.group_norm", channels)
-    for proj in ("to_q", "to_k", "to_v", "to_out.0"):
-      affine(f"{name}.{proj}", channels, channels)
+    if cross is None:  # AttnDownBlock2D's Attention
+      norm(f"{name}.group_norm", channels)
+      for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+        affine(f"{name}.{proj}", channels, channels)
+      return
+    # Transformer2DModel (linear projections): self-attention, cross-attention, GEGLU feed-forward.
+    block = f"{name}.transformer_blocks.0"
+    norm(f"{name}.norm", channels)
+    affine(f"{name}.proj_in", channels, channels)
+    for attn, kv_dim in (("attn1", channels), ("attn2", cross)):
+      for proj, cin in (("to_q", channels), ("to_k", kv_dim), ("to_v", kv_dim)):
+        shapes[f"{block}.{attn}.{proj}.weight"] = (channels, cin)
+      affine(f"{block}.{attn}.to_out.0", channels, channels)
+    for i in (1, 2, 3):
+      norm(f"{block}.norm{i}", channels)
+    affine(f"{block}.ff.net.0.proj", channels, 8 * channels)
+    affine(f"{block}.ff.net.2", 4 * channels, channels)
+    affine(f"{name}.proj_out", channels, channels)
 
   affine("conv_in", c["in_channels"], widths[0], 3)
   affine("time_embedding.linear_1", widths[0], temb)
@@ -172,7 +241,7 @@ def diffusers_state_dict_shapes(unet_config: Mapping[str, Any]) -> dict[str, tup
     cin, cout = cout, widths[i]
     for j in range(layers):
       resnet(f"down_blocks.{i}.resnets.{j}", cin if j == 0 else cout, cout)
-      if kind.startswith("Attn"):
+      if "Attn" in kind:
         attention(f"down_blocks.{i}.attentions.{j}", cout)
     if i < last:
       affine(f"down_blocks.{i}.downsamplers.0.conv", cout, cout, 3)
@@ -186,7 +255,7 @@ def diffusers_state_dict_shapes(unet_config: Mapping[str, Any]) -> dict[str, tup
     for j in range(layers + 1):
       skip = skip_in if j == layers else cout
       resnet(f"up_blocks.{i}.resnets.{j}", (previous if j == 0 else cout) + skip, cout)
-      if kind.startswith("Attn"):
+      if "Attn" in kind:
         attention(f"up_blocks.{i}.attentions.{j}", cout)
     if i < last:
       affine(f"up_blocks.{i}.upsamplers.0.conv", cout, cout, 3)
@@ -206,6 +275,8 @@ def torch_layout(leaf_name: str, ndim: int) -> tuple[str, tuple[int, ...] | None
     return "weight", None
   if leaf_name == "bias":
     return "bias", None
+  if leaf_name in ("position_embedding", "null_embedding"):  # the text encoder's bare parameters keep their names
+    return leaf_name, None
   raise ValueError(f"no diffusers equivalent for a {ndim}-d parameter named {leaf_name!r}")
 
 
@@ -234,7 +305,7 @@ def to_diffusers_state_dict(params: Mapping, unet_config: Mapping[str, Any] | No
     wrong = sorted(f"{k}: {out[k].shape} != {expected[k]}" for k in expected.keys() & out.keys()
                    if tuple(out[k].shape) != expected[k])
     if missing or extra or wrong:
-      raise ValueError(f"parameters do not fit diffusers' UNet2DModel layout:\n  missing: {missing}\n"
+      raise ValueError(f"parameters do not fit diffusers' {'UNet2DConditionModel' if 'cross_attention_dim' in unet_config else 'UNet2DModel'} layout:\n  missing: {missing}\n"
                        f"  unexpected: {extra}\n  wrong shapes: {wrong}")
   return out
 
@@ -249,13 +320,18 @@ def _write_json(path: str, content: Mapping[str, Any]) -> None:
     f.write("\n")
 
 
-def _write_model(folder: str, class_name: str, model_config: Mapping[str, Any], state_dict: Mapping) -> None:
+def _write_model(folder: str, class_name: str, model_config: Mapping[str, Any], state_dict: Mapping, *,
+                 weights_name: str = WEIGHTS_NAME, version: bool = True) -> None:
   """A diffusers model folder: config.json and the weights as safetensors (a plain PyTorch state dict)."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top  # export-only dependency
   os.makedirs(folder, exist_ok=True)
-  save_file(dict(state_dict), os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
-  _write_json(os.path.join(folder, "config.json"),
-              {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION, **model_config})
+  save_file(dict(state_dict), os.path.join(folder, weights_name), metadata={"format": "pt"})
+  stamp = _stamp(class_name) if version else {"_class_name": class_name}
+  _write_json(os.path.join(folder, "config.json"), {**stamp, **model_config})
+
+
+def _stamp(class_name: str) -> dict[str, str]:
+  return {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION}
 
 
 def export_pipeline(config, ema_params: Mapping, out_dir: str, *, pipeline: str = "DDIMPipeline",
@@ -263,13 +339,33 @@ def export_pipeline(config, ema_params: Mapping, out_dir: str, *, pipeline: str 
   """Writes a `DDIMPipeline.from_pretrained`-loadable folder from the denoiser's (EMA) parameters; returns it.
   (`pipeline`, `clip_sample` and further `components` {folder: class} are the latent pipeline's.)"""
   unet = unet2d_config(config)
-  scheduler = {**scheduler_config(config), "clip_sample": clip_sample}
   _write_model(os.path.join(out_dir, "unet"), "UNet2DModel", unet, to_diffusers_state_dict(ema_params, unet))
-  stamp = lambda cls: {"_class_name": cls, "_diffusers_version": DIFFUSERS_VERSION}
-  _write_json(os.path.join(out_dir, "scheduler", "scheduler_config.json"), {**stamp("DDIMScheduler"), **scheduler})
+  _write_scheduler(config, out_dir, clip_sample)
   parts = {"unet": "UNet2DModel", "scheduler": "DDIMScheduler", **(components or {})}
   _write_json(os.path.join(out_dir, "model_index.json"),
-              {**stamp(pipeline), **{name: ["diffusers", cls] for name, cls in parts.items()}})
+              {**_stamp(pipeline), **{name: ["diffusers", cls] for name, cls in parts.items()}})
+  return out_dir
+
+
+def _write_scheduler(config, out_dir: str, clip_sample: bool) -> None:
+  _write_json(os.path.join(out_dir, "scheduler", "scheduler_config.json"),
+              {**_stamp("DDIMScheduler"), **scheduler_config(config), "clip_sample": clip_sample})
+
+
+def export_text_to_image(config, ema_params: Mapping, out_dir: str, autoencoder: tuple | None = None) -> str:
+  """A text-conditional model as `unet/` (diffusers' UNet2DConditionModel), `scheduler/` (DDIMScheduler),
+  `text_encoder/` (ours, as a plain PyTorch state dict and the config.json export/torch_text.py reads) and, for a
+  latent model, `vae/` (AutoencoderKL; `autoencoder` = (its config, weights, scaling factor)). No diffusers
+  pipeline runs our text encoder, so there is no model_index.json: export/torch_text.py is the pipeline."""
+  params = dict(ema_params)
+  encoder = params.pop("text_encoder")
+  unet = unet2d_condition_config(config)
+  _write_model(os.path.join(out_dir, "unet"), "UNet2DConditionModel", unet, to_diffusers_state_dict(params, unet))
+  _write_scheduler(config, out_dir, clip_sample=autoencoder is None)  # latents are not clipped
+  _write_model(os.path.join(out_dir, "text_encoder"), "ConPreDiffTextEncoder", text_encoder_config(config),
+               to_diffusers_state_dict(encoder), weights_name=TEXT_ENCODER_WEIGHTS, version=False)
+  if autoencoder is not None:
+    export_autoencoder(autoencoder[0], autoencoder[1], os.path.join(out_dir, "vae"), autoencoder[2])
   return out_dir
 
 

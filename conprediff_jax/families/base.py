@@ -147,8 +147,8 @@ class Family(abc.ABC):
   def export(self, weights, out_dir: str) -> str:
     """Writes the inference model in another framework's format; returns the folder."""
     del weights, out_dir
-    raise ValueError(f"--mode=export: the {self.config.family!r} family has no exporter (only 'gaussian' models "
-                     "export, to a diffusers pipeline)")
+    raise ValueError(f"--mode=export: the {self.config.family!r} family has no exporter (the 'gaussian' and "
+                     "'kl_autoencoder' families export to diffusers)")
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -113,13 +113,12 @@ class GaussianFamily(Family):
     if self.mask_conditional:
       raise ValueError("--mode=export: a mask-conditioned UNet (config.model.mask_conditional) reads extra input "
                        "channels that a diffusers DDIMPipeline does not pass; export an unconditional one")
-    if self.config.model.text_conditional:
-      raise ValueError("--mode=export: exporting a text-conditional UNet (as diffusers' UNet2DConditionModel, "
-                       "whose layout it follows, with its text encoder) is not built yet; export an unconditional "
-                       "or class-conditional one")
     from conprediff_jax.export import diffusers_export  # pylint: disable=g-import-not-at-top  # torch-free, lazy
-    if self.latent is None:
+    autoencoder = None if self.latent is None else (self.latent.autoencoder_config, self.latent.stage.weights,
+                                                    self.latent.scaling_factor)
+    if self.config.model.text_conditional:
+      return diffusers_export.export_text_to_image(self.denoiser_config, weights, out_dir, autoencoder)
+    if autoencoder is None:
       return diffusers_export.export_pipeline(self.config, weights, out_dir)
-    return diffusers_export.export_latent_pipeline(self.denoiser_config, weights, self.latent.autoencoder_config,
-                                                   self.latent.stage.weights, self.latent.scaling_factor, out_dir)
+    return diffusers_export.export_latent_pipeline(self.denoiser_config, weights, *autoencoder, out_dir)
 
