@@ -13,6 +13,7 @@ import re
 from benchmarks import harness
 from benchmarks import workloads
 from configs import default
+from conprediff_jax import cli
 
 
 def parse_variant(text: str) -> dict:
@@ -27,13 +28,10 @@ def parse_variant(text: str) -> dict:
 
 
 def make_config(overrides: dict):
-  config = default.get_config()
-  for key, value in overrides.items():
-    section, _, name = key.partition(".")
-    if section not in config or name not in config[section]:
-      raise SystemExit(f"{key} is not a key of configs/default.py")
-    config[section][name] = value
-  return config
+  try:
+    return cli.override(default.get_config(), overrides, "step_time")
+  except ValueError as e:
+    raise SystemExit(str(e)) from None
 
 
 def main():

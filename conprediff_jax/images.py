@@ -1,6 +1,7 @@
-"""Samples as uint8 arrays, PNG grids and a loss plot, with pillow only."""
+"""Samples as uint8 arrays, PNG grids, a loss plot (pillow only), and arrays saved whole or not at all."""
 
 import math
+import os
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -60,3 +61,12 @@ def save_loss_plot(path: str, steps, losses, *, size=(640, 360), margin=40) -> N
     draw.text((margin, h - margin + 4), f"step {int(steps[0])}", fill="black")
     draw.text((w - 3 * margin, h - margin + 4), f"step {int(steps[-1])}", fill="black")
   image.save(path)
+
+
+def save_npz(path: str, **arrays) -> None:
+  """np.savez through a temporary file renamed when whole: a killed run, or a reader in another process, sees the
+  whole file or none."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    np.savez(f, **arrays)
+  os.replace(tmp, path)

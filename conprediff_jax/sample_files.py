@@ -53,7 +53,7 @@ def write(trained: sampling.TrainedModel, workdir: str, writer=None) -> np.ndarr
       if writer is not None:
         writer.images(trained.step, "samples", images_lib.grid(images[:GRID_MAX], row_keys=rows))
     path = os.path.join(folder, f"{offset:08d}.npz") if streaming else os.path.join(workdir, "samples.npz")
-    _save_atomically(path, images=images, **asked)
+    images_lib.save_npz(path, images=images, **asked)
   return drawn
 
 
@@ -86,9 +86,3 @@ def _resume_point(folder: str, manifest: dict) -> int:
   return done
 
 
-def _save_atomically(path: str, **arrays):
-  """np.savez through a temporary file: a killed run leaves whole files or none."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    np.savez(f, **arrays)
-  os.replace(tmp, path)

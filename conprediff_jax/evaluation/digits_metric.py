@@ -17,6 +17,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from conprediff_jax import images as images_lib
 from conprediff_jax.data.digits import load_digits
 from conprediff_jax.evaluation import fid
 
@@ -109,10 +110,7 @@ def _save(path: str, model: DigitsClassifier, image_size: int, seed: int, test_a
       "meta.version": np.asarray(_FORMAT_VERSION), "meta.image_size": np.asarray(image_size),
       "meta.seed": np.asarray(seed), "meta.test_accuracy": np.asarray(test_accuracy, np.float64)})
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    np.savez(f, **arrays)
-  os.replace(tmp, path)  # Atomic: concurrent processes never see a half-written cache.
+  images_lib.save_npz(path, **arrays)  # concurrent processes never see a half-written cache
 
 
 def _load(path: str, image_size: int, seed: int) -> tuple[DigitsClassifier, float]:
