@@ -8,6 +8,10 @@ context loss on the transformer's final token features against the frozen codebo
 neighbours. Writes `samples.png`: 64 MaskGIT samples (8 parallel decoding steps) decoded by the tokenizer.
 `--mode=eval` gives FD-digits on 512 samples, the UNet's protocol. Results to expect are in docs/benchmarks.md
 ("The token model").
+
+The context loss (λ = 0.1) measurably helps this model: over five paired seeds at 2,048 samples, FD-digits 55.8
+with it against 59.3 without, a difference of -3.4 (95% interval [-6.4, -0.4]), and KID-digits -0.0040
+([-0.0077, -0.0004]). docs/ablation.md ("The token model") has the table and the command.
 """
 
 import ml_collections
