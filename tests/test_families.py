@@ -2,8 +2,8 @@
 checkpoints and samples through the one trainer.
 
 The 8-device checks run in one subprocess (one JAX start-up with 8 emulated devices, one compile of each init the
-checks share; the first stages' in a second, with the slow command); each test reads its own check's result. The structural checks (what the sampler takes, what the
-context head adds) trace without compiling, in this process.
+checks share; the first stages' in a second, with the slow command); each test reads its own check's result. The
+structural checks (what the sampler takes, what the context head adds) trace without compiling, in this process.
 """
 
 import functools

@@ -305,7 +305,8 @@ def to_diffusers_state_dict(params: Mapping, unet_config: Mapping[str, Any] | No
     wrong = sorted(f"{k}: {out[k].shape} != {expected[k]}" for k in expected.keys() & out.keys()
                    if tuple(out[k].shape) != expected[k])
     if missing or extra or wrong:
-      raise ValueError(f"parameters do not fit diffusers' {'UNet2DConditionModel' if 'cross_attention_dim' in unet_config else 'UNet2DModel'} layout:\n  missing: {missing}\n"
+      model = "UNet2DConditionModel" if "cross_attention_dim" in unet_config else "UNet2DModel"
+      raise ValueError(f"parameters do not fit diffusers' {model} layout:\n  missing: {missing}\n"
                        f"  unexpected: {extra}\n  wrong shapes: {wrong}")
   return out
 
