@@ -33,8 +33,9 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "inpaint"
 
 def is_startup_error(e: Exception) -> bool:
   """FileNotFoundError/ValueError from opening the data, the prompts to sample or the images and masks to inpaint,
-  the weights to start from (model.init_from), finding no checkpoint, text embeddings of the wrong width, or exporting (inpainting) with a family that has no
-  exporter (inpainter): user errors."""
+  the weights to start from (model.init_from), finding no checkpoint, text embeddings of the wrong width, a model
+  the export format cannot express, or exporting (inpainting) with a family that has no exporter (inpainter): user
+  errors."""
   if not isinstance(e, (FileNotFoundError, ValueError)):
     return False
   from conprediff_jax import families, sample_requests, sampling  # pylint: disable=g-import-not-at-top
@@ -43,10 +44,13 @@ def is_startup_error(e: Exception) -> bool:
   from conprediff_jax.models import text_encoder  # pylint: disable=g-import-not-at-top
 
   frames = [frame.f_code for frame, _ in traceback.walk_tb(e.__traceback__)]
+  # A ValueError anywhere under these is about the user's input: their data, prompts, weights, or a model the
+  # export format cannot express.
+  gaussian = families.FAMILIES["gaussian"]
   reading_inputs = (registry.make_source, sample_requests.request, sample_requests.cond, inpaint_run.load_images,
-                    inpaint_run.load_known, families.Family.import_weights, families.FAMILIES["gaussian"].import_weights)
-  refusing = (sampling.restore_ema_weights, families.Family.export, families.FAMILIES["gaussian"].export,
-              families.Family.inpainter, text_encoder.TextEncoder.__call__)
+                    inpaint_run.load_known, families.Family.import_weights, gaussian.import_weights, gaussian.export)
+  refusing = (sampling.restore_ema_weights, families.Family.export, families.Family.inpainter,
+              text_encoder.TextEncoder.__call__)
   return (any(f.__code__ in frames for f in reading_inputs) or frames[-1] in [f.__code__ for f in refusing])
 
 

@@ -162,6 +162,11 @@ def test_export_without_an_exporter_is_a_one_line_user_error(tmp_path):
   with pytest.raises(ValueError, match="mask-conditioned UNet") as error:
     families.get(mask_conditional).export({}, str(tmp_path))
   assert main.is_startup_error(error.value) and "\n" not in str(error.value)
+  inexpressible = tiny_config()  # diffusers embeds t with block_out_channels[0] sinusoids: mults must start at 1
+  inexpressible.model.update(text_conditional=True, channel_mults=(2, 2))
+  with pytest.raises(ValueError, match="channel_mults") as error:
+    families.get(inexpressible).export({}, str(tmp_path))
+  assert main.is_startup_error(error.value) and "\n" not in str(error.value)
 
 
 @pytest.mark.slow  # `python -m pytest -q -m slow tests`

@@ -358,9 +358,9 @@ def export_text_to_image(config, ema_params: Mapping, out_dir: str, autoencoder:
   `text_encoder/` (ours, as a plain PyTorch state dict and the config.json export/torch_text.py reads) and, for a
   latent model, `vae/` (AutoencoderKL; `autoencoder` = (its config, weights, scaling factor)). No diffusers
   pipeline runs our text encoder, so there is no model_index.json: export/torch_text.py is the pipeline."""
+  unet = unet2d_condition_config(config)  # first: what diffusers cannot express is refused before anything is written
   params = dict(ema_params)
   encoder = params.pop("text_encoder")
-  unet = unet2d_condition_config(config)
   _write_model(os.path.join(out_dir, "unet"), "UNet2DConditionModel", unet, to_diffusers_state_dict(params, unet))
   _write_scheduler(config, out_dir, clip_sample=autoencoder is None)  # latents are not clipped
   _write_model(os.path.join(out_dir, "text_encoder"), "ConPreDiffTextEncoder", text_encoder_config(config),
