@@ -88,6 +88,7 @@ def test_guided_sampler_at_scale_0_is_the_unconditional_model(family, tokenizer_
   assert np.abs(run(3.0, labels) - conditional).max() > 3e-2
 
 
+@pytest.mark.slow  # three configs trained, sampled and inpainted end to end: `python -m pytest -q -m slow tests`
 def test_digits_cond_text_and_inpaint_at_smoke_size_train_sample_and_inpaint(tmp_path):
   """The own settings of configs/digits_cond.py, digits_text.py and digits_inpaint.py (where each differs from the
   default) on the smoke config, together in one model (one compile): two steps, guided samples with their labels

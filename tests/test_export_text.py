@@ -73,7 +73,8 @@ def _torch_labels(config, cond):
   return torch.from_numpy(np.where(labels < 0, config.data.num_classes, labels))  # our null class is the last row
 
 
-@pytest.mark.parametrize("variant", ["bytes", "precomputed_class_rgb"])
+# The second variant runs with the slow command (the guard: the README's test command within its time).
+@pytest.mark.parametrize("variant", ["bytes", pytest.param("precomputed_class_rgb", marks=pytest.mark.slow)])
 def test_unet2d_condition_model_and_the_torch_encoder_compute_ours(tmp_path, variant):
   config = _config(variant)
   params = _random_params(config, seed=0)
