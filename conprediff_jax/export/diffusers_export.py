@@ -38,6 +38,7 @@ import jax
 import numpy as np
 
 from conprediff_jax import conditioning
+from conprediff_jax.models import text_encoder
 from conprediff_jax.models.attention import LN_EPS
 from conprediff_jax.models.unet import NORM_EPS
 
@@ -124,7 +125,7 @@ def unet2d_condition_config(config) -> dict[str, Any]:
       "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
       "mid_block_type": "UNetMidBlock2DCrossAttn",
       "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)],
-      "cross_attention_dim": t.width if t.encoder == "bytes" else t.embedding_dim,
+      "cross_attention_dim": text_encoder.context_dim(t.encoder, t.width, t.embedding_dim),
       # UNet2DConditionModel's attention_head_dim is, by a legacy of its naming, the number of heads: as ours.
       "attention_head_dim": config.model.num_heads,
       "use_linear_projection": True,

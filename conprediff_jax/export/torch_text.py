@@ -122,7 +122,8 @@ class TextToImage:
     null_class = (self.unet.config.num_class_embeds or 0) - 1
     labels = None if null_class < 0 else (class_labels if class_labels is not None
                                           else torch.full((n,), null_class, dtype=torch.long))
-    if guidance_scale != 1.0:  # one forward over the doubled batch: conditional, then unconditional
+    guided = guidance_scale != 1.0
+    if guided:  # one forward over the doubled batch: conditional, then unconditional
       if self.text_encoder.config["encoder"] == "bytes":
         null_context, null_mask = self.text_encoder.encode([""] * n)
       else:
@@ -133,10 +134,9 @@ class TextToImage:
     x = latents if latents is not None else torch.randn((n, channels, size, size), generator=generator)
     self.scheduler.set_timesteps(num_inference_steps)
     for t in self.scheduler.timesteps:
-      doubled = guidance_scale != 1.0
-      out = self.unet(torch.cat([x, x]) if doubled else x, t, encoder_hidden_states=context,
+      out = self.unet(torch.cat([x, x]) if guided else x, t, encoder_hidden_states=context,
                       encoder_attention_mask=mask, class_labels=labels).sample
-      if doubled:
+      if guided:
         conditional, unconditional = out.chunk(2)
         out = unconditional + guidance_scale * (conditional - unconditional)
       x = self.scheduler.step(out, t, x, eta=0.0, use_clipped_model_output=True).prev_sample

@@ -19,6 +19,11 @@ from conprediff_jax.models import attention
 _embedding_init = nnx.initializers.normal(0.02)
 
 
+def context_dim(encoder: str, width: int, embedding_dim: int) -> int:
+  """The width of the context vectors the UNet cross-attends to: the byte encoder's, or the stored embeddings'."""
+  return width if encoder == "bytes" else embedding_dim
+
+
 class TextEncoder(nnx.Module):
   """`(cond, batch) -> (context float [B, 1 + L, dim], mask bool [B, 1 + L])`; a cond without text (None, or
   no text keys) reads as the null prompt."""
@@ -28,8 +33,8 @@ class TextEncoder(nnx.Module):
     if encoder not in ("bytes", "precomputed"):
       raise ValueError(f"config.text.encoder must be 'bytes' or 'precomputed', got {encoder!r}")
     self.encoder, self.max_length, self.dtype = encoder, max_length, dtype
+    self.dim = context_dim(encoder, width, embedding_dim)
     if encoder == "bytes":
-      self.dim = width
       self.token_embedding = nnx.Embed(conditioning.TEXT_VOCAB, width, dtype=dtype, embedding_init=_embedding_init,
                                        rngs=rngs)
       self.position_embedding = nnx.Param(_embedding_init(rngs.params(), (1 + max_length, width)))
@@ -37,7 +42,6 @@ class TextEncoder(nnx.Module):
                                               dtype=dtype) for _ in range(depth)])
       self.norm_out = nnx.LayerNorm(width, epsilon=attention.LN_EPS, dtype=dtype, rngs=rngs)
     else:
-      self.dim = embedding_dim
       self.null_embedding = nnx.Param(_embedding_init(rngs.params(), (1, embedding_dim)))
 
   def __call__(self, cond: dict | None, batch: int):
