@@ -24,4 +24,5 @@ def get_config():
       learning_rate=1e-4, schedule="linear")
   config.inpaint.update(images="", split="train[27000:]", mask="box", num_images=100, steps=250)
   config.data.split = "train[:27000]"  # the last 3,000 faces stay out of training, for inpainting
+  config.train.microbatches = 4  # the global batch of 256 in four passes: what fits a v4 chip (docs/scaling.md)
   return config

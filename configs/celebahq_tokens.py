@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.channels = 3
   config.data.num_classes = 0
   config.first_stage.workdir = "workdirs/celebahq_vq"
+  config.first_stage.config = "configs/celebahq_vq.py"
 
   config.model.width = 512
   config.model.depth = 16
@@ -46,6 +47,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.num_images = 16
   config.sample.steps = 12
   config.eval.num_samples = 10_000
-  config.eval.batch_size = 100
+  config.eval.batch_size = 128
   config.eval.metric = "fid"
   return config

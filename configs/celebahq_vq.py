@@ -44,6 +44,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.num_images = 16
   config.eval.split = "train[29000:]"
   config.eval.num_samples = 1000
-  config.eval.batch_size = 50
+  config.eval.batch_size = 64
   config.eval.metric = "reconstruction_mse"
   return config

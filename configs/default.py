@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.first_stage = ml_collections.ConfigDict()
   config.first_stage.workdir = ""    # a trained KL autoencoder (configs/digits_kl.py); empty: pixel space
   config.first_stage.scaling_factor = 0.0  # latents are multiplied by this; 0: 1 / their std on the data
+  # The config that trains that autoencoder (e.g. configs/digits_kl.py): its shapes when the workdir holds no
+  # trained one yet, all --mode=compile needs.
+  config.first_stage.config = ""
 
   config.diffusion = ml_collections.ConfigDict()
   config.diffusion.schedule = "cosine"  # "linear" | "cosine"
@@ -102,6 +105,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.steps = 1300
   config.train.batch_size = 24       # global, across all devices and hosts
+  # Gradient accumulation: each step's batch is run as this many equal parts, one after another, and their
+  # gradients averaged: the same update with the activations of one part (docs/scaling.md).
+  config.train.microbatches = 1
   config.train.learning_rate = 2e-3
   config.train.warmup_steps = 100
   config.train.lr_schedule = "cosine"  # "constant" | "cosine" (decays to 0 at train.steps)

@@ -17,6 +17,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.first_stage.workdir = "workdirs/digits_kl"
+  config.first_stage.config = "configs/digits_kl.py"
   config.model.channel_mults = (1, 2)
   config.model.attention_resolutions = (4,)  # the latent grid's 4x4 level
   return config

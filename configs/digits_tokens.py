@@ -25,7 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
   del config["diffusion"]
 
   config.first_stage = ml_collections.ConfigDict()
-  config.first_stage.workdir = "workdirs/digits_vq"  # a trained tokenizer (configs/digits_vq.py)
+  config.first_stage.workdir = "workdirs/digits_vq"  # a trained tokenizer ...
+  config.first_stage.config = "configs/digits_vq.py"  # ... of this config: its shapes until it is trained
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "transformer"

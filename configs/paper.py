@@ -31,7 +31,7 @@ def pixel_diffusion(*, tfds_name: str, image_size: int, num_classes: int = 0, ch
   config.checkpoint.update(every_steps=10_000, max_to_keep=3)
   config.context.position_fraction = 0.25  # score a quarter of the positions: the head's cost at 256^2
   config.sample.update(num_images=16, batch_size=16)
-  config.eval.update(num_samples=50_000, batch_size=250, metric="fid")
+  config.eval.update(num_samples=50_000, batch_size=256, metric="fid")  # a batch that splits over the chips
   return config
 
 
@@ -49,6 +49,7 @@ def latent_diffusion(task: str, *, channels: int, channel_mults, attention_resol
                            dropout=0.0, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
                            schedule="linear")
   config.first_stage.workdir = f"workdirs/{task}_kl"
+  config.first_stage.config = f"configs/paper_kl.py:{task}"
   config.context.position_fraction = 1.0 if factor == 8 else 0.5  # a 32^2 or 64^2 latent grid is cheap to score
   del factor
   return config

@@ -30,5 +30,5 @@ def get_config(task: str = "celebahq"):
                       log_every=100)
   config.checkpoint.update(every_steps=10_000, max_to_keep=3)
   config.sample.update(num_images=16, batch_size=16)
-  config.eval.update(split="train[-1000:]", num_samples=1000, batch_size=50, metric="reconstruction_mse")
+  config.eval.update(split="train[-1000:]", num_samples=1000, batch_size=64, metric="reconstruction_mse")
   return config

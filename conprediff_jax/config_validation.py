@@ -23,11 +23,13 @@ import importlib.util
 import json
 import math
 import os
+import sys
 from collections.abc import Callable
 
 import ml_collections
 
-_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CONFIGS = os.path.join(_REPO, "configs")
 
 # Each family's reference config: its keys and value types are the schema every config of that family must match.
 # Spelled out like CHOICES (families/__init__.py FAMILIES is the registry; a test keeps the two in step).
@@ -91,6 +93,7 @@ BOUNDS: dict[str, tuple[Callable[[float], bool], str]] = {
     "context.weight_warmup_steps": _NON_NEGATIVE,
     "train.steps": _POSITIVE,
     "train.batch_size": _POSITIVE,
+    "train.microbatches": _POSITIVE,
     "train.learning_rate": _POSITIVE,
     "train.warmup_steps": _NON_NEGATIVE,
     "train.weight_decay": _NON_NEGATIVE,
@@ -146,9 +149,11 @@ class ConfigError(ValueError):
     super().__init__(" ".join(f"config.{key}: {problem}; {fix}".splitlines()))
 
 
-def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int = 1,
-             schema: ml_collections.ConfigDict | None = None) -> None:
-  """Raises ConfigError for the first problem in `config`; `schema` defaults to its family's reference config."""
+def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int = 1, num_slices: int = 1,
+             schema: ml_collections.ConfigDict | None = None, files: bool = True) -> None:
+  """Raises ConfigError for the first problem in `config`; `schema` defaults to its family's reference config.
+  `files=False` leaves out the rules that need what training reads from disk (data, weights, a trained first
+  stage, captions): what --mode=compile needs is the config's shapes alone."""
   family = config.get("family", "gaussian") if schema is None else schema.family
   if family not in SCHEMAS:
     raise ConfigError("family", f"{family!r} is not one of {list(SCHEMAS)}",
@@ -162,19 +167,33 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, process_cou
     value = _get(config, key)
     if value is not _ABSENT and not (math.isfinite(value) and test(value)):
       raise ConfigError(key, f"{value!r} is not {requirement}", f"set a value {requirement}")
+  FIRST_STAGE_RULES.get(family, lambda c, files: None)(config, files)
   for rule in FAMILY_RULES[family] + RULES:
-    rule(config)
-  _check_mesh_and_batch(config, num_devices, process_count)
+    if files or rule not in FILE_RULES:
+      rule(config)
+  _check_mesh_and_batch(config, num_devices, process_count, num_slices)
 
 
 @functools.cache
 def family_schema(family: str) -> ml_collections.FrozenConfigDict:
-  """The family's reference config, loaded by path (as main.py does) so no `configs` package need be importable."""
-  path = os.path.join(_CONFIGS, SCHEMAS[family])
-  spec = importlib.util.spec_from_file_location(f"_conprediff_{family}_schema", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return ml_collections.FrozenConfigDict(module.get_config())
+  """The family's reference config, loaded by path (as main.py does)."""
+  return ml_collections.FrozenConfigDict(load_config_file(os.path.join(_CONFIGS, SCHEMAS[family])))
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """The config a config file makes, named as --config names it: `path[:argument]` (configs/paper_kl.py:celebahq),
+  the path relative to the current directory or to the repository. FileNotFoundError (one line) if there is none."""
+  path, _, argument = spec.partition(":")
+  found = next((p for p in (os.path.expanduser(path), os.path.join(_REPO, path)) if os.path.isfile(p)), None)
+  if found is None:
+    raise FileNotFoundError(f"config file {path!r} does not exist (nor under {_REPO})")
+  if _REPO not in sys.path:  # config files import their bases as `configs.<name>`
+    sys.path.append(_REPO)
+  name = "_conprediff_config_" + os.path.splitext(os.path.basename(found))[0]
+  module_spec = importlib.util.spec_from_file_location(name, found)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(argument) if argument else module.get_config()
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -342,6 +361,19 @@ def read_first_stage_config(workdir: str) -> dict | None:
   return saved
 
 
+def first_stage_config(config) -> dict | None:
+  """The config of the first stage `config` reads: the one its run saved in config.first_stage.workdir, or, where
+  that holds none, the one config.first_stage.config names (the config that would train it: enough for shapes,
+  as --mode=compile needs); None when neither is there."""
+  stage = config.get("first_stage", None)
+  if not stage or not stage.workdir:
+    return None
+  saved = read_first_stage_config(stage.workdir)
+  if saved is None and stage.get("config", ""):
+    saved = load_config_file(stage.config).to_dict()
+  return saved
+
+
 def from_diffusers(saved) -> bool:
   """Whether a first stage's config (read_first_stage_config) is a diffusers AutoencoderKL's: only those carry the
   diffusers scaling factor."""
@@ -360,15 +392,22 @@ def token_grid(first_stage: dict) -> int:
   return first_stage["data"]["image_size"] // 2 ** (len(first_stage["model"]["channel_mults"]) - 1)
 
 
-def _check_trained_first_stage(config, *, family: str, kind: str, missing: str, make: str,
-                               diffusers_ok: bool = False) -> None:
+def _check_first_stage(config, *, family: str, kind: str, make: str, files: bool, diffusers_ok: bool = False) -> None:
   """config.first_stage.workdir holds a trained `family` run (`kind` in messages) of the config's image shape, or,
-  with `diffusers_ok`, a diffusers folder that reads as one; `missing` says what is absent, `make` how to train it."""
+  with `diffusers_ok`, a diffusers folder that reads as one; `make` says how to train it. Without `files`
+  (--mode=compile), the config that would train it (config.first_stage.config) stands in for the run."""
   workdir = config.first_stage.workdir
-  saved = read_first_stage_config(workdir) if workdir else None
-  weights = has_weights if diffusers_ok else lambda w: os.path.isdir(os.path.join(os.path.expanduser(w), "checkpoints"))
-  if saved is None or not weights(workdir):
-    raise ConfigError("first_stage.workdir", f"{workdir!r} holds no trained {missing}", make)
+  what = f"{kind} (nor a diffusers AutoencoderKL folder)" if diffusers_ok else kind
+  if files:
+    saved = read_first_stage_config(workdir) if workdir else None
+    weights = has_weights if diffusers_ok else lambda w: os.path.isdir(os.path.join(os.path.expanduser(w), "checkpoints"))
+    if saved is None or not weights(workdir):
+      raise ConfigError("first_stage.workdir", f"{workdir!r} holds no trained {what}", make)
+  else:
+    saved = first_stage_config(config)
+    if saved is None:
+      raise ConfigError("first_stage.config", f"is empty and {workdir!r} holds no trained {what}, so its shapes are "
+                        "unknown", "name the config that trains it, e.g. configs/paper_kl.py:celebahq")
   if saved.get("family") != family:
     raise ConfigError("first_stage.workdir", f"{workdir!r} holds a {saved.get('family', 'gaussian')!r} run, not a "
                       f"{kind} (family {family!r})", make)
@@ -378,12 +417,12 @@ def _check_trained_first_stage(config, *, family: str, kind: str, missing: str, 
                         f"{saved['data'][key]}", f"set config.data.{key}={saved['data'][key]}")
 
 
-def _check_first_stage(config) -> None:
+def _check_tokenizer(config, files: bool) -> None:
   """The masked family reads a trained tokenizer; say which command makes one when it is missing."""
   workdir = config.first_stage.workdir
   make = (f"train the tokenizer first: python -m conprediff_jax.main --config=configs/digits_vq.py "
           f"--workdir={workdir or 'workdirs/digits_vq'}")
-  _check_trained_first_stage(config, family="autoencoder", kind="tokenizer", missing="tokenizer", make=make)
+  _check_first_stage(config, family="autoencoder", kind="tokenizer", make=make, files=files)
 
 
 def _check_transformer(config) -> None:
@@ -391,7 +430,7 @@ def _check_transformer(config) -> None:
   if m.width % m.num_heads:
     raise ConfigError("model.num_heads", f"{m.num_heads} does not divide config.model.width={m.width}",
                       "use a divisor of the width")
-  tokens = token_grid(read_first_stage_config(config.first_stage.workdir)) ** 2
+  tokens = token_grid(first_stage_config(config)) ** 2
   if config.sample.steps > tokens:
     raise ConfigError("sample.steps", f"{config.sample.steps} decoding steps for {tokens} tokens",
                       f"use at most {tokens} (every step decodes at least one token)")
@@ -427,9 +466,6 @@ def _check_text(config) -> None:
     if d.captions == "digit_templates" and d.name != "digits":
       raise ConfigError("data.captions", f"'digit_templates' with config.data.name={d.name!r}",
                         "give a captions file for this data (one caption per line, in the source's order)")
-    if d.captions != "digit_templates" and not os.path.isfile(os.path.expanduser(d.captions)):
-      raise ConfigError("data.captions", f"{d.captions!r} is neither 'digit_templates' nor an existing file",
-                        "point it at a captions file")
     if not (s.prompts.strip(" |") or s.prompts_file):
       raise ConfigError("sample.prompts", "is empty (and so is sample.prompts_file): a text-conditional model "
                         "samples from prompts", "e.g. --config.sample.prompts='the digit 3|a handwritten seven'")
@@ -454,6 +490,16 @@ def _check_data(config) -> None:
     raise ConfigError("data.data_dir", f"{problem} (config.data.name={d.name!r})", f"point it at {what}")
 
 
+def _check_captions(config) -> None:
+  """The captions file a text-conditional model trains on."""
+  captions = config.data.get("captions", "")
+  if not (config.model.get("text_conditional") and captions and captions != "digit_templates"):
+    return
+  if not os.path.isfile(os.path.expanduser(captions)):
+    raise ConfigError("data.captions", f"{captions!r} is neither 'digit_templates' nor an existing file",
+                      "point it at a captions file")
+
+
 def _check_paths(config, prefix: str = "") -> None:
   for key, value in config.items():
     if _is_section(value):
@@ -466,7 +512,7 @@ def _check_paths(config, prefix: str = "") -> None:
 def denoiser_view(config) -> ml_collections.ConfigDict:
   """The data shape a Gaussian model's UNet sees: the config's own, or, with config.first_stage.workdir, the latent
   grid and channels of the autoencoder there (families/latent.py)."""
-  saved = read_first_stage_config(config.first_stage.workdir) if config.first_stage.workdir else None
+  saved = first_stage_config(config)
   if saved is None:
     return config
   view = config.copy_and_resolve_references()
@@ -475,15 +521,15 @@ def denoiser_view(config) -> ml_collections.ConfigDict:
   return view
 
 
-def _check_latent_first_stage(config) -> None:
+def _check_autoencoder(config, files: bool) -> None:
   """Latent diffusion reads a trained KL autoencoder of the same images."""
   workdir = config.first_stage.workdir
   if not workdir:
     return
   make = (f"train it first: python -m conprediff_jax.main --config=<its autoencoder config: configs/digits_kl.py "
           f"for the digits, configs/paper_kl.py:<task> for the paper's tasks> --workdir={workdir}")
-  _check_trained_first_stage(config, family="kl_autoencoder", kind="KL autoencoder", make=make, diffusers_ok=True,
-                             missing="KL autoencoder (nor a diffusers AutoencoderKL folder)")
+  _check_first_stage(config, family="kl_autoencoder", kind="KL autoencoder", make=make, files=files,
+                     diffusers_ok=True)
 
 
 def _check_init_from(config) -> None:
@@ -495,21 +541,25 @@ def _check_init_from(config) -> None:
 
 Rule = Callable[[ml_collections.ConfigDict], None]
 FAMILY_RULES: dict[str, tuple[Rule, ...]] = {
-    "gaussian": (_check_latent_first_stage, lambda c: _check_unet(denoiser_view(c)),
+    "gaussian": (lambda c: _check_unet(denoiser_view(c)),
                  _grid_check(lambda c: (denoiser_view(c).data.image_size, "the denoiser's grid")), _check_sampling,
                  _check_init_from),
-    "masked": (_check_first_stage, _check_transformer, _grid_check(
-        lambda c: (token_grid(read_first_stage_config(c.first_stage.workdir)), "the tokenizer's token grid"))),
+    "masked": (_check_transformer, _grid_check(
+        lambda c: (token_grid(first_stage_config(c)), "the tokenizer's token grid"))),
     "autoencoder": (_check_vq, _check_no_context),
     "kl_autoencoder": (_check_levels, _check_no_context),
 }
-RULES: tuple[Rule, ...] = (_check_conditioning, _check_data, _check_paths)  # every family's
+RULES: tuple[Rule, ...] = (_check_captions, _check_conditioning, _check_data, _check_paths)  # every family's
+# What a family's first stage must be, checked before its other rules (which read the first stage's shapes).
+FIRST_STAGE_RULES = {"gaussian": _check_autoencoder, "masked": _check_tokenizer}
+# Rules about files that training reads (data, weights, captions), left out where only shapes matter (files=False).
+FILE_RULES = (_check_data, _check_captions, _check_paths, _check_init_from)
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # Mesh and batch against the devices and processes present.
 # ------------------------------------------------------------------------------------------------------------------
-def _check_mesh_and_batch(config, num_devices: int, process_count: int) -> None:
+def _check_mesh_and_batch(config, num_devices: int, process_count: int, num_slices: int = 1) -> None:
   from conprediff_jax import parallel  # pylint: disable=g-import-not-at-top  # loads jax; see the docstring
 
   shape, axes = tuple(config.mesh.shape), tuple(config.mesh.axes)
@@ -529,12 +579,20 @@ def _check_mesh_and_batch(config, num_devices: int, process_count: int) -> None:
     raise ConfigError("mesh.shape", f"{shape} does not fit the {num_devices} device(s) present",
                       f"use sizes whose product is {num_devices}, or one -1 for all remaining devices, "
                       "e.g. (-1, 1)") from None
-  batch = config.train.batch_size
+  data = resolved[axes.index("data")]
+  if data % num_slices:
+    raise ConfigError("mesh.shape", f"{shape} gives the data axis {data} devices, which do not split over the "
+                      f"{num_slices} slices that axis spans", f"use a multiple of {num_slices} for the data axis")
+  batch, parts = config.train.batch_size, config.train.get("microbatches", 1)
   split = math.prod(resolved[axes.index(a)] for a in parallel.BATCH_AXES)
   if batch % split:
     raise ConfigError("train.batch_size", f"{batch} (global) does not split over the {split}-way data "
                       f"parallelism of the mesh {dict(zip(axes, resolved))}",
                       f"use a multiple of {split}, e.g. {split * math.ceil(batch / split)}")
+  if batch % (split * parts):
+    raise ConfigError("train.microbatches", f"{parts} parts of the global batch {batch} do not each split over "
+                      f"the {split}-way data parallelism of the mesh {dict(zip(axes, resolved))}",
+                      f"use a divisor of {batch // split}")
   if batch % process_count:
     raise ConfigError("train.batch_size", f"{batch} (global) does not split over the {process_count} processes",
                       f"use a multiple of {process_count}")
@@ -542,8 +600,9 @@ def _check_mesh_and_batch(config, num_devices: int, process_count: int) -> None:
 
 # A resumed run may change how long it trains, how it logs, checkpoints and samples, and on which mesh it runs
 # (checkpoints restore onto any mesh); any other change means the workdir holds a different experiment.
-RESUMABLE_PREFIXES = ("train.steps", "train.log_every", "train.max_nonfinite_steps", "checkpoint.", "sample.",
-                      "mesh.", "model.remat", "model.init_from")
+RESUMABLE_PREFIXES = ("train.steps", "train.log_every", "train.max_nonfinite_steps", "train.microbatches",
+                      "checkpoint.", "sample.",
+                      "mesh.", "model.remat", "model.init_from", "first_stage.config")
 
 
 def _flatten(tree, prefix=""):

@@ -3,7 +3,9 @@ r"""Entry point: `python -m conprediff_jax.main --config=configs/<name>.py --wor
 Modes: `train` (resumes from the workdir, samples at the end), `sample` (samples.png / samples.npz from the
 latest checkpoint's EMA parameters), `eval` (metrics of those parameters into eval_<step>.json), `inpaint`
 (inpaint.png / .npz / .json: masked images filled in; conprediff_jax/inpainting/run.py), `export` (diffusers folders
-in <workdir>/export: a DDIMPipeline, LDMPipeline, AutoencoderKL or UNet2DConditionModel; docs/pytorch.md).
+in <workdir>/export: a DDIMPipeline, LDMPipeline, AutoencoderKL or UNet2DConditionModel; docs/pytorch.md),
+`compile` (the train step and sampler compiled for a TPU slice, `--topology=v5p-32`, with no TPU needed: memory
+per chip, whether it fits, predicted step time and MFU, into compile_<slice>.json; compile_report.py).
 
 With no flags it trains configs/default.py (the embedded digits) into workdirs/default. Any config value can be
 overridden from the command line, e.g. `--config.train.steps=200 --config.context.solver=sinkhorn`.
@@ -28,8 +30,12 @@ _CONFIG = cli.define_config("Training configuration file")
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/default", "Checkpoints, metrics and samples go here.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool("allow_config_change", False,
                                          "Continue a workdir that was trained with a different config.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "inpaint", "export"],
-                          "train (resumes from the workdir), sample, eval, inpaint, or export to diffusers.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "inpaint", "export", "compile"],
+                          "train (resumes from the workdir), sample, eval, inpaint, export to diffusers, or compile "
+                          "for a TPU slice.")
+_TOPOLOGY = flags.DEFINE_string("topology", "", "--mode=compile: the TPU slice to compile for, as the cloud names it "
+                                "(v4-32, v5p-8, v5e-16, v6e-64); empty: the attached TPUs.")
+_NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "--mode=compile: slices of --topology in the job (multi-slice).")
 
 def is_startup_error(e: Exception) -> bool:
   """FileNotFoundError/ValueError from opening the data, the prompts to sample or the images and masks to inpaint,
@@ -85,13 +91,38 @@ def export_from_workdir(config, workdir: str) -> str:
   return out_dir
 
 
+def compile_for_slice(config, workdir: str):
+  """--mode=compile: validated against the slice's devices (no data or trained first stage needed)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import compile_report, hardware, parallel  # pylint: disable=g-import-not-at-top
+  if _NUM_SLICES.value != 1 and not _TOPOLOGY.value:
+    cli.fail("--num_slices needs --topology (the attached devices are one job already)")
+  if not _TOPOLOGY.value:
+    parallel.maybe_initialize_distributed()  # a pod's attached devices span its hosts
+  try:
+    name, devices = compile_report.target_devices(_TOPOLOGY.value, _NUM_SLICES.value)
+    config_validation.validate(config, num_devices=len(devices), process_count=hardware.hosts(devices),
+                               num_slices=parallel.num_slices(devices), files=False)
+  except ValueError as e:
+    cli.fail(str(e))
+  report = compile_report.report(config, name, devices, config_name=flags.FLAGS["config"].config_filename)
+  if jax.process_index() == 0:
+    print(compile_report.table(report))
+    print(f"wrote {compile_report.write(report, workdir)}")
+
+
 def main(argv):
   del argv  # parse_flags refused positional arguments
+  config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
+  if mode == "compile":
+    if _TOPOLOGY.value:  # compiled on this machine's CPU for a slice it does not have: JAX itself stays on the CPU
+      os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    logging.set_verbosity(logging.WARNING)
+    return compile_for_slice(config, workdir)
   import jax  # pylint: disable=g-import-not-at-top  # counting devices compiles nothing
   from conprediff_jax import parallel  # pylint: disable=g-import-not-at-top
 
   parallel.maybe_initialize_distributed()  # before the device count, which then spans every host
-  config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
   try:
     config_validation.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
     if not _ALLOW_CONFIG_CHANGE.value:

@@ -59,13 +59,32 @@ def resolve_mesh_shape(shape, num_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(shape, axes, devices=None) -> jax.sharding.Mesh:
+  """The mesh over `devices` (default: all). On a multi-slice job the `data` axis spans the slices, whose links
+  (the data-centre network) are the slowest, so only the gradient all-reduce crosses them; every other axis stays
+  within a slice."""
   devices = jax.devices() if devices is None else devices
   shape = resolve_mesh_shape(shape, len(devices))
   if not set(BATCH_AXES) <= set(axes):
     raise ValueError(f"config.mesh.axes {tuple(axes)} must include {BATCH_AXES}")
   # Auto axes: shardings are chosen by the compiler from the in/out shardings we give jit.
-  return jax.make_mesh(shape, tuple(axes), axis_types=(jax.sharding.AxisType.Auto,) * len(axes),
-                       devices=devices)
+  axis_types = (jax.sharding.AxisType.Auto,) * len(axes)
+  slices = num_slices(devices)
+  if slices == 1:
+    return jax.make_mesh(shape, tuple(axes), axis_types=axis_types, devices=devices)
+  data = list(axes).index("data")
+  if shape[data] % slices:
+    raise ValueError(f"config.mesh.shape {shape}: the data axis ({shape[data]}) must be a multiple of the {slices} "
+                     "slices it spans")
+  within = [s // slices if i == data else s for i, s in enumerate(shape)]
+  across = [slices if i == data else 1 for i in range(len(shape))]
+  from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+  grid = mesh_utils.create_hybrid_device_mesh(within, across, devices, allow_split_physical_axes=True)
+  return jax.sharding.Mesh(grid, tuple(axes), axis_types=axis_types)
+
+
+def num_slices(devices) -> int:
+  """How many TPU slices `devices` span (1 off TPU, and on one slice)."""
+  return len({getattr(d, "slice_index", 0) for d in devices})
 
 
 def batch_sharding(mesh) -> NamedSharding:

@@ -96,8 +96,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
                      optax.adamw(schedule, b1=0.9, b2=0.99, weight_decay=t.weight_decay))
 
 
-def make_experiment(config) -> Experiment:
-  family = families.get(config)
+def make_experiment(config, family: families.Family | None = None) -> Experiment:
+  """The static parts of a run of `config`; `family` defaults to families.get(config)."""
+  family = families.get(config) if family is None else family
   model_def, param_shapes, buffer_shapes = families.abstract_model(family)
   head_def, context_term = None, None
   if config.context.weight > 0:
@@ -130,14 +131,12 @@ def init_state(exp: Experiment, key: jax.Array) -> dict[str, Any]:
           "opt_state": exp.tx.init(params), "nonfinite": jnp.zeros((), jnp.int32)}
 
 
-def train_step(exp: Experiment, state, batch, base_key, first_stage_weights=None):
-  config, step = exp.config, state["step"]
-  k_loss, k_context = jax.random.split(jax.random.fold_in(base_key, step))
-  first_stage = None if exp.first_stage is None else nnx.merge(exp.first_stage_def, first_stage_weights)
+def loss_and_grad(exp: Experiment, first_stage, step, params, batch, buffers, k_loss, k_context):
+  """((loss, (metrics, the buffers as the loss left them)), gradient) of the loss, context term included, on one
+  batch."""
 
   def loss_fn(params):
     # The model's buffers ride in `ema` (they are not averaged); its loss may update them in place.
-    buffers = families.restrict(state["ema"], exp.buffer_shapes)
     model = nnx.merge(exp.model_def, families.union(params["model"], buffers))
     out = exp.family.loss(model, first_stage, batch, k_loss)
     metrics, total = dict(out.metrics), out.loss
@@ -145,10 +144,24 @@ def train_step(exp: Experiment, state, batch, base_key, first_stage_weights=None
       head = nnx.merge(exp.head_def, params["context"])
       weighted, metrics["loss_context"] = exp.context_term(head, out, k_context, step)
       total = total + weighted
-    buffers = jax.lax.stop_gradient(nnx.state(model, families.BUFFERS).to_pure_dict())
-    return total, ({"loss": total, **metrics}, buffers)
+    updated = jax.lax.stop_gradient(nnx.state(model, families.BUFFERS).to_pure_dict())
+    return total, ({"loss": total, **metrics}, updated)
 
-  (loss, (metrics, buffers)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
+def train_step(exp: Experiment, state, batch, base_key, first_stage_weights=None):
+  config, step = exp.config, state["step"]
+  k_loss, k_context = jax.random.split(jax.random.fold_in(base_key, step))
+  first_stage = None if exp.first_stage is None else nnx.merge(exp.first_stage_def, first_stage_weights)
+  grad_fn = functools.partial(loss_and_grad, exp, first_stage, step)
+  buffers = families.restrict(state["ema"], exp.buffer_shapes)
+  microbatches = config.train.get("microbatches", 1)
+  if microbatches == 1:
+    (loss, (metrics, buffers)), grads = grad_fn(state["params"], batch, buffers, k_loss, k_context)
+  else:
+    loss, metrics, buffers, grads = _accumulate(grad_fn, state["params"], batch, buffers, k_loss, k_context,
+                                                microbatches)
   grad_norm = optax.global_norm(grads)
   updates, opt_state = exp.tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
@@ -168,6 +181,42 @@ def train_step(exp: Experiment, state, batch, base_key, first_stage_weights=None
       "nonfinite": jnp.where(finite, 0, state["nonfinite"] + 1).astype(jnp.int32),
   }
   return new_state, {**metrics, "grad_norm": grad_norm, "nonfinite": new_state["nonfinite"]}
+
+
+def jit_train_step(exp: Experiment, mesh, shardings, first_stage_shardings):
+  """The step as the trainer runs it (and --mode=compile compiles it): the state sharded as `shardings` and
+  donated, the batch split over the batch axes, the key replicated, the first stage as it was put."""
+  replicated = parallel.replicated(mesh)
+  return jax.jit(functools.partial(train_step, exp),
+                 in_shardings=(shardings, parallel.batch_sharding(mesh), replicated, first_stage_shardings),
+                 out_shardings=(shardings, replicated), donate_argnums=0)
+
+
+def _accumulate(grad_fn, params, batch, buffers, k_loss, k_context, microbatches: int):
+  """The loss, metrics and gradient of the whole batch as the mean over `microbatches` equal parts, computed one
+  part at a time (a lax.scan), so that activations are held for one part only: gradient accumulation. The update
+  equals one step on the whole batch wherever the loss is a mean over examples (each part draws its own noise and
+  positions); buffers a loss updates (a VQ codebook's statistics) see the parts in turn.
+
+  Part i takes rows i, i + k, i + 2k, ... of the global batch, so every device holds its share of every part and
+  no rows move between devices."""
+  split = lambda x: jnp.swapaxes(x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]), 0, 1)
+  parts = jax.tree.map(split, batch)
+
+  def body(carry, part):
+    grads, metrics, buffers = carry
+    i, part = part
+    (_, (m, buffers)), g = grad_fn(params, part, buffers, jax.random.fold_in(k_loss, i),
+                                   jax.random.fold_in(k_context, i))
+    add = lambda total, x: jax.tree.map(lambda a, b: a + b / microbatches, total, x)
+    return (add(grads, g), add(metrics, m), buffers), None
+
+  zeros = lambda tree: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
+  first = jax.tree.map(lambda x: x[0], parts)
+  (_, (metric_shapes, _)), _ = jax.eval_shape(grad_fn, params, first, buffers, k_loss, k_context)
+  init = (zeros(params), zeros(metric_shapes), buffers)
+  (grads, metrics, buffers), _ = jax.lax.scan(body, init, (jnp.arange(microbatches), parts))
+  return metrics["loss"], metrics, buffers, grads
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -280,11 +329,8 @@ def _train(config, workdir: str) -> dict[str, Any]:
       logging.info("inference parameters: %d (what sampling and export use)",
                    param_count(families.restrict(state["ema"], exp.param_shapes)))
     first_stage_weights = sampling.put_first_stage(exp.first_stage, run.mesh)
-    replicated = parallel.replicated(run.mesh)
     first_stage_shardings = jax.tree.map(lambda x: x.sharding, first_stage_weights)
-    step_fn = jax.jit(functools.partial(train_step, exp),
-                      in_shardings=(run.shardings, batch_sharding, replicated, first_stage_shardings),
-                      out_shardings=(run.shardings, replicated), donate_argnums=0)
+    step_fn = jit_train_step(exp, run.mesh, run.shardings, first_stage_shardings)
     base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
     if start < t.steps and jax.process_index() == 0:  # compiled here, reused by the first step
       compiled = step_fn.lower(state, batches.get(start), base_key, first_stage_weights).compile()

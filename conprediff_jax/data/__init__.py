@@ -18,12 +18,13 @@ _EXPORTS = {
     "SOURCES": "conprediff_jax.data.registry",
     "make_source": "conprediff_jax.data.registry",
     "Batches": "conprediff_jax.data.pipeline",
+    "batch_spec": "conprediff_jax.data.pipeline",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
   from conprediff_jax.data.folder_source import FolderSource
-  from conprediff_jax.data.pipeline import Batches
+  from conprediff_jax.data.pipeline import Batches, batch_spec
   from conprediff_jax.data.registry import SOURCES, make_source
   from conprediff_jax.data.source import ArraySource, Source
   from conprediff_jax.data.tfds_source import TfdsSource

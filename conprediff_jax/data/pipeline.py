@@ -27,6 +27,18 @@ def _sharded_rows(sharding: jax.sharding.Sharding, global_batch_size: int) -> np
   return np.concatenate([np.arange(start, stop) for start, stop in blocks])
 
 
+def batch_spec(config, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """The shapes of a batch of `batch_size` examples of `config`'s data (what `Batches.get` returns), without opening
+  the data: image and label, and the text (data/text.py) at the prompt length the model reads."""
+  d, length = config.data, config.get("text", {}).get("max_length", 0)
+  spec = {"image": ((d.image_size, d.image_size, d.channels), np.float32), "label": ((), np.int32)}
+  if d.get("captions", ""):
+    spec["text_tokens"] = ((length,), np.int32)
+  if d.get("text_embeddings_file", ""):
+    spec.update(text_embedding=((length, config.text.embedding_dim), np.float32), text_mask=((length,), np.bool_))
+  return {k: jax.ShapeDtypeStruct((batch_size, *shape), dtype) for k, (shape, dtype) in spec.items()}
+
+
 class Batches:
   """Deterministic, resumable global batches of a random-access source.
 

@@ -15,11 +15,12 @@ FAMILIES: dict[str, type[Family]] = {"gaussian": GaussianFamily, "masked": Maske
                                      "autoencoder": AutoencoderFamily, "kl_autoencoder": KLAutoencoderFamily}
 
 
-def get(config) -> Family:
+def get(config, abstract_first_stage: bool = False) -> Family:
+  """The config's family; `abstract_first_stage` for compiling only (Family.__init__)."""
   name = config.family
   if name not in FAMILIES:
     raise ValueError(f"config.family must be one of {sorted(FAMILIES)}, got {name!r}")
-  return FAMILIES[name](config)
+  return FAMILIES[name](config, abstract_first_stage)
 
 
 __all__ = ["BUFFERS", "FAMILIES", "Family", "FeatureSpec", "FirstStage", "LossOutput", "abstract_model", "get",

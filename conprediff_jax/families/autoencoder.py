@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from conprediff_jax import data as data_lib
 from conprediff_jax.families.base import Family, LossOutput
 from conprediff_jax.models.vq import vq_from_config
 
@@ -42,7 +43,6 @@ class AutoencoderFamily(Family):
 
   @functools.cached_property
   def heldout(self) -> dict[str, np.ndarray]:
-    from conprediff_jax import data as data_lib  # pylint: disable=g-import-not-at-top
     data = self.config.data.copy_and_resolve_references()
     data.split = self.config.eval.split
     source = data_lib.make_source(data)
@@ -50,6 +50,9 @@ class AutoencoderFamily(Family):
 
   def _heldout_rows(self, num_images: int, offset: int) -> np.ndarray:
     return (offset + np.arange(num_images)) % len(self.heldout["image"])
+
+  def sample_cond_spec(self, num_images: int) -> dict:
+    return {"image": data_lib.batch_spec(self.config, num_images)["image"]}
 
   def sample_request(self, num_images: int, offset: int = 0) -> dict:
     """A reconstruction should show its original's class."""

@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from conprediff_jax import conditioning, sample_requests
+from conprediff_jax import data as data_lib
 
 # What a model may hold besides nnx.Param: statistics that its own loss updates (never the optimiser).
 BUFFERS = nnx.BatchStat
@@ -76,8 +77,11 @@ class FirstStage:
 class Family(abc.ABC):
   """One model family, bound to a config. Subclasses live in conprediff_jax/families/ and are named in FAMILIES."""
 
-  def __init__(self, config):
+  def __init__(self, config, abstract_first_stage: bool = False):
+    """`abstract_first_stage`: the first stage as shapes, from the config that trains it where none is trained
+    (first_stage.abstract): a family that can be compiled (--mode=compile) but not run."""
     self.config = config
+    self.abstract_first_stage = abstract_first_stage
 
   @abc.abstractmethod
   def build(self, rngs: nnx.Rngs) -> nnx.Module:
@@ -108,6 +112,10 @@ class Family(abc.ABC):
   def sample_cond(self, num_images: int, offset: int = 0) -> dict | None:
     """The conditioning of samples `offset .. offset + num_images`: their request as the model's inputs."""
     return sample_requests.cond(self.config, self.sample_request(num_images, offset))
+
+  def sample_cond_spec(self, num_images: int) -> dict | None:
+    """The shapes of `sample_cond(num_images)`, from the config alone (--mode=compile reads no prompts or data)."""
+    return conditioning.from_batch(data_lib.batch_spec(self.config, num_images), conditioning.model_keys(self.config))
 
   def inpainter(self, model_def: nnx.GraphDef, first_stage_def: nnx.GraphDef | None, num_images: int) -> Inpainter:
     """A pure function `(weights, first_stage_weights, key, images, known) -> images`: `images` float32

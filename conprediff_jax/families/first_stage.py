@@ -1,5 +1,6 @@
 """A frozen first stage (a VQ tokenizer, a KL autoencoder) read from the workdir where its own family trained it:
-its config.json and the EMA weights of its latest checkpoint, as host arrays, read once per process."""
+its config.json and the EMA weights of its latest checkpoint, as host arrays, read once per process. Or, for a
+compile that needs shapes alone (--mode=compile), its weights' shapes from the config that would train it."""
 
 import functools
 import os
@@ -16,6 +17,25 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
   if saved is None:
     raise FileNotFoundError(f"config.first_stage.workdir={workdir!r} holds no trained first stage (no config.json)")
   return ml_collections.ConfigDict(saved)
+
+
+def config_of(config, abstract: bool) -> ml_collections.ConfigDict:
+  """The first stage's config: its run's (config.first_stage.workdir), or, `abstract`, also the one
+  config.first_stage.config would train (config_validation.first_stage_config)."""
+  if not abstract:
+    return saved_config(config.first_stage.workdir)
+  saved = config_validation.first_stage_config(config)
+  if saved is None:
+    raise FileNotFoundError(f"config.first_stage.workdir={config.first_stage.workdir!r} holds no trained first "
+                            "stage and config.first_stage.config names none")
+  return ml_collections.ConfigDict(saved)
+
+
+def abstract(stage_config: ml_collections.ConfigDict) -> FirstStage:
+  """The first stage `stage_config` trains, as shapes: its graph and its inference weights' ShapeDtypeStructs."""
+  from conprediff_jax import families  # pylint: disable=g-import-not-at-top
+  graphdef, params, buffers = families.abstract_model(families.get(stage_config))
+  return FirstStage(graphdef, families.union(params, buffers), "shapes only")
 
 
 def load(workdir: str, train_it: str) -> FirstStage:

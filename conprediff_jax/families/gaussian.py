@@ -20,11 +20,11 @@ MASK_STREAM = 1 << 21  # the training masks' key, folded from the loss's key (se
 class GaussianFamily(Family):
   """eps/v-prediction on pixels; the context head reads the UNet's last up block and predicts clean pixels."""
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, abstract_first_stage: bool = False):
+    super().__init__(config, abstract_first_stage)
     self.diffusion = GaussianDiffusion.from_config(config)
     workdir = config.first_stage.workdir if "first_stage" in config else ""
-    self.latent = LatentSpace(config) if workdir else None
+    self.latent = LatentSpace(config, abstract_first_stage) if workdir else None
     if self.latent is not None and self.mask_conditional:
       raise ValueError("config.model.mask_conditional: a mask-conditioned UNet reads pixels; in latent space "
                        "(config.first_stage.workdir) it is not built")

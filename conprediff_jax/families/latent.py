@@ -24,10 +24,12 @@ ENCODE_STREAM = 1 << 22  # the posterior samples' key, folded from the loss's ke
 
 
 class LatentSpace:
+  """`abstract`: the autoencoder as shapes (first_stage.abstract), with a scaling factor of 1 unless one is set."""
 
-  def __init__(self, config):
+  def __init__(self, config, abstract: bool = False):
     self.workdir = config.first_stage.workdir
-    self.autoencoder_config = first_stage_lib.saved_config(self.workdir)
+    self.abstract = abstract
+    self.autoencoder_config = first_stage_lib.config_of(config, abstract)
     m = self.autoencoder_config.model
     self.size = self.autoencoder_config.data.image_size // 2 ** (len(m.channel_mults) - 1)
     self.channels = m.latent_channels
@@ -41,6 +43,8 @@ class LatentSpace:
 
   @functools.cached_property
   def stage(self) -> FirstStage:
+    if self.abstract:
+      return first_stage_lib.abstract(self.autoencoder_config)
     return first_stage_lib.load(self.workdir, "train it first with --config=configs/digits_kl.py "
                                 f"--workdir={self.workdir}")
 
@@ -49,6 +53,8 @@ class LatentSpace:
     """config.first_stage.scaling_factor, else a diffusers autoencoder's own, else measured on the data."""
     if self._scaling_factor or "scaling_factor" in self.autoencoder_config:
       return float(self._scaling_factor or self.autoencoder_config.scaling_factor)
+    if self.abstract:
+      return 1.0  # a constant factor: the compiled program is the same for any
     from conprediff_jax import families  # pylint: disable=g-import-not-at-top  # families imports this module
     factor = families.get(self.autoencoder_config).scaling_factor(self.stage.weights)
     logging.info("latent scaling factor %.5f: 1 / the std of the autoencoder's latents on its training data",

@@ -8,7 +8,6 @@ Sampling: MaskGIT's iterative parallel decoding from all-[MASK], then the tokeni
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from conprediff_jax import conditioning, config_validation
@@ -22,13 +21,14 @@ from conprediff_jax.models.transformer import transformer_from_config
 class MaskedFamily(Family):
   """Reads `config.first_stage.workdir`: a trained tokenizer (configs/digits_vq.py) and its config.json."""
 
-  def __init__(self, config):
-    super().__init__(config)
-    saved = config_validation.read_first_stage_config(config.first_stage.workdir)
-    if saved is None:
+  def __init__(self, config, abstract_first_stage: bool = False):
+    super().__init__(config, abstract_first_stage)
+    try:
+      saved = first_stage_lib.config_of(config, abstract_first_stage)
+    except FileNotFoundError:
       raise FileNotFoundError(f"config.first_stage.workdir={config.first_stage.workdir!r} holds no trained "
-                              "tokenizer; train one with --config=configs/digits_vq.py")
-    self.tokenizer = AutoencoderFamily(ml_collections.ConfigDict(saved))
+                              "tokenizer; train one with --config=configs/digits_vq.py") from None
+    self.tokenizer = AutoencoderFamily(saved)
     self.grid = config_validation.token_grid(saved)
 
   def build(self, rngs: nnx.Rngs) -> nnx.Module:
@@ -36,6 +36,8 @@ class MaskedFamily(Family):
                                    grid=self.grid, rngs=rngs)
 
   def first_stage(self) -> FirstStage:
+    if self.abstract_first_stage:
+      return first_stage_lib.abstract(self.tokenizer.config)
     workdir = self.config.first_stage.workdir
     return first_stage_lib.load(workdir, f"train it first with --config=configs/digits_vq.py --workdir={workdir}")
 
