@@ -27,7 +27,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from benchmarks import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks.torch_peer_sample import DiffusersSampler  # pylint: disable=g-import-not-at-top,wrong-import-position
-from conprediff_jax import config_validation, evaluation, families, parallel, sampling  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conprediff_jax import evaluation, families, parallel, sampling  # pylint: disable=g-import-not-at-top,wrong-import-position
 from conprediff_jax import images as images_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from conprediff_jax.export import diffusers_export  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -72,7 +72,7 @@ def main():
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
-  config_validation.check_workdir(config, args.workdir, mode="eval")
+  families.check_workdir(config, args.workdir, mode="eval")
   trained = sampling.load_latest_ema(config, args.workdir)
   metric = evaluation.DigitsMetric.load_or_train(os.path.join(args.workdir, "eval_cache"), config.data.image_size,
                                                  seed=0)

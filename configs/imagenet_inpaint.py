@@ -21,4 +21,5 @@ def get_config():
       num_res_blocks=2, attention_resolutions=(32, 16, 8), num_heads=4, dropout=0.0, steps=1_000_000,
       batch_size=256, learning_rate=1e-4, schedule="linear")
   config.inpaint.update(images="", mask="half", num_images=100, steps=250)
+  config.train.microbatches = 4  # the global batch of 256 in four passes: what fits a v4 chip (docs/scaling.md)
   return config

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from conprediff_jax.config_validation import ConfigError
+
 NULL_LABEL = -1
 # Byte-level text: token = byte + 1, so 0 can pad; BOS opens every encoded prompt inside the encoder.
 PAD, BOS, TEXT_VOCAB = 0, 257, 258
@@ -90,3 +92,50 @@ def encode_text(prompts: Sequence[str], length: int) -> np.ndarray:
 def decode_text(tokens: np.ndarray) -> list[str]:
   """The prompts `encode_text` encoded (a prompt cut inside a multi-byte character loses that character)."""
   return [bytes(int(t) - 1 for t in row if t != PAD).decode("utf-8", errors="ignore") for row in np.asarray(tokens)]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The config's conditioning, checked before anything is built (families.validate).
+# ------------------------------------------------------------------------------------------------------------------
+def check_config(config) -> None:
+  """Class labels, prompts and guidance: what the model is conditioned on and what it samples from."""
+  m, s = config.model, config.get("sample", {})
+  if m.get("class_conditional") and config.data.num_classes < 1:
+    raise ConfigError("data.num_classes", f"{config.data.num_classes} with config.model.class_conditional=True",
+                      "set the number of classes, or class_conditional=False")
+  if m.get("text_conditional"):
+    check_text(config)
+  scale = s.get("guidance_scale", 1.0)
+  if scale != 1.0 and not (m.get("class_conditional") or m.get("text_conditional")):
+    raise ConfigError("sample.guidance_scale", f"{scale} for an unconditional model (guidance needs a condition)",
+                      "set config.model.class_conditional (or text_conditional) =True and train, or leave "
+                      "guidance_scale=1")
+  if scale != 1.0 and config.train.get("cond_dropout", 0.0) == 0:
+    raise ConfigError("sample.guidance_scale", f"{scale} with config.train.cond_dropout=0: the unconditional "
+                      "model guidance subtracts was never trained", "train with cond_dropout > 0 (e.g. 0.1)")
+
+
+def check_text(config) -> None:
+  """Where a text-conditional model's training text and its sampling prompts come from (checked now: samples are
+  written after training, too late to learn that there are no prompts)."""
+  t, d, s = config.text, config.data, config.sample
+  if t.encoder == "bytes":
+    if t.width % t.num_heads:
+      raise ConfigError("text.num_heads", f"{t.num_heads} does not divide config.text.width={t.width}",
+                        "use a divisor of the width")
+    if not d.captions:
+      raise ConfigError("data.captions", "is empty with config.model.text_conditional=True",
+                        "set 'digit_templates' (the embedded digits) or a captions file, one line per example")
+    if d.captions == "digit_templates" and d.name != "digits":
+      raise ConfigError("data.captions", f"'digit_templates' with config.data.name={d.name!r}",
+                        "give a captions file for this data (one caption per line, in the source's order)")
+    if not (s.prompts.strip(" |") or s.prompts_file):
+      raise ConfigError("sample.prompts", "is empty (and so is sample.prompts_file): a text-conditional model "
+                        "samples from prompts", "e.g. --config.sample.prompts='the digit 3|a handwritten seven'")
+    return
+  for key, value in (("text.embedding_dim", t.embedding_dim), ("data.text_embeddings_file", d.text_embeddings_file),
+                     ("sample.prompt_embeddings_file", s.prompt_embeddings_file)):
+    if not value:
+      raise ConfigError(key, f"is {value!r} with config.text.encoder='precomputed'",
+                        "set it: the width of the stored embeddings, the training data's embeddings (.npz: "
+                        "embedding, mask), and the sampling prompts' (.npz: prompts, embedding, mask)")

@@ -21,10 +21,11 @@ def import_command(path: str, config) -> str:
   """The verified command line that fine-tunes the diffusers UNet at `path` with `config`; ValueError if it
   cannot be."""
   import jax  # pylint: disable=g-import-not-at-top
-  from conprediff_jax import config_validation, families  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import families  # pylint: disable=g-import-not-at-top
   from conprediff_jax.export import diffusers_import  # pylint: disable=g-import-not-at-top
-  vae = config_validation.read_first_stage_config(path)
-  if vae is not None and config_validation.from_diffusers(vae):  # an AutoencoderKL: a latent model's first stage
+  from conprediff_jax.families import first_stage  # pylint: disable=g-import-not-at-top
+  vae = first_stage.read_config(path)
+  if vae is not None and first_stage.from_diffusers(vae):  # an AutoencoderKL: a latent model's first stage
     config = cli.override(config, {"first_stage.workdir": path, "data.image_size": vae["data"]["image_size"],
                                    "data.channels": vae["data"]["channels"]}, path)
     stage = families.get(config).first_stage()
@@ -37,7 +38,7 @@ def import_command(path: str, config) -> str:
   overrides = {**diffusers_import.config_overrides(diffusers_import.read_unet_config(folder)),
                "model.init_from": path}
   config = cli.override(config, overrides, path)
-  config_validation.validate(config, num_devices=1, process_count=1)
+  families.validate(config, num_devices=1, process_count=1)
   params = diffusers_import.load_unet_params(path, config)
   count = sum(v.size for v in jax.tree.leaves(params))
   flags = " ".join(f"--config.{k}={_flag_value(v)}" for k, v in overrides.items())

@@ -44,7 +44,7 @@ def is_startup_error(e: Exception) -> bool:
   errors."""
   if not isinstance(e, (FileNotFoundError, ValueError)):
     return False
-  from conprediff_jax import families, sample_requests, sampling  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import export, families, sample_requests  # pylint: disable=g-import-not-at-top
   from conprediff_jax.data import registry  # pylint: disable=g-import-not-at-top
   from conprediff_jax.inpainting import run as inpaint_run  # pylint: disable=g-import-not-at-top
   from conprediff_jax.models import text_encoder  # pylint: disable=g-import-not-at-top
@@ -52,11 +52,9 @@ def is_startup_error(e: Exception) -> bool:
   frames = [frame.f_code for frame, _ in traceback.walk_tb(e.__traceback__)]
   # A ValueError anywhere under these is about the user's input: their data, prompts, weights, or a model the
   # export format cannot express.
-  gaussian = families.FAMILIES["gaussian"]
   reading_inputs = (registry.make_source, sample_requests.request, sample_requests.cond, inpaint_run.load_images,
-                    inpaint_run.load_known, families.Family.import_weights, gaussian.import_weights, gaussian.export)
-  refusing = (sampling.restore_ema_weights, families.Family.export, families.Family.inpainter,
-              text_encoder.TextEncoder.__call__)
+                    inpaint_run.load_known, export.import_weights, export.export)
+  refusing = (families.restore_ema_weights, families.Family.inpainter, text_encoder.TextEncoder.__call__)
   return (any(f.__code__ in frames for f in reading_inputs) or frames[-1] in [f.__code__ for f in refusing])
 
 
@@ -82,27 +80,27 @@ def run(config, workdir: str, mode: str):
 def export_from_workdir(config, workdir: str) -> str:
   """--mode=export: the latest checkpoint's EMA weights, in the family's export format, into <workdir>/export."""
   import jax  # pylint: disable=g-import-not-at-top
-  from conprediff_jax import parallel, sampling  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import export, parallel, sampling  # pylint: disable=g-import-not-at-top
   trained = sampling.load_latest_ema(config, workdir)
   weights = jax.tree.map(parallel.to_host, trained.weights)  # whole arrays on every process
   out_dir = os.path.join(workdir, "export")
   if jax.process_index() == 0:
-    trained.family.export(weights, out_dir)
+    export.export(trained.family, weights, out_dir)
   return out_dir
 
 
 def compile_for_slice(config, workdir: str):
   """--mode=compile: validated against the slice's devices (no data or trained first stage needed)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from conprediff_jax import compile_report, hardware, parallel  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import compile_report, families, hardware, parallel  # pylint: disable=g-import-not-at-top
   if _NUM_SLICES.value != 1 and not _TOPOLOGY.value:
     cli.fail("--num_slices needs --topology (the attached devices are one job already)")
   if not _TOPOLOGY.value:
     parallel.maybe_initialize_distributed()  # a pod's attached devices span its hosts
   try:
     name, devices = compile_report.target_devices(_TOPOLOGY.value, _NUM_SLICES.value)
-    config_validation.validate(config, num_devices=len(devices), process_count=hardware.hosts(devices),
-                               num_slices=parallel.num_slices(devices), files=False)
+    families.validate(config, num_devices=len(devices), process_count=hardware.hosts(devices),
+                      num_slices=parallel.num_slices(devices), files=False)
   except ValueError as e:
     cli.fail(str(e))
   report = compile_report.report(config, name, devices, config_name=flags.FLAGS["config"].config_filename)
@@ -120,13 +118,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     return compile_for_slice(config, workdir)
   import jax  # pylint: disable=g-import-not-at-top  # counting devices compiles nothing
-  from conprediff_jax import parallel  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import families, parallel  # pylint: disable=g-import-not-at-top
 
   parallel.maybe_initialize_distributed()  # before the device count, which then spans every host
   try:
-    config_validation.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
+    families.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
     if not _ALLOW_CONFIG_CHANGE.value:
-      config_validation.check_workdir(config, workdir, mode=mode)
+      families.check_workdir(config, workdir, mode=mode)
   except config_validation.ConfigError as e:
     cli.fail(str(e))
   logging.set_verbosity(logging.INFO)

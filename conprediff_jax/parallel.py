@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from conprediff_jax.config_validation import ConfigError
+
 BATCH_AXES = ("data", "fsdp")
 FSDP_AXIS = "fsdp"
 MODEL_AXIS = "model"
@@ -127,3 +129,39 @@ def to_host(x) -> np.ndarray:
 
 def data_parallel_size(mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def check_mesh_and_batch(config, num_devices: int, process_count: int, num_slices: int = 1) -> None:
+  """config.mesh against the devices present (and the slices the data axis spans), and the global batch (and its
+  train.microbatches parts) against the mesh's data parallelism and the processes; ConfigError otherwise."""
+  shape, axes = tuple(config.mesh.shape), tuple(config.mesh.axes)
+  if len(shape) != len(axes):
+    raise ConfigError("mesh.shape", f"{shape} has {len(shape)} sizes for the {len(axes)} axes {axes} "
+                      "(config.mesh.axes)", "give one size per axis")
+  if any(a not in axes for a in BATCH_AXES) or len(set(axes)) != len(axes) or not set(axes) <= set(AXES):
+    raise ConfigError("mesh.axes", f"{axes} must name each of {BATCH_AXES} once, and may add "
+                      f"{MODEL_AXIS!r}", "e.g. ('data', 'fsdp') or ('data', 'fsdp', 'model')")
+  if any(s != -1 and s < 1 for s in shape):
+    raise ConfigError("mesh.shape", f"{shape} holds sizes other than positive ints and -1",
+                      "use positive sizes, and -1 for all remaining devices")
+  try:
+    resolved = resolve_mesh_shape(shape, num_devices)
+  except ValueError:
+    raise ConfigError("mesh.shape", f"{shape} does not fit the {num_devices} device(s) present",
+                      f"use sizes whose product is {num_devices}, or one -1 for all remaining devices, "
+                      "e.g. (-1, 1)") from None
+  mesh = dict(zip(axes, resolved))
+  if mesh["data"] % num_slices:
+    raise ConfigError("mesh.shape", f"{shape} gives the data axis {mesh['data']} devices, which do not split over "
+                      f"the {num_slices} slices that axis spans", f"use a multiple of {num_slices} for the data axis")
+  batch, parts = config.train.batch_size, config.train.get("microbatches", 1)
+  split = math.prod(mesh[a] for a in BATCH_AXES)
+  if batch % split:
+    raise ConfigError("train.batch_size", f"{batch} (global) does not split over the {split}-way data "
+                      f"parallelism of the mesh {mesh}", f"use a multiple of {split}, e.g. {split * math.ceil(batch / split)}")
+  if batch % (split * parts):
+    raise ConfigError("train.microbatches", f"{parts} parts of the global batch {batch} do not each split over "
+                      f"the {split}-way data parallelism of the mesh {mesh}", f"use a divisor of {batch // split}")
+  if batch % process_count:
+    raise ConfigError("train.batch_size", f"{batch} (global) does not split over the {process_count} processes",
+                      f"use a multiple of {process_count}")

@@ -6,7 +6,6 @@ stage's weights (None for a pixel-space family), a key and the conditioning.
 """
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -14,7 +13,6 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from conprediff_jax import checkpointing
 from conprediff_jax import families
 from conprediff_jax import parallel
 from conprediff_jax import sample_requests
@@ -94,33 +92,11 @@ class TrainedModel:
                           mesh=self.mesh, weight_shardings=self.shardings)
 
 
-def restore_ema_weights(family: families.Family, workdir: str, mesh, step: int | None = None):
-  """(graph definition, EMA weights on `mesh`, their shardings, step) of the workdir's checkpoint at `step` (default:
-  the latest): the model's parameters and buffers only, no optimiser state, no context head."""
-  directory = os.path.join(workdir, "checkpoints")
-  missing = FileNotFoundError(f"no checkpoint in {directory}: train first (--mode=train)")
-  if not os.path.isdir(directory):
-    raise missing
-  graphdef, params, buffers = families.abstract_model(family)
-  abstract = families.union(params, buffers)
-  shardings = parallel.state_shardings(mesh, abstract)
-  manager = checkpointing.open_manager(directory, max_to_keep=family.config.checkpoint.max_to_keep)
-  try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise missing
-    with jax.set_mesh(mesh):
-      weights = checkpointing.restore_ema(manager, step, abstract, shardings)
-  finally:
-    manager.close()
-  return graphdef, weights, shardings, step
-
-
 def load_latest_ema(config, workdir: str) -> TrainedModel:
   """The EMA weights of the workdir's latest checkpoint on the config's mesh, with the family's first stage."""
   family = families.get(config)
   mesh = parallel.make_mesh(config.mesh.shape, config.mesh.axes)
-  graphdef, weights, shardings, step = restore_ema_weights(family, workdir, mesh)
+  graphdef, weights, shardings, step = families.restore_ema_weights(family, workdir, mesh)
   first_stage = family.first_stage()
   return TrainedModel(family, graphdef, weights, shardings, mesh, step,
                       None if first_stage is None else first_stage.graphdef, put_first_stage(first_stage, mesh))

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from conprediff_jax import checkpointing
 from conprediff_jax import data as data_lib
+from conprediff_jax import export
 from conprediff_jax import families
 from conprediff_jax import images as images_lib
 from conprediff_jax import memory_report
@@ -250,7 +251,7 @@ def restore_or_init(run: Run, seed: int):
   state = init(jax.random.key(seed))
   init_from = run.exp.config.model.get("init_from", "")
   if init_from:  # a fresh run starts from imported weights; a resumed one has its own
-    imported = run.exp.family.import_weights(init_from)
+    imported = export.import_weights(run.exp.family, init_from)
     put = lambda: jax.device_put(imported, run.shardings["params"]["model"])  # two copies: the step donates both
     buffers = families.restrict(state["ema"], run.exp.buffer_shapes)
     state = {**state, "params": {**state["params"], "model": put()}, "ema": families.union(put(), buffers)}

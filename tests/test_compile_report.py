@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conprediff_jax import compile_report, config_validation, hardware, parallel
+from conprediff_jax import compile_report, config_validation, families, hardware, parallel
 from tests.conftest import REPO, tiny_config
 
 pytestmark = pytest.mark.xdist_group("test_compile_report")  # one worker: libtpu is loaded once per process
@@ -158,7 +158,7 @@ def test_the_data_axis_of_a_multi_slice_job_spans_the_slices():
   config = tiny_config()
   config.mesh.shape = (1, 8)  # a data axis of one device cannot span two slices
   with pytest.raises(config_validation.ConfigError, match="slices"):
-    config_validation.validate(config, num_devices=8, process_count=2, num_slices=2, files=False)
+    families.validate(config, num_devices=8, process_count=2, num_slices=2, files=False)
 
 
 @pytest.mark.parametrize("family", ["gaussian", "masked"])
@@ -171,8 +171,8 @@ def test_latent_and_token_configs_compile_without_a_trained_first_stage(tmp_path
   else:
     config.first_stage.config = "configs/digits_vq.py"
   with pytest.raises(config_validation.ConfigError, match="first_stage.workdir"):  # training still needs one
-    config_validation.validate(config, num_devices=4)
-  config_validation.validate(config, num_devices=4, files=False)
+    families.validate(config, num_devices=4)
+  families.validate(config, num_devices=4, files=False)
   target = compile_report.prepare(config, "v5e-4", hardware.abstract_devices(hardware.parse_topology("v5e-4")))
   assert target.exp.first_stage.source == "shapes only"
   step = compile_report.compile_train_step(target)

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conprediff_jax import config_validation
-from conprediff_jax.config_validation import ConfigError, validate
+from conprediff_jax import config_validation, families
+from conprediff_jax.config_validation import ConfigError
+from conprediff_jax.families import validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DELETE = object()
@@ -171,27 +172,22 @@ def test_files_named_by_keys_must_exist(tmp_path):
 
 
 def test_choices_match_the_registries(tokenizer_workdir):
-  """CHOICES spells the registries out so validation need not import them; this keeps the two in step."""
-  from conprediff_jax import evaluate, families, models, train  # pylint: disable=g-import-not-at-top
-  from conprediff_jax.families import masked_process  # pylint: disable=g-import-not-at-top
+  """The shared CHOICES spell the registries out so checking loads none of them; this keeps the two in step. A
+  family's own choices are its registries' names, and its reference config builds it."""
+  from conprediff_jax import evaluate, train  # pylint: disable=g-import-not-at-top
   from conprediff_jax.context import objective, wasserstein  # pylint: disable=g-import-not-at-top
-  from conprediff_jax.data import registry  # pylint: disable=g-import-not-at-top
-  from conprediff_jax.diffusion import gaussian, samplers  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.inpainting import masks  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.models import text_encoder  # pylint: disable=g-import-not-at-top
 
-  registries = {"data.name": registry.SOURCES, "diffusion.schedule": gaussian.SCHEDULES,
-                "context.solver": wasserstein.SOLVERS, "eval.metric": evaluate.LOWER_IS_BETTER,
-                "train.lr_schedule": train.LR_SCHEDULES, "masking.schedule": masked_process.MASK_SCHEDULES,
-                "context.head_input": objective.HEAD_INPUTS, "context.targets": objective.TARGETS,
-                "context.timestep_weighting": objective.TIMESTEP_WEIGHTINGS}
+  registries = {"context.solver": wasserstein.SOLVERS, "eval.metric": evaluate.LOWER_IS_BETTER,
+                "train.lr_schedule": train.LR_SCHEDULES, "context.head_input": objective.HEAD_INPUTS,
+                "context.targets": objective.TARGETS, "context.timestep_weighting": objective.TIMESTEP_WEIGHTINGS,
+                "inpaint.mask": masks.GENERATORS, "text.encoder": text_encoder.ENCODERS}
   for key, names in registries.items():
     assert sorted(config_validation.CHOICES[key]) == sorted(names), key
-  gaussian_choices = config_validation.FAMILY_CHOICES["gaussian"]
-  assert sorted(gaussian_choices["model.name"]) == sorted(models.MODELS)
-  assert sorted(gaussian_choices["sample.sampler"]) == sorted(samplers.SAMPLERS)
-  assert sorted(gaussian_choices["sample.spacing"]) == sorted(samplers.SPACINGS)
-  assert sorted(config_validation.SCHEMAS) == sorted(config_validation.FAMILY_CHOICES) == sorted(families.FAMILIES)
   for name, family in families.FAMILIES.items():  # each family's reference config builds that family
-    config = config_validation.family_schema(name).as_configdict()
+    config = family.schema().as_configdict()
+    assert config.family == name
     if name == "masked":
       config.first_stage.workdir = tokenizer_workdir
     assert isinstance(families.get(config), family)
@@ -269,12 +265,12 @@ def test_cli_without_config_flag_rejects_in_one_line(tmp_path, flags, named, pro
 def test_workdir_of_another_config_is_refused_but_resumable_changes_pass(tmp_path):
   config = smoke()
   (tmp_path / "config.json").write_text(config.to_json_best_effort())
-  config_validation.check_workdir(config, str(tmp_path))  # the same config: fine
+  families.check_workdir(config, str(tmp_path))  # the same config: fine
   config.train.steps, config.sample.num_images, config.mesh.shape = 1000, 3, (1, -1)
-  config_validation.check_workdir(config, str(tmp_path))  # train longer, sample differently, other mesh: fine
+  families.check_workdir(config, str(tmp_path))  # train longer, sample differently, other mesh: fine
   config.model.channels = 16
   with pytest.raises(ConfigError, match=r"config.model.channels: is 16, but .* trained with 8; use a new --workdir") as e:
-    config_validation.check_workdir(config, str(tmp_path))
+    families.check_workdir(config, str(tmp_path))
   assert "\n" not in str(e.value)
 
 
@@ -286,11 +282,11 @@ def test_using_a_trained_model_refuses_a_config_that_reads_its_weights_different
   config.sample.steps, config.eval.num_samples, config.context.weight, config.train.learning_rate = 3, 7, 0.0, 1.0
   config.inpaint.mask, config.diffusion.min_snr_gamma = "half", 1.0
   for mode in ("sample", "eval", "inpaint", "export"):  # inference settings and training-only keys may change
-    config_validation.check_workdir(config, str(tmp_path), mode=mode)
+    families.check_workdir(config, str(tmp_path), mode=mode)
   config.diffusion.prediction = "eps" if config.diffusion.prediction == "v" else "v"
   with pytest.raises(ConfigError, match=r"config.diffusion.prediction: .* trained with .*; pass the config it was "
                                         r"trained with") as e:
-    config_validation.check_workdir(config, str(tmp_path), mode="eval")
+    families.check_workdir(config, str(tmp_path), mode="eval")
   assert "\n" not in str(e.value)
 
 
@@ -314,7 +310,7 @@ def test_resuming_a_run_from_before_a_key_existed_passes_at_its_default_only(tmp
   saved = config.to_dict()
   del saved["context"]["timestep_weighting"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  config_validation.check_workdir(config, str(tmp_path))
+  families.check_workdir(config, str(tmp_path))
   config.context.timestep_weighting = "snr"
   with pytest.raises(ConfigError, match=r"config.context.timestep_weighting: is 'snr', but .* trained with None"):
-    config_validation.check_workdir(config, str(tmp_path))
+    families.check_workdir(config, str(tmp_path))

@@ -17,6 +17,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from configs import smoke  # pylint: disable=g-import-not-at-top,wrong-import-position
 from conprediff_jax import conditioning, families, models, train  # pylint: disable=wrong-import-position
+import conprediff_jax.export as exporting  # pylint: disable=wrong-import-position
 from conprediff_jax.diffusion import samplers  # pylint: disable=wrong-import-position
 from conprediff_jax.diffusion.gaussian import GaussianDiffusion  # pylint: disable=wrong-import-position
 from conprediff_jax.export import diffusers_export as export  # pylint: disable=wrong-import-position
@@ -116,7 +117,7 @@ def test_the_torch_pipeline_draws_our_guided_ddim_samples(tmp_path):
   config.diffusion.timesteps, config.diffusion.prediction = 10, "v"
   params = _random_params(config, seed=2)
   family = families.get(config)
-  assert family.export(params, str(tmp_path)) == str(tmp_path)
+  assert exporting.export(family, params, str(tmp_path)) == str(tmp_path)
   assert not (tmp_path / "model_index.json").exists()  # no diffusers pipeline runs our text encoder
   pipe = torch_text.TextToImage(str(tmp_path))
 

@@ -15,7 +15,7 @@ import sys
 import jax
 import pytest
 
-from conprediff_jax import families, sampling, train
+from conprediff_jax import export, families, sampling, train
 from tests.conftest import tiny_config, with_xla_flags
 
 pytestmark = pytest.mark.xdist_group("test_families")  # on one worker: its module fixture runs once
@@ -155,17 +155,17 @@ def test_the_sampler_takes_the_inference_weights_alone(family, tokenizer_workdir
 def test_export_without_an_exporter_is_a_one_line_user_error(tmp_path):
   from conprediff_jax import main  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="'autoencoder' family has no exporter") as error:
-    families.get(tiny_config("autoencoder")).export({}, str(tmp_path))
+    export.export(families.get(tiny_config("autoencoder")), {}, str(tmp_path))
   assert main.is_startup_error(error.value) and "\n" not in str(error.value)
   mask_conditional = tiny_config()
   mask_conditional.model.mask_conditional = True
   with pytest.raises(ValueError, match="mask-conditioned UNet") as error:
-    families.get(mask_conditional).export({}, str(tmp_path))
+    export.export(families.get(mask_conditional), {}, str(tmp_path))
   assert main.is_startup_error(error.value) and "\n" not in str(error.value)
   inexpressible = tiny_config()  # diffusers embeds t with block_out_channels[0] sinusoids: mults must start at 1
   inexpressible.model.update(text_conditional=True, channel_mults=(2, 2))
   with pytest.raises(ValueError, match="channel_mults") as error:
-    families.get(inexpressible).export({}, str(tmp_path))
+    export.export(families.get(inexpressible), {}, str(tmp_path))
   assert main.is_startup_error(error.value) and "\n" not in str(error.value)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conprediff_jax import config_validation, families, train
+from conprediff_jax import config_validation, export, families, train
 from conprediff_jax.data.digits import load_digits
 from conprediff_jax.diffusion import samplers
 from conprediff_jax.families import latent as latent_lib
@@ -35,7 +35,7 @@ def _latent_config(workdir, **diffusion):
 @pytest.mark.slow  # `python -m pytest -q -m slow tests`
 def test_the_denoiser_sees_scaled_posterior_samples_on_the_latent_grid(autoencoder_workdir):
   config = _latent_config(autoencoder_workdir)
-  config_validation.validate(config, num_devices=1)
+  families.validate(config, num_devices=1)
   family = families.get(config)
   stage = family.first_stage()
   autoencoder = nnx.merge(stage.graphdef, stage.weights)
@@ -72,7 +72,7 @@ def test_a_latent_config_needs_a_kl_autoencoder(tmp_path, tokenizer_workdir):
     with pytest.raises(config_validation.ConfigError, match=rf"^config.first_stage.workdir: .*{problem}.*; train it "
                                                            r"first: python -m conprediff_jax.main --config=<its "
                                                            r"autoencoder config: configs/digits_kl.py"):
-      config_validation.validate(_latent_config(workdir), num_devices=1)
+      families.validate(_latent_config(workdir), num_devices=1)
 
 
 @pytest.mark.slow  # compiles our sampler and runs diffusers': `python -m pytest -q -m slow tests`
@@ -87,7 +87,7 @@ def test_the_exported_ldm_pipeline_samples_what_ours_does(tmp_path, autoencoder_
   from conprediff_jax import sampling  # pylint: disable=g-import-not-at-top
   trained = sampling.load_latest_ema(config, str(tmp_path / "run"))
   family = trained.family
-  out = family.export(jax.device_get(trained.weights), str(tmp_path / "export"))
+  out = export.export(family, jax.device_get(trained.weights), str(tmp_path / "export"))
   pipe = diffusers.LDMPipeline.from_pretrained(out, low_cpu_mem_usage=False)
   pipe.set_progress_bar_config(disable=True)
   theirs = pipe(batch_size=2, num_inference_steps=10, eta=0.0, output_type="np",
@@ -117,7 +117,7 @@ def test_the_exported_text_to_image_latent_model_samples_what_ours_does(tmp_path
   make_random_workdir(str(tmp_path / "run"), config)
   trained = sampling.load_latest_ema(config, str(tmp_path / "run"))
   family = trained.family
-  out = family.export(jax.device_get(trained.weights), str(tmp_path / "export"))
+  out = export.export(family, jax.device_get(trained.weights), str(tmp_path / "export"))
   prompts, scale = ["the digit 4", "seven"], 3.0
   x_T = torch.randn((2, 2, 4, 4), generator=torch.Generator().manual_seed(0))
   theirs = torch_text.TextToImage(out)(prompts, guidance_scale=scale, num_inference_steps=10, latents=x_T)
@@ -150,7 +150,7 @@ def test_a_diffusers_autoencoder_kl_folder_serves_as_the_first_stage(tmp_path):
       p.add_(0.1 * torch.randn_like(p))
   vae.save_pretrained(str(tmp_path), safe_serialization=True)
   config = _latent_config(str(tmp_path))
-  config_validation.validate(config, num_devices=1)
+  families.validate(config, num_devices=1)
   family = families.get(config)
   stage = family.first_stage()
   assert family.latent.scaling_factor == pytest.approx(0.37) and stage.source.endswith("(diffusers)")

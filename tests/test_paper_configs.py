@@ -23,7 +23,7 @@ pytestmark = pytest.mark.xdist_group("test_paper_configs")
 def test_full_size_configs_are_valid_and_build(tmp_path):
   vq = celebahq_vq.get_config()
   vq.data.data_dir = str(tmp_path)  # validation wants an existing TFDS data_dir; nothing is read here
-  config_validation.validate(vq, num_devices=8, process_count=2)
+  families.validate(vq, num_devices=8, process_count=2)
   _, vq_params, vq_buffers = families.abstract_model(families.get(vq))
   assert 10e6 < train.param_count(vq_params) < 100e6
   assert jax.tree.leaves(vq_buffers["codebook"])[0].shape == (1024, 64)
@@ -32,7 +32,7 @@ def test_full_size_configs_are_valid_and_build(tmp_path):
   os.makedirs(tmp_path / "checkpoints")
   tokens = celebahq_tokens.get_config()
   tokens.data.data_dir, tokens.first_stage.workdir = str(tmp_path), str(tmp_path)
-  config_validation.validate(tokens, num_devices=8, process_count=2)
+  families.validate(tokens, num_devices=8, process_count=2)
   family = families.get(tokens)
   assert family.feature_spec() == families.FeatureSpec(grid=16, features=512, targets=64)
   _, params, _ = families.abstract_model(family)
@@ -56,7 +56,7 @@ def test_reduced_size_trains_one_step_and_decodes(tmp_path):
   tokens.first_stage.workdir = tokenizer
   tokens.model.update(width=16, depth=1, num_heads=2)
   tokens.sample.steps = 1
-  config_validation.validate(tokens, num_devices=1)
+  families.validate(tokens, num_devices=1)
 
   exp = train.make_experiment(tokens)
   state = jax.jit(functools.partial(train.init_state, exp))(jax.random.key(0))
@@ -80,7 +80,7 @@ def test_pixel_configs_are_valid_build_and_name_the_prepare_command(tmp_path, na
   module, low, high = PIXEL[name]
   config = module.get_config()
   config.data.data_dir = str(tmp_path)  # exists, holds nothing
-  config_validation.validate(config, num_devices=8, process_count=2)
+  families.validate(config, num_devices=8, process_count=2)
   _, params, _ = families.abstract_model(families.get(config))
   assert low < train.param_count(params) < high
   with pytest.raises(FileNotFoundError) as missing:
@@ -99,7 +99,7 @@ def test_pixel_configs_train_one_step_and_sample_one_at_reduced_size(name):
   config.data.num_classes = 10 if config.model.class_conditional else config.data.num_classes
   config.model.update(channels=8, num_groups=4, num_heads=2, num_res_blocks=1)
   config.train.batch_size, config.sample.steps = 4, 1
-  config_validation.validate(config, num_devices=1)
+  families.validate(config, num_devices=1)
   exp = train.make_experiment(config)
   state = jax.jit(functools.partial(train.init_state, exp))(jax.random.key(0))
   batch = {"image": np.random.default_rng(0).uniform(-1, 1, (4, size, size, 3)).astype(np.float32),
@@ -136,9 +136,9 @@ def test_latent_configs_are_valid_build_and_name_what_is_missing(tmp_path, task)
   module, low, high, grid = LATENT[task]
   kl = paper_kl.get_config(task)
   kl.data.data_dir = str(tmp_path)
-  config_validation.validate(kl, num_devices=8, process_count=2)
+  families.validate(kl, num_devices=8, process_count=2)
   config = _latent_config(task, tmp_path, kl)
-  config_validation.validate(config, num_devices=8, process_count=2)
+  families.validate(config, num_devices=8, process_count=2)
   family = families.get(config)
   assert family.feature_spec().grid == grid and family.feature_spec().targets == kl.model.latent_channels
   assert low < train.param_count(families.abstract_model(family)[1]) < high
@@ -149,7 +149,7 @@ def test_latent_configs_are_valid_build_and_name_what_is_missing(tmp_path, task)
   untrained.data.data_dir = str(tmp_path)
   with pytest.raises(config_validation.ConfigError, match=r"^config.first_stage.workdir: 'workdirs/.*_kl' holds no "
                                                           r"trained KL autoencoder.*configs/paper_kl.py:<task>"):
-    config_validation.validate(untrained, num_devices=8, process_count=2)
+    families.validate(untrained, num_devices=8, process_count=2)
 
 
 @pytest.mark.slow  # compiles two latent UNets and their autoencoders' decoders: `python -m pytest -q -m slow tests`
@@ -172,7 +172,7 @@ def test_latent_configs_train_one_step_and_sample_one_at_reduced_size(tmp_path, 
                       attention_resolutions=tuple(r * size // 256 for r in config.model.attention_resolutions))
   config.text.update(width=16, depth=1, num_heads=2)
   config.train.batch_size, config.sample.steps = 4, 1
-  config_validation.validate(config, num_devices=1)
+  families.validate(config, num_devices=1)
   exp = train.make_experiment(config)
   state = jax.jit(functools.partial(train.init_state, exp))(jax.random.key(0))
   batch = {"image": np.random.default_rng(0).uniform(-1, 1, (4, size, size, 3)).astype(np.float32)}

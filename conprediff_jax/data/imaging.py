@@ -10,8 +10,11 @@ CONVERTIBLE_MODES = frozenset(
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 
 
+CHANNELS = (1, 3)  # grayscale, RGB
+
+
 def target_mode(channels: int) -> str:
-  if channels not in (1, 3):
+  if channels not in CHANNELS:
     raise ValueError(f"config.data.channels={channels} is not supported; use 1 (grayscale) or 3 (RGB)")
   return "L" if channels == 1 else "RGB"
 

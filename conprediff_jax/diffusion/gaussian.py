@@ -28,6 +28,7 @@ def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> n
 
 
 SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}
+PREDICTIONS = ("eps", "v")  # what the network predicts: the noise, or v = sqrt(abar) eps - sqrt(1 - abar) x0
 
 
 class DenoisingLoss(NamedTuple):
@@ -48,7 +49,7 @@ class GaussianDiffusion:
   min_snr_gamma: float = 0.0  # > 0: Min-SNR-gamma loss weights (Hang et al. 2023); 0: the plain loss
 
   def __post_init__(self):
-    if self.prediction not in ("eps", "v"):
+    if self.prediction not in PREDICTIONS:
       raise ValueError(f"config.diffusion.prediction must be 'eps' or 'v', got {self.prediction!r}")
     if self.min_snr_gamma < 0:
       raise ValueError(f"config.diffusion.min_snr_gamma must be >= 0, got {self.min_snr_gamma}")

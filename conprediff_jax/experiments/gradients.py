@@ -40,7 +40,7 @@ def measure(config, workdir: str, edges: list[int], batches: int, fit_steps: int
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from conprediff_jax import config_validation, data as data_lib, sampling  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import data as data_lib, families, sampling  # pylint: disable=g-import-not-at-top
   from conprediff_jax.context import neighbourhoods, objective  # pylint: disable=g-import-not-at-top
   from conprediff_jax.families import LossOutput, GaussianFamily  # pylint: disable=g-import-not-at-top
 
@@ -48,7 +48,7 @@ def measure(config, workdir: str, edges: list[int], batches: int, fit_steps: int
     raise ValueError(f"the gradient diagnostic bins Gaussian timesteps; config.family={config.family!r} has none")
   if not config.context.weight:
     config.context.weight = 0.1  # a baseline's config: measure the default lambda's pull
-  config_validation.check_workdir(config, workdir, mode="eval")
+  families.check_workdir(config, workdir, mode="eval")
   trained = sampling.load_latest_ema(config, workdir)
   family: GaussianFamily = trained.family
   model = nnx.merge(trained.model_def, trained.weights)

@@ -38,8 +38,8 @@ def define_flags():
 
 def measure(config, workdir: str, sizes: list[int], repeats: int) -> list[dict]:
   import jax  # pylint: disable=g-import-not-at-top
-  from conprediff_jax import config_validation, evaluate, sampling  # pylint: disable=g-import-not-at-top
-  config_validation.check_workdir(config, workdir, mode="eval")
+  from conprediff_jax import evaluate, families, sampling  # pylint: disable=g-import-not-at-top
+  families.check_workdir(config, workdir, mode="eval")
   trained = sampling.load_latest_ema(config, workdir)
   rows = []
   with jax.set_mesh(trained.mesh):

@@ -81,7 +81,7 @@ def plan(base, spec: dict, workdir: str, arms: list[str] | None = None, seeds: l
 
   A run's settings, later ones winning: the spec's protocol, `steps`, the command line's --config.<key> overrides
   (`command_line`, already in `base`: listed so that a run records them), its arm's overrides, its seed."""
-  from conprediff_jax import config_validation  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import config_validation, families  # pylint: disable=g-import-not-at-top
   arms = arms or list(spec["arms"])
   missing = [a for a in arms if a not in spec["arms"]]
   if missing:
@@ -93,7 +93,7 @@ def plan(base, spec: dict, workdir: str, arms: list[str] | None = None, seeds: l
       settings = {**protocol, **spec["arms"][arm], "seed": int(seed)}
       config = cli.override(base, settings, f"arm {arm!r}")
       try:
-        config_validation.validate(config, num_devices=1, process_count=1)
+        families.validate(config, num_devices=1, process_count=1)
       except config_validation.ConfigError as e:
         raise ValueError(f"arm {arm!r}: {e}") from None
       run = {"arm": arm, "seed": int(seed), "settings": settings, "config": config,

@@ -1,5 +1,16 @@
-"""Hand-off to PyTorch: the EMA denoiser as a diffusers pipeline folder (no torch needed to write it)."""
+"""PyTorch formats, above the families: a family names the formats its inference model goes to and comes from
+(`Family.EXPORT_FORMAT`, `Family.IMPORT_FORMAT`), and the converters live here, so that no family imports them.
 
+    export(family, weights, out_dir)      --mode=export: diffusers folders (diffusers_export.py, docs/pytorch.md)
+    import_weights(family, path)          config.model.init_from: its parameters from a diffusers folder
+
+A family with no format, or a model its format cannot express, is a one-line ValueError.
+"""
+
+from collections.abc import Callable
+
+from conprediff_jax import families
+from conprediff_jax.export import diffusers_export, diffusers_import
 from conprediff_jax.export.diffusers_export import (
     diffusers_state_dict_shapes,
     export_pipeline,
@@ -7,3 +18,58 @@ from conprediff_jax.export.diffusers_export import (
     to_diffusers_state_dict,
     unet2d_config,
 )
+
+
+def _export_unet(family, weights, out_dir: str) -> str:
+  """A Gaussian model: a DDIMPipeline, an LDMPipeline on its autoencoder, or a UNet2DConditionModel with our text
+  encoder (and its AutoencoderKL, in latent space)."""
+  if family.mask_conditional:
+    raise ValueError("--mode=export: a mask-conditioned UNet (config.model.mask_conditional) reads extra input "
+                     "channels that a diffusers DDIMPipeline does not pass; export an unconditional one")
+  latent = family.latent
+  autoencoder = None if latent is None else (latent.autoencoder_config, latent.stage.weights, latent.scaling_factor)
+  if family.config.model.text_conditional:
+    return diffusers_export.export_text_to_image(family.denoiser_config, weights, out_dir, autoencoder)
+  if autoencoder is None:
+    return diffusers_export.export_pipeline(family.config, weights, out_dir)
+  return diffusers_export.export_latent_pipeline(family.denoiser_config, weights, *autoencoder, out_dir)
+
+
+def _import_unet(family, path: str) -> dict:
+  if family.mask_conditional or family.config.model.text_conditional:
+    raise ValueError("config.model.init_from: a diffusers UNet2DModel imports as an unconditional or "
+                     "class-conditional UNet; this config's UNet also reads a mask or a prompt")
+  return diffusers_import.load_unet_params(path, family.denoiser_config)
+
+
+EXPORTERS: dict[str, Callable] = {
+    "diffusers_unet": _export_unet,
+    "diffusers_autoencoder_kl": lambda family, weights, out_dir: diffusers_export.export_autoencoder(
+        family.config, weights, out_dir),
+}
+IMPORTERS: dict[str, Callable] = {"diffusers_unet": _import_unet}
+
+
+def export(family, weights, out_dir: str) -> str:
+  """Writes `family`'s inference model (its EMA weights) in its export format into `out_dir`; returns the folder."""
+  if family.EXPORT_FORMAT not in EXPORTERS:
+    raise ValueError(f"--mode=export: the {family.config.family!r} family has no exporter (the families with "
+                     f"one: {_families_with('EXPORT_FORMAT')})")
+  return EXPORTERS[family.EXPORT_FORMAT](family, weights, out_dir)
+
+
+def import_weights(family, path: str) -> dict:
+  """`family`'s inference parameters (a pure dict) read from the checkpoint at `path` in its import format: what a
+  fresh run starts from with config.model.init_from."""
+  if family.IMPORT_FORMAT not in IMPORTERS:
+    raise ValueError(f"config.model.init_from: the {family.config.family!r} family imports no weights (the "
+                     f"families that do: {_families_with('IMPORT_FORMAT')})")
+  return IMPORTERS[family.IMPORT_FORMAT](family, path)
+
+
+def _families_with(attribute: str) -> str:
+  return ", ".join(repr(name) for name, cls in families.FAMILIES.items() if getattr(cls, attribute))
+
+
+__all__ = ["EXPORTERS", "IMPORTERS", "diffusers_state_dict_shapes", "export", "export_pipeline", "import_weights",
+           "scheduler_config", "to_diffusers_state_dict", "unet2d_config"]

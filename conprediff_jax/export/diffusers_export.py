@@ -37,14 +37,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from conprediff_jax import conditioning
+from conprediff_jax import conditioning, families
+from conprediff_jax.diffusion import gaussian
 from conprediff_jax.models import text_encoder
 from conprediff_jax.models.attention import LN_EPS
+from conprediff_jax.models.diffusers_layout import WEIGHTS_NAME, torch_layout
 from conprediff_jax.models.unet import NORM_EPS
 
 # The diffusers release whose UNet2DModel / DDIMScheduler layout this exporter was checked against (tests).
 DIFFUSERS_VERSION = "0.42.1"
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 TEXT_ENCODER_WEIGHTS = "model.safetensors"
 PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction"}
 
@@ -149,7 +150,6 @@ def text_encoder_config(config) -> dict[str, Any]:
 def scheduler_config(config) -> dict[str, Any]:
   """`DDIMScheduler(**scheduler_config(config))` has our alphas_cumprod, prediction type and x0 clipping."""
   # Imported here: only this function needs the schedule definitions.
-  from conprediff_jax.diffusion import gaussian  # pylint: disable=g-import-not-at-top
   diff = config.diffusion
   if diff.prediction not in PREDICTION_TYPES:
     raise ValueError(f"config.diffusion.prediction must be one of {sorted(PREDICTION_TYPES)}, got {diff.prediction!r}")
@@ -264,21 +264,6 @@ def diffusers_state_dict_shapes(unet_config: Mapping[str, Any]) -> dict[str, tup
   norm("conv_norm_out", widths[0])
   affine("conv_out", widths[0], c["out_channels"], 3)
   return shapes
-
-
-def torch_layout(leaf_name: str, ndim: int) -> tuple[str, tuple[int, ...] | None]:
-  """(PyTorch's name for our parameter leaf, the axes that transpose ours into its layout, or None)."""
-  if leaf_name == "kernel" and ndim == 4:
-    return "weight", (3, 2, 0, 1)  # HWIO -> OIHW
-  if leaf_name == "kernel" and ndim == 2:
-    return "weight", (1, 0)  # (in, out) -> (out, in)
-  if leaf_name in ("scale", "embedding"):
-    return "weight", None
-  if leaf_name == "bias":
-    return "bias", None
-  if leaf_name in ("position_embedding", "null_embedding"):  # the text encoder's bare parameters keep their names
-    return leaf_name, None
-  raise ValueError(f"no diffusers equivalent for a {ndim}-d parameter named {leaf_name!r}")
 
 
 def _to_torch_layout(leaf_name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
@@ -401,7 +386,6 @@ def export_autoencoder(config, weights: Mapping, out_dir: str, scaling_factor: f
   """Writes an `AutoencoderKL.from_pretrained`-loadable folder; the scaling factor measured on the training data
   unless given."""
   if scaling_factor is None:
-    from conprediff_jax import families  # pylint: disable=g-import-not-at-top
     scaling_factor = families.get(config).scaling_factor(weights)
   _write_model(out_dir, "AutoencoderKL", autoencoder_kl_config(config, scaling_factor),
                to_diffusers_state_dict(weights))

@@ -13,12 +13,27 @@ import numpy as np
 from flax import nnx
 
 from conprediff_jax import data as data_lib
+from conprediff_jax.config_validation import FRACTION, NON_NEGATIVE, POSITIVE, ConfigError
+from conprediff_jax.families import checks
 from conprediff_jax.families.base import Family, LossOutput
 from conprediff_jax.models.vq import vq_from_config
 
 
 class AutoencoderFamily(Family):
   """Reconstruction (mean squared error) + commitment; the codebook follows its encodings by EMA (buffers)."""
+
+  SCHEMA = "digits_vq.py"
+  CHOICES = {"model.name": ("vq",)}
+  BOUNDS = {**checks.CONV_BOUNDS, "model.codebook_size": POSITIVE, "model.code_dim": POSITIVE,
+            "model.commitment_cost": NON_NEGATIVE, "model.codebook_decay": FRACTION,
+            "model.dead_code_threshold": NON_NEGATIVE}
+
+  @classmethod
+  def check_config(cls, config, files: bool) -> None:
+    checks.check_levels(config)
+    if config.model.codebook_size < 2:
+      raise ConfigError("model.codebook_size", f"{config.model.codebook_size} codes", "use at least 2 codes")
+    checks.check_no_context(config)
 
   def build(self, rngs: nnx.Rngs) -> nnx.Module:
     return vq_from_config(self.config, rngs=rngs)

@@ -3,6 +3,9 @@
 A family is a way to train and sample one inference model (a Gaussian UNet denoiser, a masked-token transformer,
 a VQ autoencoder). The trainer never asks which family it runs; it calls these methods:
 
+  SCHEMA, CHOICES, BOUNDS          its reference config (configs/<SCHEMA>: the keys and types its configs have) and
+                                   its keys' registry names and numeric bounds, beside config_validation's shared ones
+  check_config(config, files)      its own rules across keys (network shapes, first stage, feature grid)
   build(rngs)                      the inference model: what is EMA'd, sampled, checkpointed as `ema`, exported
   first_stage()                    a frozen model the family reads (a tokenizer, an autoencoder), or None
   loss(model, first_stage, batch, key) -> LossOutput
@@ -12,8 +15,8 @@ a VQ autoencoder). The trainer never asks which family it runs; it calls these m
   sample_cond(num_images, offset)  what a sampler is conditioned on (the request's cond, or images to reconstruct)
   inpainter(model_def, first_stage_def, num_images) -> pure (weights, first_stage_weights, key, images, known)
   score(model, samples)            metrics of its own for --mode=eval (a tokenizer's reconstruction error)
-  export(weights, out_dir)         the inference model in another framework's format, where there is one
-  import_weights(path)             and back: its parameters from such a checkpoint (config.model.init_from)
+  EXPORT_FORMAT, IMPORT_FORMAT     the PyTorch formats its inference model goes to and comes from (export/ holds the
+                                   converters, above the families; None: none)
 
 Model state that is not trained by gradients (a VQ codebook's running averages) is held in `nnx.BatchStat`
 variables: the loss may update them in place and the trainer carries them in the EMA tree unaveraged.
@@ -21,14 +24,17 @@ variables: the loss may update them in place and the trainer carries them in the
 
 import abc
 import dataclasses
+import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
 
-from conprediff_jax import conditioning, sample_requests
+from conprediff_jax import checkpointing, conditioning, config_validation, parallel, sample_requests
 from conprediff_jax import data as data_lib
 
 # What a model may hold besides nnx.Param: statistics that its own loss updates (never the optimiser).
@@ -76,6 +82,22 @@ class FirstStage:
 
 class Family(abc.ABC):
   """One model family, bound to a config. Subclasses live in conprediff_jax/families/ and are named in FAMILIES."""
+
+  SCHEMA: str = ""  # its reference config, a file in configs/
+  CHOICES: dict[str, tuple] = {}
+  BOUNDS: dict[str, config_validation.Bound] = {}
+  EXPORT_FORMAT: str | None = None
+  IMPORT_FORMAT: str | None = None
+
+  @classmethod
+  def schema(cls) -> ml_collections.FrozenConfigDict:
+    """The reference config every config of this family matches, key for key and type for type."""
+    return _load_schema(cls.SCHEMA)
+
+  @classmethod
+  def check_config(cls, config, files: bool) -> None:
+    """Raises config_validation.ConfigError for the first problem across this family's keys; `files=False`: without
+    what training reads from disk (a trained first stage, weights to start from), as --mode=compile checks."""
 
   def __init__(self, config, abstract_first_stage: bool = False):
     """`abstract_first_stage`: the first stage as shapes, from the config that trains it where none is trained
@@ -145,19 +167,6 @@ class Family(abc.ABC):
     del totals
     return {}
 
-  def import_weights(self, path: str) -> dict:
-    """The inference model's parameters (a pure dict) read from another framework's checkpoint at `path`: what a
-    fresh run starts from with config.model.init_from."""
-    del path
-    raise ValueError(f"config.model.init_from: the {self.config.family!r} family imports no weights (the "
-                     "'gaussian' family imports a diffusers UNet2DModel)")
-
-  def export(self, weights, out_dir: str) -> str:
-    """Writes the inference model in another framework's format; returns the folder."""
-    del weights, out_dir
-    raise ValueError(f"--mode=export: the {self.config.family!r} family has no exporter (the 'gaussian' and "
-                     "'kl_autoencoder' families export to diffusers)")
-
 
 # ------------------------------------------------------------------------------------------------------------------
 # A model's inference weights: its parameters and its buffers, as one nested dict with disjoint leaves.
@@ -189,3 +198,31 @@ def union(a: dict, b: dict) -> dict:
 def restrict(tree: dict, like: dict) -> dict:
   """The part of `tree` with the keys of `like` (the parameters, or the buffers, of a union)."""
   return {k: restrict(tree[k], v) if isinstance(v, dict) else tree[k] for k, v in like.items()}
+
+
+def restore_ema_weights(family: Family, workdir: str, mesh, step: int | None = None):
+  """(graph definition, EMA weights on `mesh`, their shardings, step) of the workdir's checkpoint at `step` (default:
+  the latest): the model's parameters and buffers only, no optimiser state, no context head."""
+  directory = os.path.join(workdir, "checkpoints")
+  missing = FileNotFoundError(f"no checkpoint in {directory}: train first (--mode=train)")
+  if not os.path.isdir(directory):
+    raise missing
+  graphdef, params, buffers = abstract_model(family)
+  abstract = union(params, buffers)
+  shardings = parallel.state_shardings(mesh, abstract)
+  manager = checkpointing.open_manager(directory, max_to_keep=family.config.checkpoint.max_to_keep)
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise missing
+    with jax.set_mesh(mesh):
+      weights = checkpointing.restore_ema(manager, step, abstract, shardings)
+  finally:
+    manager.close()
+  return graphdef, weights, shardings, step
+
+
+@functools.cache
+def _load_schema(name: str) -> ml_collections.FrozenConfigDict:
+  return ml_collections.FrozenConfigDict(config_validation.load_config_file(
+      os.path.join(config_validation.REPO, "configs", name)))

@@ -2,13 +2,20 @@
 faster solvers (with classifier-free guidance when conditional); inpainting by RePaint, or by a mask-conditioned
 UNet. In pixel space, or on a frozen KL autoencoder's latents with config.first_stage.workdir (latent.py)."""
 
+import math
+import os
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from conprediff_jax import conditioning
+from conprediff_jax.config_validation import NON_NEGATIVE, POSITIVE, ConfigError
 from conprediff_jax.diffusion import samplers
-from conprediff_jax.diffusion.gaussian import GaussianDiffusion
+from conprediff_jax.diffusion.gaussian import PREDICTIONS, SCHEDULES, GaussianDiffusion
+from conprediff_jax.families import checks
+from conprediff_jax.families import first_stage as first_stage_lib
 from conprediff_jax.families.base import Family, FeatureSpec, FirstStage, LossOutput, inference_model
 from conprediff_jax.families.latent import LatentSpace
 from conprediff_jax.inpainting import mask_conditioning, repaint
@@ -19,6 +26,33 @@ MASK_STREAM = 1 << 21  # the training masks' key, folded from the loss's key (se
 
 class GaussianFamily(Family):
   """eps/v-prediction on pixels; the context head reads the UNet's last up block and predicts clean pixels."""
+
+  SCHEMA = "default.py"
+  CHOICES = {"model.name": tuple(MODELS), "diffusion.schedule": tuple(SCHEDULES), "diffusion.prediction": PREDICTIONS,
+             "sample.sampler": tuple(samplers.SAMPLERS), "sample.spacing": tuple(samplers.SPACINGS)}
+  BOUNDS = {**checks.CONV_BOUNDS, "model.num_heads": POSITIVE, "diffusion.timesteps": POSITIVE,
+            "diffusion.min_snr_gamma": NON_NEGATIVE, "sample.eta": NON_NEGATIVE, "sample.sigma_max": NON_NEGATIVE}
+  EXPORT_FORMAT = IMPORT_FORMAT = "diffusers_unet"
+
+  @classmethod
+  def check_config(cls, config, files: bool) -> None:
+    workdir = config.first_stage.workdir
+    if workdir:  # latent diffusion reads a trained KL autoencoder of the same images
+      first_stage_lib.check(config, family="kl_autoencoder", kind="KL autoencoder", files=files, diffusers_ok=True,
+                            make=f"train it first: python -m conprediff_jax.main --config=<its autoencoder config: "
+                            f"configs/digits_kl.py for the digits, configs/paper_kl.py:<task> for the paper's tasks> "
+                            f"--workdir={workdir}")
+    view = denoiser_view(config)
+    _check_unet(view)
+    checks.check_context_grid(config, view.data.image_size, "the denoiser's grid")
+    timesteps = config.diffusion.timesteps
+    for key, steps in (("sample.steps", config.sample.steps), ("inpaint.steps", config.inpaint.steps)):
+      if steps > timesteps:
+        raise ConfigError(key, f"{steps} exceeds config.diffusion.timesteps={timesteps}", f"use at most {timesteps}")
+    path = config.model.init_from
+    if files and path and not os.path.isdir(os.path.expanduser(path)):
+      raise ConfigError("model.init_from", f"{path!r} is not an existing directory",
+                        "point it at a diffusers UNet2DModel folder (safetensors), or leave it empty")
 
   def __init__(self, config, abstract_first_stage: bool = False):
     super().__init__(config, abstract_first_stage)
@@ -102,23 +136,35 @@ class GaussianFamily(Family):
 
     return inpaint
 
-  def import_weights(self, path: str) -> dict:
-    if self.mask_conditional or self.config.model.text_conditional:
-      raise ValueError("config.model.init_from: a diffusers UNet2DModel imports as an unconditional or "
-                       "class-conditional UNet; this config's UNet also reads a mask or a prompt")
-    from conprediff_jax.export import diffusers_import  # pylint: disable=g-import-not-at-top  # torch-free
-    return diffusers_import.load_unet_params(path, self.denoiser_config)
 
-  def export(self, weights, out_dir: str) -> str:
-    if self.mask_conditional:
-      raise ValueError("--mode=export: a mask-conditioned UNet (config.model.mask_conditional) reads extra input "
-                       "channels that a diffusers DDIMPipeline does not pass; export an unconditional one")
-    from conprediff_jax.export import diffusers_export  # pylint: disable=g-import-not-at-top  # torch-free, lazy
-    autoencoder = None if self.latent is None else (self.latent.autoencoder_config, self.latent.stage.weights,
-                                                    self.latent.scaling_factor)
-    if self.config.model.text_conditional:
-      return diffusers_export.export_text_to_image(self.denoiser_config, weights, out_dir, autoencoder)
-    if autoencoder is None:
-      return diffusers_export.export_pipeline(self.config, weights, out_dir)
-    return diffusers_export.export_latent_pipeline(self.denoiser_config, weights, *autoencoder, out_dir)
+def denoiser_view(config) -> ml_collections.ConfigDict:
+  """The data shape a Gaussian model's UNet sees: the config's own, or, with config.first_stage.workdir, the latent
+  grid and channels of the autoencoder there (latent.py)."""
+  saved = first_stage_lib.stage_config(config)
+  if saved is None:
+    return config
+  view = config.copy_and_resolve_references()
+  view.data.image_size = saved["data"]["image_size"] // 2 ** (len(saved["model"]["channel_mults"]) - 1)
+  view.data.channels = saved["model"]["latent_channels"]
+  return view
 
+
+def _check_unet(config) -> None:
+  """The shapes unet.py builds: every level halves the grid, GroupNorm and attention split the widths."""
+  checks.check_levels(config)
+  m, size = config.model, config.data.image_size
+  mults = tuple(m.channel_mults)
+  if m.channels % 2:
+    raise ConfigError("model.channels", f"{m.channels} is odd, but the sinusoidal timestep embedding is "
+                      "sin/cos pairs of this width", "use an even width")
+  widths = [m.channels * k for k in mults]
+  levels = [size // 2**i for i in range(len(mults))]
+  unused = [r for r in m.attention_resolutions if r not in levels]
+  if unused:
+    raise ConfigError("model.attention_resolutions", f"{unused} match no UNet level (the levels are {levels}), "
+                      "so no attention would be added there", f"use sizes from {levels}, or () for none")
+  # The mid block always attends at the last width.
+  attended = sorted({w for w, r in zip(widths, levels) if r in m.attention_resolutions} | {widths[-1]})
+  if math.gcd(*attended) % m.num_heads:
+    raise ConfigError("model.num_heads", f"{m.num_heads} does not divide the attention widths {attended}",
+                      f"use a divisor of {math.gcd(*attended)}")

@@ -11,12 +11,24 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from conprediff_jax.config_validation import NON_NEGATIVE, POSITIVE
+from conprediff_jax.families import checks
 from conprediff_jax.families.autoencoder import AutoencoderFamily
 from conprediff_jax.families.base import LossOutput, abstract_model
 from conprediff_jax.models.kl import kl_from_config
 
 
 class KLAutoencoderFamily(AutoencoderFamily):
+
+  SCHEMA = "digits_kl.py"
+  CHOICES = {"model.name": ("kl",)}
+  BOUNDS = {**checks.CONV_BOUNDS, "model.latent_channels": POSITIVE, "model.kl_weight": NON_NEGATIVE}
+  EXPORT_FORMAT = "diffusers_autoencoder_kl"
+
+  @classmethod
+  def check_config(cls, config, files: bool) -> None:
+    checks.check_levels(config)
+    checks.check_no_context(config)
 
   def build(self, rngs: nnx.Rngs) -> nnx.Module:
     return kl_from_config(self.config, rngs=rngs)
@@ -49,10 +61,6 @@ class KLAutoencoderFamily(AutoencoderFamily):
     images = source.get_batch(np.arange(min(num_images, len(source))))["image"]
     model = nnx.merge(abstract_model(self)[0], weights)
     return float(1.0 / np.std(np.asarray(_encode_mean(model, jnp.asarray(images)))))
-
-  def export(self, weights, out_dir: str) -> str:
-    from conprediff_jax.export import diffusers_export  # pylint: disable=g-import-not-at-top  # torch-free, lazy
-    return diffusers_export.export_autoencoder(self.config, weights, out_dir)
 
 
 @nnx.jit

@@ -19,6 +19,7 @@ from flax import nnx
 
 from conprediff_jax.families import first_stage as first_stage_lib
 from conprediff_jax.families.base import FirstStage
+from conprediff_jax.families.kl_autoencoder import KLAutoencoderFamily
 
 ENCODE_STREAM = 1 << 22  # the posterior samples' key, folded from the loss's key
 
@@ -44,9 +45,9 @@ class LatentSpace:
   @functools.cached_property
   def stage(self) -> FirstStage:
     if self.abstract:
-      return first_stage_lib.abstract(self.autoencoder_config)
-    return first_stage_lib.load(self.workdir, "train it first with --config=configs/digits_kl.py "
-                                f"--workdir={self.workdir}")
+      return first_stage_lib.abstract(self.autoencoder_config, KLAutoencoderFamily)
+    return first_stage_lib.load(self.workdir, KLAutoencoderFamily, "train it first with "
+                                f"--config=configs/digits_kl.py --workdir={self.workdir}")
 
   @functools.cached_property
   def scaling_factor(self) -> float:
@@ -55,8 +56,7 @@ class LatentSpace:
       return float(self._scaling_factor or self.autoencoder_config.scaling_factor)
     if self.abstract:
       return 1.0  # a constant factor: the compiled program is the same for any
-    from conprediff_jax import families  # pylint: disable=g-import-not-at-top  # families imports this module
-    factor = families.get(self.autoencoder_config).scaling_factor(self.stage.weights)
+    factor = KLAutoencoderFamily(self.autoencoder_config).scaling_factor(self.stage.weights)
     logging.info("latent scaling factor %.5f: 1 / the std of the autoencoder's latents on its training data",
                  factor)
     return factor

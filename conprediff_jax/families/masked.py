@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from conprediff_jax import conditioning, config_validation
+from conprediff_jax import conditioning
+from conprediff_jax.config_validation import FRACTION, NON_NEGATIVE, POSITIVE, ConfigError
+from conprediff_jax.families import checks
 from conprediff_jax.families import first_stage as first_stage_lib
 from conprediff_jax.families import masked_process
 from conprediff_jax.families.autoencoder import AutoencoderFamily
@@ -21,6 +23,29 @@ from conprediff_jax.models.transformer import transformer_from_config
 class MaskedFamily(Family):
   """Reads `config.first_stage.workdir`: a trained tokenizer (configs/digits_vq.py) and its config.json."""
 
+  SCHEMA = "digits_tokens.py"
+  CHOICES = {"model.name": ("transformer",), "sample.sampler": ("maskgit",),
+             "masking.schedule": tuple(masked_process.MASK_SCHEDULES),
+             "sample.schedule": tuple(masked_process.MASK_SCHEDULES)}
+  BOUNDS = {**dict.fromkeys(("model.width", "model.depth", "model.num_heads", "model.mlp_ratio"), POSITIVE),
+            "model.dropout": FRACTION, "sample.temperature": NON_NEGATIVE, "sample.choice_temperature": NON_NEGATIVE}
+
+  @classmethod
+  def check_config(cls, config, files: bool) -> None:
+    workdir = config.first_stage.workdir
+    tokenizer = first_stage_lib.check(
+        config, family="autoencoder", kind="tokenizer", files=files,
+        make=f"train the tokenizer first: python -m conprediff_jax.main --config=configs/digits_vq.py "
+        f"--workdir={workdir or 'workdirs/digits_vq'}")
+    m, grid = config.model, first_stage_lib.token_grid(tokenizer)
+    if m.width % m.num_heads:
+      raise ConfigError("model.num_heads", f"{m.num_heads} does not divide config.model.width={m.width}",
+                        "use a divisor of the width")
+    if config.sample.steps > grid**2:
+      raise ConfigError("sample.steps", f"{config.sample.steps} decoding steps for {grid**2} tokens",
+                        f"use at most {grid**2} (every step decodes at least one token)")
+    checks.check_context_grid(config, grid, "the tokenizer's token grid")
+
   def __init__(self, config, abstract_first_stage: bool = False):
     super().__init__(config, abstract_first_stage)
     try:
@@ -29,7 +54,7 @@ class MaskedFamily(Family):
       raise FileNotFoundError(f"config.first_stage.workdir={config.first_stage.workdir!r} holds no trained "
                               "tokenizer; train one with --config=configs/digits_vq.py") from None
     self.tokenizer = AutoencoderFamily(saved)
-    self.grid = config_validation.token_grid(saved)
+    self.grid = first_stage_lib.token_grid(saved)
 
   def build(self, rngs: nnx.Rngs) -> nnx.Module:
     return transformer_from_config(self.config, vocab_size=self.tokenizer.config.model.codebook_size,
@@ -37,9 +62,10 @@ class MaskedFamily(Family):
 
   def first_stage(self) -> FirstStage:
     if self.abstract_first_stage:
-      return first_stage_lib.abstract(self.tokenizer.config)
+      return first_stage_lib.abstract(self.tokenizer.config, AutoencoderFamily)
     workdir = self.config.first_stage.workdir
-    return first_stage_lib.load(workdir, f"train it first with --config=configs/digits_vq.py --workdir={workdir}")
+    return first_stage_lib.load(workdir, AutoencoderFamily,
+                                f"train it first with --config=configs/digits_vq.py --workdir={workdir}")
 
   def loss(self, model, first_stage, batch, key) -> LossOutput:
     tokens = jax.lax.stop_gradient(first_stage.tokenize(batch["image"]))

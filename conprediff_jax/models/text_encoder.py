@@ -17,6 +17,7 @@ from conprediff_jax import conditioning
 from conprediff_jax.models import attention
 
 _embedding_init = nnx.initializers.normal(0.02)
+ENCODERS = ("bytes", "precomputed")  # config.text.encoder
 
 
 def context_dim(encoder: str, width: int, embedding_dim: int) -> int:
@@ -30,8 +31,8 @@ class TextEncoder(nnx.Module):
 
   def __init__(self, *, encoder: str, max_length: int, width: int, depth: int, num_heads: int,
                embedding_dim: int, dtype=jnp.float32, rngs: nnx.Rngs):
-    if encoder not in ("bytes", "precomputed"):
-      raise ValueError(f"config.text.encoder must be 'bytes' or 'precomputed', got {encoder!r}")
+    if encoder not in ENCODERS:
+      raise ValueError(f"config.text.encoder must be one of {ENCODERS}, got {encoder!r}")
     self.encoder, self.max_length, self.dtype = encoder, max_length, dtype
     self.dim = context_dim(encoder, width, embedding_dim)
     if encoder == "bytes":
