@@ -26,7 +26,7 @@ LAYERS = [
     # PyTorch formats, above the families they read.
     ("pytorch", ["export"]),
     ("train", ["train", "compile_report"]),
-    ("entry", ["main", "convert", "experiments"]),
+    ("entry", ["main", "convert", "config_reference", "experiments"]),
 ]
 
 
