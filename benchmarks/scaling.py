@@ -21,7 +21,7 @@ import sys
 import time
 
 from benchmarks import harness
-from conprediff_jax import config_validation, hardware
+from conprediff_jax import cli, hardware
 
 # (config, the slice its docstring names, a larger one: twice the chips, of the newest generation).
 PAPER = [
@@ -51,7 +51,7 @@ _PLACES = {"data": ("tfds_name", "data_dir", "split", "captions", "text_embeddin
 def fingerprint(spec: str) -> str:
   """What the compiled programs of config `spec` depend on: the config, less its data's and weights' places, with
   its first stage's fingerprint in place of that stage's config file."""
-  config = config_validation.load_config_file(spec).to_dict()
+  config = cli.load_config_file(spec).to_dict()
   stage = config.get("first_stage", {}).get("config", "")
   for section, keys in _PLACES.items():
     for key in keys:

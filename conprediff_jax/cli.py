@@ -6,6 +6,7 @@ and apply the command line's overrides to it there, at import, outside any error
 was a 40-line traceback). `parse` supplies the default instead.
 """
 
+import importlib.util
 import os
 import sys
 
@@ -73,3 +74,18 @@ def override(config, settings: dict, where: str):
     except TypeError as e:
       raise ValueError(f"{where}: {key} = {value!r}: {e}") from None
   return config
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """The config a config file makes, named as --config names it: `path[:argument]` (configs/paper_kl.py:celebahq),
+  the path relative to the current directory or to the repository. FileNotFoundError (one line) if there is none."""
+  path, _, argument = spec.partition(":")
+  found = next((p for p in (os.path.expanduser(path), os.path.join(REPO, path)) if os.path.isfile(p)), None)
+  if found is None:
+    raise FileNotFoundError(f"config file {path!r} does not exist (nor under {REPO})")
+  if REPO not in sys.path:  # config files import their bases as `configs.<name>`
+    sys.path.append(REPO)
+  module_spec = importlib.util.spec_from_file_location(f"_conprediff_config_{os.path.basename(found)[:-3]}", found)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(argument) if argument else module.get_config()

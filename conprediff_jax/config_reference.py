@@ -10,7 +10,7 @@ import os
 import re
 import sys
 
-from conprediff_jax import config_validation, families
+from conprediff_jax import cli, config_validation, families
 from conprediff_jax.data import registry as data_registry
 
 _ASSIGNMENT = re.compile(r"^\s*(?:config\.)?([a-z_]+\.[a-z_][a-z_.]*)\s*=\s*[^#]*#\s*(.+?)\s*$")
@@ -20,7 +20,7 @@ def _comments(files) -> dict[str, str]:
   """key -> the comment on the line that sets it, in `files` (configs/), later files winning."""
   out = {}
   for name in files:
-    with open(os.path.join(config_validation.REPO, "configs", name), encoding="utf-8") as f:
+    with open(os.path.join(cli.REPO, "configs", name), encoding="utf-8") as f:
       for line in f:
         found = _ASSIGNMENT.match(line)
         if found:

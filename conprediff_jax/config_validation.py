@@ -1,26 +1,19 @@
-"""What every config shares, checked before anything is built or compiled: a bad setting costs seconds, not a
-failed compile. Each problem is a `ConfigError` whose message is one line, `config.<key>: <what is wrong>; <the
-fix>`; main.py prints it as `error: ...` and exits with status 2.
+"""What every config shares, checked before anything is built or compiled. Each problem is a `ConfigError` whose
+message is one line, `config.<key>: <what is wrong>; <the fix>`; main.py prints it as `error: ...`, exit status 2.
 
-`families.validate(config, num_devices=..., process_count=...)` runs the whole check: the family's schema (its
-reference config's keys and value types: `check_schema`), the shared choices and bounds below and then the family's
-own (`check_values`), the data's rules (data/registry.py), the family's rules (`Family.check_config`: network
-shapes, first stage, feature grid), the conditioning's (conditioning.py) and the files' (`check_paths`), and the mesh
-against the devices and the batch (parallel.py). `check_workdir` keeps a workdir to the experiment it holds.
+`families.validate` runs the whole check: the family's schema (its reference config's keys and value types:
+`check_schema`), the shared choices and bounds below and the family's own (`check_values`), the rules of the data
+(data/registry.py), of the family (`Family.check_config`) and of the conditioning (conditioning.py), the files
+(`check_paths`), and the mesh and batch (parallel.py). `check_workdir` keeps a workdir to the experiment it holds.
 """
 
 import difflib
-import importlib.util
 import json
 import math
 import os
-import sys
 from collections.abc import Callable
 
 import ml_collections
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 class ConfigError(ValueError):
   """A config problem, as one line: `config.<key>: <what is wrong>; <the fix>`."""
@@ -28,21 +21,6 @@ class ConfigError(ValueError):
   def __init__(self, key: str, problem: str, fix: str):
     self.key = key
     super().__init__(" ".join(f"config.{key}: {problem}; {fix}".splitlines()))
-
-
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """The config a config file makes, named as --config names it: `path[:argument]` (configs/paper_kl.py:celebahq),
-  the path relative to the current directory or to the repository. FileNotFoundError (one line) if there is none."""
-  path, _, argument = spec.partition(":")
-  found = next((p for p in (os.path.expanduser(path), os.path.join(REPO, path)) if os.path.isfile(p)), None)
-  if found is None:
-    raise FileNotFoundError(f"config file {path!r} does not exist (nor under {REPO})")
-  if REPO not in sys.path:  # config files import their bases as `configs.<name>`
-    sys.path.append(REPO)
-  module_spec = importlib.util.spec_from_file_location(f"_conprediff_config_{os.path.basename(found)[:-3]}", found)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(argument) if argument else module.get_config()
 
 
 # ------------------------------------------------------------------------------------------------------------------

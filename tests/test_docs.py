@@ -10,7 +10,7 @@ import shlex
 
 import pytest
 
-from conprediff_jax import config_reference, config_validation
+from conprediff_jax import cli, config_reference, config_validation
 from tests.conftest import REPO
 
 PAGES = [os.path.join(REPO, "README.md"), *sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))]
@@ -66,7 +66,7 @@ def test_commands_name_modules_configs_modes_and_keys_that_exist(page):
     spec = flags.get("--config", "configs/default.py")
     if "<" in spec:  # a placeholder the reader fills in
       continue
-    config = config_validation.load_config_file(spec)
+    config = cli.load_config_file(spec)
     assert flags.get("--mode", "train") in MODES or "<" in flags.get("--mode", ""), f"{page}: {command}"
     for flag in flags:
       if flag.startswith("--config."):

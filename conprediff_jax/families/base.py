@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from conprediff_jax import checkpointing, conditioning, config_validation, parallel, sample_requests
+from conprediff_jax import checkpointing, cli, conditioning, config_validation, parallel, sample_requests
 from conprediff_jax import data as data_lib
 
 # What a model may hold besides nnx.Param: statistics that its own loss updates (never the optimiser).
@@ -224,5 +224,5 @@ def restore_ema_weights(family: Family, workdir: str, mesh, step: int | None = N
 
 @functools.cache
 def _load_schema(name: str) -> ml_collections.FrozenConfigDict:
-  return ml_collections.FrozenConfigDict(config_validation.load_config_file(
-      os.path.join(config_validation.REPO, "configs", name)))
+  return ml_collections.FrozenConfigDict(cli.load_config_file(
+      os.path.join(cli.REPO, "configs", name)))

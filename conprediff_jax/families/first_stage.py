@@ -10,7 +10,7 @@ import os
 import jax
 import ml_collections
 
-from conprediff_jax import config_validation, parallel
+from conprediff_jax import cli, parallel
 from conprediff_jax.config_validation import ConfigError
 from conprediff_jax.families.base import FirstStage, abstract_model, restore_ema_weights, union
 from conprediff_jax.models import diffusers_layout
@@ -25,7 +25,7 @@ def read_config(workdir: str) -> dict | None:
   with open(path, encoding="utf-8") as f:
     saved = json.load(f)
   if saved.get("_class_name") == "AutoencoderKL":
-    base = config_validation.load_config_file(os.path.join(config_validation.REPO, "configs", "digits_kl.py"))
+    base = cli.load_config_file(os.path.join(cli.REPO, "configs", "digits_kl.py"))
     return diffusers_layout.autoencoder_config(saved, base.to_dict())
   return saved
 
@@ -46,7 +46,7 @@ def stage_config(config) -> dict | None:
     return None
   saved = read_config(stage.workdir)
   if saved is None and stage.get("config", ""):
-    saved = config_validation.load_config_file(stage.config).to_dict()
+    saved = cli.load_config_file(stage.config).to_dict()
   return saved
 
 
