@@ -90,16 +90,21 @@ def _time(r: dict) -> str:
   return f"{r['predicted_step_seconds']:.3g}{source}"
 
 
+def _at_most(r: dict) -> str:
+  """'≤ ' where the time is the roofline (a lower bound: the MFU and images/s it gives are upper bounds)."""
+  return "" if r.get("time_source") == "cost model" else "≤ "
+
+
 def _row(spec: str, r: dict, note: str = "") -> list[str]:
   has_time = "predicted_step_seconds" in r
   return [f"`{spec}`{note}", r["topology"], f"{r['params_trainable'] / 1e6:.0f}M",
           f"{r['batch_size']}" + (f" ({r['microbatches']} parts)" if r["microbatches"] > 1 else ""),
           str(r["mesh"]), f"{_gib(r['hbm_peak_bytes'])} / {_gib(r['hbm_capacity_bytes'])}",
           "yes" if r["fits"] else "**no**", _time(r),
-          f"{100 * r['predicted_mfu']:.0f}%" if has_time else "-",
+          f"{_at_most(r)}{100 * r['predicted_mfu']:.0f}%" if has_time else "-",
           f"{r['arithmetic_intensity']:.0f} / {r['ridge_point']:.0f}" if has_time else "-",
-          f"{r['images_per_second_per_chip']:.1f}" if has_time else "-",
-          f"{r['hours_to_train_steps'] / 24:.1f} d" if has_time else "-",
+          f"{_at_most(r)}{r['images_per_second_per_chip']:.1f}" if has_time else "-",
+          f"{'≥ ' if _at_most(r) else ''}{r['hours_to_train_steps'] / 24:.1f} d" if has_time else "-",
           f"{_gib(r['sampler']['hbm_peak_bytes'])} ({'fits' if r['sampler']['fits'] else '**no**'})"]
 
 
@@ -159,7 +164,7 @@ def main():
                       f"--config.mesh.axes={axes}")
       harness.row([str(r["mesh"]), _gib(r["state_bytes_per_chip"]), _gib(r["hbm_peak_bytes"]),
                    "yes" if r["fits"] else "**no**", _time(r),
-                   f"{100 * r['predicted_mfu']:.0f}%" if "predicted_mfu" in r else "-"])
+                   f"{_at_most(r)}{100 * r['predicted_mfu']:.0f}%" if "predicted_mfu" in r else "-"])
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ What the numbers count (docs/scaling.md: the table, and how each was checked):
   HBM bandwidth, the larger (`time_source` says which). Neither sees the host's input pipeline, dispatch, or
   collectives over the data-centre network between slices.
 - predicted_mfu: flops_per_step / (predicted_step_seconds x the chip's dense bf16 peak). The FLOPs are the compiled
-  program's, so recomputation (model.remat) counts as work: MaxText's "hardware FLOPs utilisation".
+  program's, so recomputation (model.remat) counts as work: MaxText's "hardware FLOPs utilisation". From a roofline
+  time it is an upper bound (`upper_bounds`), as are images/s and the time to train: a compute-bound roofline is
+  100% by construction.
 """
 
 import dataclasses
@@ -248,6 +250,8 @@ def _train_figures(step: Program, part: Program | None, t, chip: hardware.Chip, 
       "ridge_point": chip.ridge_flops_per_byte,
       "cost_model_seconds": cost_model, "roofline_seconds": roofline, "predicted_step_seconds": seconds,
       "time_source": "cost model" if usable else "roofline (the cost model's answer is not a usable time)",
+      # A roofline time is a lower bound, so the MFU and images/s it gives are upper bounds.
+      "upper_bounds": not usable,
       "predicted_mfu": flops / (seconds * chip.bf16_flops) if seconds else None,
       "images_per_second": t.batch_size / seconds if seconds else None,
       "images_per_second_per_chip": t.batch_size / seconds / known["chips"] if seconds else None,
@@ -285,13 +289,14 @@ def table(r: dict) -> str:
   if "refused" in r:
     rows.append(("compiler", r["refused"]["message"]))
   if "predicted_step_seconds" in r:
+    at_most = "at most " if r["upper_bounds"] else ""
     rows += [("FLOPs / chip / step", f"{r['flops_per_step'] / 1e12:.3f} T"),
              ("HBM traffic / chip / step", f"{r['bytes_accessed'] / 1e9:.1f} GB (intensity "
                                            f"{r['arithmetic_intensity']:.0f} FLOP/B, ridge {r['ridge_point']:.0f})"),
              ("predicted step", f"{r['predicted_step_seconds']:.4g} s ({r['time_source']})"),
-             ("predicted MFU", f"{100 * r['predicted_mfu']:.1f}% of {r['chip']}'s bf16 peak"),
-             ("images / s", f"{r['images_per_second']:.1f} ({r['images_per_second_per_chip']:.2f} per chip)"),
-             ("train.steps take", f"{r['hours_to_train_steps']:.1f} h")]
+             ("predicted MFU", f"{at_most}{100 * r['predicted_mfu']:.1f}% of {r['chip']}'s bf16 peak"),
+             ("images / s", f"{at_most}{r['images_per_second']:.1f} ({r['images_per_second_per_chip']:.2f} per chip)"),
+             ("train.steps take", f"{'at least ' if r['upper_bounds'] else ''}{r['hours_to_train_steps']:.1f} h")]
   s = r["sampler"]
   rows.append((f"sampler memory / chip (batch {s['batch']})",
                f"{gib(s['hbm_peak_bytes'])}: " + ("fits" if s["fits"] else "DOES NOT FIT")))

@@ -92,6 +92,7 @@ def test_compile_for_a_slice_reports_what_the_compiler_says(tmp_path):
   m = report["memory"]
   assert report["hbm_peak_bytes"] == m["argument"] + m["output"] - m["alias"] + m["temp"] + m["generated_code"]
   assert 0 < report["predicted_mfu"] < 1 and report["predicted_step_seconds"] >= report["roofline_seconds"] * 0.999
+  assert report["upper_bounds"] == (report["time_source"] != "cost model")
   assert report["flops_per_step"] > 0 and report["bytes_accessed"] > 0
   # The inference graph is the model alone: what a config without the context head has.
   no_head = tiny_config()
@@ -106,13 +107,14 @@ def test_compile_for_a_slice_reports_what_the_compiler_says(tmp_path):
   assert "TPU_ACCELERATOR_TYPE" not in stderr and "worker hostname" not in stderr, stderr
 
 
-def test_a_config_that_cannot_fit_is_reported_with_the_compilers_numbers(tmp_path):
-  report, stdout, _ = _compile(tmp_path, "--config=configs/smoke.py", "--topology=v5e-4",
-                               "--config.train.batch_size=8192", "--config.data.image_size=64",
-                               "--config.eval.batch_size=4")
-  assert report["fits"] is False and "DOES NOT FIT" in stdout
+def test_a_config_that_cannot_fit_is_reported_with_the_compilers_numbers():
+  config = tiny_config()
+  config.train.batch_size, config.data.image_size, config.eval.batch_size = 8192, 64, 4
+  report = compile_report.report(config, "v5e-4", hardware.abstract_devices(hardware.parse_topology("v5e-4")))
+  assert report["fits"] is False and "DOES NOT FIT" in compile_report.table(report)
   assert report["hbm_peak_bytes"] > report["hbm_capacity_bytes"] == hardware.CHIPS["v5e"].compiler_hbm_bytes
   assert "predicted_step_seconds" not in report  # no time for a program that does not exist
+  assert report["sampler"]["fits"]
 
 
 @pytest.mark.parametrize("flags, fragment", [
@@ -129,23 +131,25 @@ def test_bad_topologies_and_configs_are_one_line(tmp_path, flags, fragment):
 
 
 def _argument_bytes(fsdp: int) -> tuple[int, int]:
-  """(the compiled train step's argument bytes per chip, the shards of its state and batch as the trainer's
-  shardings lay them out) for a small UNet on a v5p-8 split `fsdp` ways."""
+  """(the argument bytes per chip of a program that takes the train state as the trainer shards it, the state's
+  shards' own bytes) for a small UNet on a v5p-8 split `fsdp` ways."""
   config = tiny_config()
   config.model.channels = 48  # 3x3 kernels large enough to be split (parallel.MIN_SHARDED_SIZE)
-  config.context.weight = 0.0
   config.mesh.shape = (4 // fsdp, fsdp)
   target = compile_report.prepare(config, "v5p-8", hardware.abstract_devices(hardware.parse_topology("v5p-8")))
-  compiled = compile_report.compile_train_step(target).memory["argument"]
-  return compiled, compile_report.shard_bytes(target.state) + compile_report.shard_bytes(target.batch)
+  with jax.set_mesh(target.mesh):
+    lowered = jax.jit(lambda state: state["step"] + 1, in_shardings=(target.shardings,), keep_unused=True).lower(
+        target.state)
+  return compile_report.compile_program(lowered).memory["argument"], compile_report.shard_bytes(target.state)
 
 
 def test_fsdp_splits_the_optimiser_state_over_chips():
   (replicated, expected_replicated), (split, expected_split) = _argument_bytes(1), _argument_bytes(4)
-  # The program takes its arguments as the shardings lay them out (a TPU pads each to its tiles: more, not less).
+  # The compiled program takes its arguments as the shardings lay them out (a TPU pads each array to its tiles:
+  # more bytes, never fewer), and fsdp splits parameters, EMA and both Adam moments of every large kernel.
   assert expected_split < 0.5 * expected_replicated
   assert expected_replicated <= replicated and expected_split <= split
-  assert split < 0.5 * replicated  # parameters, EMA and both Adam moments of every large kernel, a quarter each
+  assert split < 0.5 * replicated
 
 
 def test_the_data_axis_of_a_multi_slice_job_spans_the_slices():

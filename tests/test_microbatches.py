@@ -59,10 +59,10 @@ def test_parts_hold_less_memory_and_train_the_gaussian_family():
   temps, batch = {}, None
   for parts in (1, 4):
     config = tiny_config()
-    config.train.batch_size, config.train.microbatches = 32, parts
+    config.train.batch_size, config.train.microbatches = 16, parts
     exp = train.make_experiment(config)
     state = jax.jit(functools.partial(train.init_state, exp))(jax.random.key(0))
-    batch = {"image": jax.random.uniform(jax.random.key(2), (32, 8, 8, 1), minval=-1, maxval=1)}
+    batch = {"image": jax.random.uniform(jax.random.key(2), (16, 8, 8, 1), minval=-1, maxval=1)}
     compiled = jax.jit(functools.partial(train.train_step, exp)).lower(state, batch, jax.random.key(1)).compile()
     temps[parts] = compiled.memory_analysis().temp_size_in_bytes
     _, metrics = compiled(state, batch, jax.random.key(1))
