@@ -12,6 +12,10 @@ import jax
 import orbax.checkpoint as ocp
 
 
+class Mismatch(ValueError):
+  """A checkpoint that reads but holds another model than the config builds."""
+
+
 def open_manager(directory: str, *, max_to_keep: int, save_interval_steps: int = 1) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
                                          enable_async_checkpointing=True, create=True)
@@ -52,21 +56,30 @@ def quarantine(manager: ocp.CheckpointManager, step: int) -> str:
   return target
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state, shardings):
-  """Restores the newest readable checkpoint, or returns None when there is none.
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, shardings, *, step: int | None = None,
+                   ema_only: bool = False):
+  """(step, state) of the newest readable checkpoint (or of `step` alone), or None when there is none.
 
-  A step that fails to restore (truncated files, a half-written directory) is moved to
-  `corrupt_checkpoints/` with a warning naming it, and the next older one is tried. Nothing is deleted, so
-  the last good checkpoint always survives, and a later save of the same step number cannot collide.
+  A step that fails to restore (truncated files, flipped bytes, a half-written directory) is moved to
+  `corrupt_checkpoints/` with a warning naming it, and the next older one is tried. Nothing is deleted, so the last
+  good checkpoint always survives, and a later save of the same step number cannot collide. With `ema_only`,
+  `abstract_state` is the EMA weights' and only they are read (restore_ema).
   """
-  for step in sorted(manager.all_steps(), reverse=True):
+  steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+  for candidate in steps:
     try:
-      return restore(manager, step, abstract_state, shardings)
+      if ema_only:
+        return candidate, restore_ema(manager, candidate, abstract_state, shardings)
+      return candidate, restore(manager, candidate, abstract_state, shardings)
+    except Mismatch:
+      raise  # a readable checkpoint of another model: the config is wrong, not the files
     except Exception as error:  # pylint: disable=broad-except  # any unreadable step: fall back to an older one
-      moved = quarantine(manager, step)
-      message = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-      logging.warning("checkpoint step %d is unreadable (%s); moved it to %s and trying an older one",
-                      step, message, moved)
+      if candidate not in manager.all_steps():  # asked for a step that is not there
+        raise FileNotFoundError(f"{manager.directory}: no checkpoint at step {candidate} (there are "
+                                f"{sorted(manager.all_steps())})") from None
+      moved = quarantine(manager, candidate)
+      message = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+      logging.warning("checkpoint step %d is unreadable (%s); moved it to %s", candidate, message, moved)
   return None
 
 
@@ -87,12 +100,12 @@ def restore_ema(manager: ocp.CheckpointManager, step: int, abstract_ema, ema_sha
   try:
     stored = reader.item_metadata(step)
     if stored is None or "ema" not in stored.tree:
-      raise ValueError(f"checkpoint {manager.directory}/{step} holds no 'ema' subtree")
+      raise Mismatch(f"checkpoint {manager.directory}/{step} holds no 'ema' subtree")
     # partial_restore silently drops stored keys missing from the target and returns the target's abstract leaves
     # for keys missing on disk, so the two key sets are compared first.
     want, have = paths(abstract_ema), paths(stored.tree["ema"])
     if want != have:
-      raise ValueError(f"the EMA parameters at step {step} do not fit the model the config builds: "
+      raise Mismatch(f"the EMA parameters at step {step} do not fit the model the config builds: "
                        f"missing {sorted(want - have)[:8]}, unexpected {sorted(have - want)[:8]}")
     target = {"ema": abstract_with_shardings(abstract_ema, ema_shardings)}
     args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),

@@ -35,7 +35,6 @@ What the numbers count (docs/scaling.md: the table, and how each was checked):
 import dataclasses
 import functools
 import importlib.metadata
-import json
 import math
 import os
 import re
@@ -46,6 +45,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from conprediff_jax import atomic_files
 from conprediff_jax import checkpointing
 from conprediff_jax import data as data_lib
 from conprediff_jax import families
@@ -271,9 +271,7 @@ def write(report_: dict, workdir: str) -> str:
   """<workdir>/compile_<slice>.json, replaced whole (written beside it, then renamed)."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, f"compile_{report_['topology']}.json")
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(report_, f, indent=2)
-  os.replace(path + ".tmp", path)
+  atomic_files.write_json(path, report_)
   return path
 
 

@@ -16,11 +16,11 @@ from collections.abc import Callable
 import ml_collections
 
 class ConfigError(ValueError):
-  """A config problem, as one line: `config.<key>: <what is wrong>; <the fix>`."""
+  """A config problem, as one line: `config.<key>: <what is wrong>; <the fix>` (no key: a workdir's config.json)."""
 
   def __init__(self, key: str, problem: str, fix: str):
     self.key = key
-    super().__init__(" ".join(f"config.{key}: {problem}; {fix}".splitlines()))
+    super().__init__(" ".join(f"{f'config.{key}: ' if key else ''}{problem}; {fix}".splitlines()))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -182,8 +182,13 @@ def check_workdir(config, workdir: str, *, schema, mode: str = "train") -> None:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
-  with open(path, encoding="utf-8") as f:
-    saved = _flatten(json.load(f))
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = _flatten(json.load(f))
+  except (OSError, ValueError) as e:  # cut, emptied or bytes flipped
+    raise ConfigError("", f"{path} is unreadable ({type(e).__name__}), so the run there cannot be compared with "
+                      "this config", "restore it, or pass --allow_config_change to use the workdir as this config "
+                      "says (training rewrites it)") from None
   current = _flatten(json.loads(config.to_json_best_effort()))
   defaults = _flatten(json.loads(schema.to_json_best_effort()))
   saved.update({k: v for k, v in current.items() if k not in saved and k in defaults and defaults[k] == v})

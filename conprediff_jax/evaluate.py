@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from conprediff_jax import atomic_files
 from conprediff_jax import evaluation
 from conprediff_jax import images as images_lib
 from conprediff_jax import sampling
@@ -131,8 +132,7 @@ def is_better(metric: str, value: float, best: float | None) -> bool:
 def write_results(workdir: str, step: int, metrics: dict[str, float]) -> str:
   path = os.path.join(workdir, f"eval_{step}.json")
   if jax.process_index() == 0:
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump({"step": step, **metrics}, f, indent=2)
+    atomic_files.write_json(path, {"step": step, **metrics})
   return path
 
 

@@ -1,10 +1,11 @@
 """Samples as uint8 arrays, PNG grids, a loss plot (pillow only), and arrays saved whole or not at all."""
 
 import math
-import os
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from conprediff_jax import atomic_files
 
 
 def to_uint8(images) -> np.ndarray:
@@ -39,7 +40,8 @@ def save_grid(path: str, images: np.ndarray, *, row_keys: np.ndarray | None = No
   """Writes a PNG mosaic (`grid`), upscaled with nearest neighbour so small images stay legible."""
   mosaic = grid(images, row_keys=row_keys)
   pil = Image.fromarray(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic)
-  pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST).save(path)
+  with atomic_files.replacing(path, "wb") as f:
+    pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST).save(f, format="PNG")
 
 
 def save_loss_plot(path: str, steps, losses, *, size=(640, 360), margin=40) -> None:
@@ -60,13 +62,12 @@ def save_loss_plot(path: str, steps, losses, *, size=(640, 360), margin=40) -> N
     draw.text((margin + 4, h - margin - 14), f"loss {10**lo:.4g} (log scale)", fill="black")
     draw.text((margin, h - margin + 4), f"step {int(steps[0])}", fill="black")
     draw.text((w - 3 * margin, h - margin + 4), f"step {int(steps[-1])}", fill="black")
-  image.save(path)
+  with atomic_files.replacing(path, "wb") as f:
+    image.save(f, format="PNG")
 
 
 def save_npz(path: str, **arrays) -> None:
   """np.savez through a temporary file renamed when whole: a killed run, or a reader in another process, sees the
   whole file or none."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
+  with atomic_files.replacing(path, "wb") as f:
     np.savez(f, **arrays)
-  os.replace(tmp, path)

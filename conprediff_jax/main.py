@@ -44,7 +44,7 @@ def is_startup_error(e: Exception) -> bool:
   errors."""
   if not isinstance(e, (FileNotFoundError, ValueError)):
     return False
-  from conprediff_jax import export, families, sample_requests  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import checkpointing, export, families, sample_requests  # pylint: disable=g-import-not-at-top
   from conprediff_jax.data import registry  # pylint: disable=g-import-not-at-top
   from conprediff_jax.inpainting import run as inpaint_run  # pylint: disable=g-import-not-at-top
   from conprediff_jax.models import text_encoder  # pylint: disable=g-import-not-at-top
@@ -54,7 +54,8 @@ def is_startup_error(e: Exception) -> bool:
   # export format cannot express.
   reading_inputs = (registry.make_source, sample_requests.request, sample_requests.cond, inpaint_run.load_images,
                     inpaint_run.load_known, export.import_weights, export.export)
-  refusing = (families.restore_ema_weights, families.Family.inpainter, text_encoder.TextEncoder.__call__)
+  refusing = (families.restore_ema_weights, checkpointing.restore_latest, checkpointing.restore_ema,
+              families.Family.inpainter, text_encoder.TextEncoder.__call__)
   return (any(f.__code__ in frames for f in reading_inputs) or frames[-1] in [f.__code__ for f in refusing])
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -15,7 +16,9 @@ class MetricWriter:
     if not self.active:
       return
     SummaryWriter = _import_summary_writer()  # pylint: disable=invalid-name
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    path = os.path.join(workdir, "metrics.jsonl")
+    drop_torn_line(path)
+    self._jsonl = open(path, "a", encoding="utf-8")
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def scalars(self, step: int, scalars: dict) -> None:
@@ -53,7 +56,31 @@ def _import_summary_writer():
 
 
 def read_jsonl(path: str) -> list[dict]:
+  """The records of a metrics log; a last line cut short (a run killed while writing it) is left out."""
   if not os.path.exists(path):
     return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  with open(path, encoding="utf-8", errors="replace") as f:
+    lines = [line for line in f if line.strip()]
+  records = []
+  for i, line in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i < len(lines) - 1 or line.endswith("\n"):
+        raise ValueError(f"{path}: line {i + 1} is not JSON; the log is damaged beyond a cut last line") from None
+  return records
+
+
+def drop_torn_line(path: str) -> None:
+  """Cuts a metrics log back to its last complete line, with a warning, so that new records start on a line of their
+  own: a kill while a line was being written leaves it without its newline."""
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    if data.endswith(b"\n"):
+      return
+    keep = data.rfind(b"\n") + 1
+    f.truncate(keep)
+  logging.warning("%s ended in a cut line (%d bytes, a run killed while writing it); dropped it", path,
+                  len(data) - keep)

@@ -37,6 +37,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from conprediff_jax import atomic_files
 from conprediff_jax import checkpointing
 from conprediff_jax import data as data_lib
 from conprediff_jax import export
@@ -243,8 +244,9 @@ def setup(config, workdir: str) -> Run:
 
 
 def restore_or_init(run: Run, seed: int):
-  state = checkpointing.restore_latest(run.manager, run.abstract_state, run.shardings)
-  if state is not None:
+  found = checkpointing.restore_latest(run.manager, run.abstract_state, run.shardings)
+  if found is not None:
+    state = found[1]
     logging.info("resumed from the checkpoint at step %d", int(jax.device_get(state["step"])))
     return state
   init = jax.jit(functools.partial(init_state, run.exp), out_shardings=run.shardings)
@@ -318,8 +320,7 @@ def _train(config, workdir: str) -> dict[str, Any]:
   batches = data_lib.Batches(source, global_batch_size=t.batch_size, seed=config.seed, sharding=batch_sharding)
   writer = MetricWriter(workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    atomic_files.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
   with jax.set_mesh(run.mesh):
     state = restore_or_init(run, config.seed)

@@ -29,7 +29,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from conprediff_jax import cli
+from conprediff_jax import atomic_files, cli
 from conprediff_jax.experiments import report
 
 RUN_FILE = "sweep_run.json"
@@ -126,9 +126,7 @@ def run_one(run: dict) -> dict:
   seconds = time.perf_counter() - start
   result = {"settings": run["settings"], "train_seconds": seconds, **evaluate.evaluate(run["config"], run["workdir"])}
   path = os.path.join(run["workdir"], RUN_FILE)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=2)
-  os.replace(path + ".tmp", path)
+  atomic_files.write_json(path, result)
   return result
 
 
@@ -154,10 +152,9 @@ def sweep(runs: list[dict], spec: dict) -> dict:
 def write(results: dict, workdir: str, title: str) -> str:
   text = report.markdown(results, title)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump({**results, "differences": report.differences(results)}, f, indent=2)
-  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
-    f.write(text + "\n")
+  atomic_files.write_json(os.path.join(workdir, "results.json"),
+                          {**results, "differences": report.differences(results)})
+  atomic_files.write_text(os.path.join(workdir, "results.md"), text + "\n")
   report.plot(results, os.path.join(workdir, "results.png"))
   return text
 

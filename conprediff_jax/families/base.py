@@ -201,24 +201,28 @@ def restrict(tree: dict, like: dict) -> dict:
 
 
 def restore_ema_weights(family: Family, workdir: str, mesh, step: int | None = None):
-  """(graph definition, EMA weights on `mesh`, their shardings, step) of the workdir's checkpoint at `step` (default:
-  the latest): the model's parameters and buffers only, no optimiser state, no context head."""
+  """(graph definition, EMA weights on `mesh`, their shardings, step) of the workdir's checkpoint at `step`, or of its
+  newest one that reads: the model's parameters and buffers only, no optimiser state, no context head. Every reader
+  of a workdir's weights comes here. An unreadable checkpoint is moved to corrupt_checkpoints/ with a warning and the
+  next older one is read (checkpointing.restore_latest); FileNotFoundError, one line, when none reads, or when the
+  `step` asked for does not."""
   directory = os.path.join(workdir, "checkpoints")
-  missing = FileNotFoundError(f"no checkpoint in {directory}: train first (--mode=train)")
-  if not os.path.isdir(directory):
-    raise missing
+  if not os.path.isdir(directory) or not any(name.isdigit() for name in os.listdir(directory)):
+    raise FileNotFoundError(f"no checkpoint in {directory}: train first (--mode=train)")
   graphdef, params, buffers = abstract_model(family)
   abstract = union(params, buffers)
   shardings = parallel.state_shardings(mesh, abstract)
   manager = checkpointing.open_manager(directory, max_to_keep=family.config.checkpoint.max_to_keep)
   try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise missing
     with jax.set_mesh(mesh):
-      weights = checkpointing.restore_ema(manager, step, abstract, shardings)
+      found = checkpointing.restore_latest(manager, abstract, shardings, step=step, ema_only=True)
   finally:
     manager.close()
+  if found is None:
+    asked = f"checkpoint {step}" if step is not None else "any checkpoint"
+    raise FileNotFoundError(f"{directory}: {asked} is unreadable (moved to corrupt_checkpoints/; see the warnings): "
+                            "train again, or restore the files")
+  step, weights = found
   return graphdef, weights, shardings, step
 
 

@@ -115,11 +115,10 @@ def load(workdir: str, family: type, train_it: str) -> FirstStage:
     graphdef, weights = _import(workdir, family)
     return FirstStage(graphdef, weights, f"{workdir} (diffusers)")
   checkpoints = os.path.join(workdir, "checkpoints")
-  steps = sorted(int(name) for name in os.listdir(checkpoints) if name.isdigit()) if os.path.isdir(checkpoints) else []
-  if not steps:
+  if not os.path.isdir(checkpoints) or not any(name.isdigit() for name in os.listdir(checkpoints)):
     raise FileNotFoundError(f"no first-stage checkpoint in {checkpoints}: {train_it}")
-  graphdef, weights = _restore(workdir, family, steps[-1])
-  return FirstStage(graphdef, weights, f"{workdir} step {steps[-1]}")
+  graphdef, weights, step = _restore(workdir, family)
+  return FirstStage(graphdef, weights, f"{workdir} step {step}")
 
 
 def abstract(stage: ml_collections.ConfigDict, family: type) -> FirstStage:
@@ -130,12 +129,13 @@ def abstract(stage: ml_collections.ConfigDict, family: type) -> FirstStage:
 
 
 @functools.lru_cache(maxsize=4)
-def _restore(workdir: str, family: type, step: int):
+def _restore(workdir: str, family: type):
+  """The newest readable checkpoint's EMA weights (restore_ema_weights), as host arrays, read once per process."""
   stage = family(config_of_workdir(workdir))
   axes = stage.config.mesh.axes
   one_device = parallel.make_mesh((1,) * len(axes), axes, devices=jax.local_devices()[:1])
-  graphdef, weights, _, _ = restore_ema_weights(stage, workdir, one_device, step)
-  return graphdef, jax.device_get(weights)
+  graphdef, weights, _, step = restore_ema_weights(stage, workdir, one_device)
+  return graphdef, jax.device_get(weights), step
 
 
 @functools.lru_cache(maxsize=4)
