@@ -12,11 +12,10 @@ def _keep_jax_off_an_absent_tpu() -> None:
   """libtpu (requirements-dev.txt installs it: --mode=compile compiles for TPU slices with it) starts up in every JAX
   program, and where no TPU is attached it prints half a dozen lines of its failure before JAX falls back to the
   CPU. When JAX_PLATFORMS is unset, libtpu is installed, no TPU is on the PCI bus (Google's vendor id, as JAX
-  itself looks) and no GPU plugin is installed, JAX is kept on the CPU, which is where it would end up."""
+  itself looks) and no GPU is attached, JAX is kept on the CPU, which is where it would end up."""
   if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
     return
-  if any(importlib.util.find_spec(f"jax_plugins.{p}") for p in ("xla_cuda12", "xla_cuda13", "xla_rocm")
-         if importlib.util.find_spec("jax_plugins")):
+  if glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"):  # an NVIDIA or AMD GPU
     return
   for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
     with open(vendor, encoding="ascii") as f:

@@ -5,6 +5,7 @@ report's keys and what they count (the inference graph without the context head,
 per chip), a program that cannot fit reported as such, multi-slice meshes, and latent and token configs that
 compile with no trained first stage. The paper configs at full size are a benchmark (docs/scaling.md)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -30,7 +31,7 @@ def test_slice_names_as_the_cloud_gives_them(name, chip, chips, shape):
   assert slice_.topology == f"{chip}:{'x'.join(map(str, shape))}"
 
 
-@pytest.mark.parametrize("name", ["v5p-12", "v4-4", "v7x-8", "h100-8", "v5e", "v6e-3", "5p-8"])
+@pytest.mark.parametrize("name", ["v5p-12", "v4-4", "v7x-8", "a100-8", "v5e", "v6e-3", "5p-8"])
 def test_a_slice_that_does_not_exist_is_one_line_naming_the_valid_forms(name):
   with pytest.raises(ValueError) as e:
     hardware.parse_topology(name)
@@ -182,3 +183,16 @@ def test_latent_and_token_configs_compile_without_a_trained_first_stage(tmp_path
   step = compile_report.compile_train_step(target)
   assert step.refusal is None and step.flops > 0
   assert not os.path.exists(tmp_path / "no_tokenizer_here") and not os.path.exists(tmp_path / "no_autoencoder_here")
+
+
+def test_h100_names_and_the_gpu_compiler_missing_is_one_line(tmp_path):
+  """h100-N: one host's 1-8 GPUs or whole hosts of 8. XLA's GPU compiler is an optional install
+  (requirements-gpu-compile.txt): without it, one line saying what to install."""
+  assert hardware.parse_topology("h100-8").chips == 8 and hardware.parse_topology("h100-32").chips == 32
+  with pytest.raises(ValueError, match="neither one host's"):
+    hardware.parse_topology("h100-12")
+  plugin = importlib.util.find_spec("jax_plugins") and importlib.util.find_spec("jax_plugins.xla_cuda12")
+  if not plugin:  # the test environment's case (requirements-dev.txt); with it, docs/scaling.md has an h100-8 row
+    _, _, stderr = _compile(tmp_path, "--config=configs/smoke.py", "--topology=h100-8", check=False)
+    assert stderr.strip().splitlines()[-1].startswith("error: --topology=h100-8: the GPU compiler is not available")
+    assert "requirements-gpu-compile.txt" in stderr
