@@ -5,6 +5,7 @@
     python -m benchmarks.scaling --only=celebahq.py       # the rows whose config matches
     python -m benchmarks.scaling --head                   # also each config without its context head, on its slice
     python -m benchmarks.scaling --meshes                 # coco_t2i.py's memory over the fsdp and model axes
+    python -m benchmarks.scaling --gpu=h100-8 --no-larger --only=cifar10   # also on GPUs (requirements-gpu-compile.txt)
 
 Each compile is `python -m conprediff_jax.main --mode=compile` in a process of its own, whose JSON report is kept
 under --out; a row whose report is there already is read back, so a run that was stopped goes on where it was.
@@ -115,6 +116,7 @@ def main():
   p.add_argument("--larger", action=argparse.BooleanOptionalAction, default=True, help="also the larger slice")
   p.add_argument("--head", action="store_true", help="also each config without its context head, on its slice")
   p.add_argument("--meshes", action="store_true", help="coco_t2i.py over fsdp and model axes")
+  p.add_argument("--gpu", default="", help="also this GPU slice (e.g. h100-8), with XLA's GPU compiler installed")
   args = p.parse_args()
   harness.report_machine()
 
@@ -123,7 +125,7 @@ def main():
     if args.only not in spec:
       continue
     key = fingerprint(spec)
-    for topology in (named, larger) if args.larger else (named,):
+    for topology in [*((named, larger) if args.larger else (named,)), *([args.gpu] if args.gpu else [])]:
       if (key, topology) in seen:
         rows.append(_row(spec, seen[key, topology][1], f" (the program of `{seen[key, topology][0]}`)"))
         continue

@@ -1,9 +1,30 @@
 """Files written whole or not at all: each is written beside its place under a temporary name, flushed to disk and
-renamed over it, so a kill at any instant leaves the previous version or the new one, never half of either."""
+renamed over it, so a kill at any instant leaves the previous version or the new one, never half of either. A write
+that fails (a full disk, an I/O error) is a `WriteError`: one line naming the file and the free space, which main.py
+prints as an error before exiting; the files before it are as they were."""
 
 import contextlib
 import json
 import os
+import shutil
+
+
+class WriteError(OSError):
+  """A workdir file that could not be written, in one line."""
+
+
+def write_failed(path: str, error: BaseException) -> WriteError:
+  """The WriteError for `error` (an OSError, or an exception caused by one) met writing `path`."""
+  cause = error
+  while cause is not None and not isinstance(cause, OSError):
+    cause = cause.__cause__ or cause.__context__
+  reason = (cause.strerror or str(cause)) if cause is not None else str(error).splitlines()[0]
+  folder = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(folder):
+    folder = os.path.dirname(folder)
+  free = shutil.disk_usage(folder).free
+  return WriteError(f"cannot write {path} ({reason}); {free / 2**20:.0f} MiB free on its file system: free space "
+                    "(or fix the error) and run the same command again, which resumes from the last checkpoint")
 
 
 @contextlib.contextmanager
@@ -16,6 +37,8 @@ def replacing(path: str, mode: str = "w"):
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
+  except OSError as e:
+    raise write_failed(path, e) from None
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)

@@ -4,12 +4,15 @@ Restores always go through an abstract target that carries the current run's sha
 on one mesh shape restores onto another.
 """
 
+import contextlib
 import os
 import shutil
 
 from absl import logging
 import jax
 import orbax.checkpoint as ocp
+
+from conprediff_jax import atomic_files
 
 
 class Mismatch(ValueError):
@@ -35,7 +38,48 @@ def abstract_with_shardings(abstract_state, shardings):
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = False, metrics=None) -> bool:
-  return manager.save(step, args=ocp.args.StandardSave(state), force=force, metrics=metrics)
+  """Starts an asynchronous save of `state` at `step`; a save that fails (a full disk: now, or the previous one in
+  the background) is an atomic_files.WriteError naming the checkpoint folder. The checkpoints before it are whole."""
+  try:
+    return manager.save(step, args=ocp.args.StandardSave(state), force=force, metrics=metrics)
+  except Exception as e:  # pylint: disable=broad-except  # Orbax wraps what its writer threads raise
+    if not _caused_by_os_error(e):
+      raise
+    raise atomic_files.write_failed(os.path.join(str(manager.directory), str(step)), e) from None
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits for the saves in flight; a failed one as in `save`."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    if not _caused_by_os_error(e):
+      raise
+    raise atomic_files.write_failed(str(manager.directory), e) from None
+
+
+@contextlib.contextmanager
+def finishing(*managers):
+  """A block after which, if it raises, the saves still in flight are waited for (their own failures aside), so that
+  a run stopped by an error leaves its earlier checkpoints whole."""
+  try:
+    yield
+  except BaseException:
+    for manager in managers:
+      if manager is not None:
+        try:
+          manager.wait_until_finished()
+        except Exception:  # pylint: disable=broad-except  # the error being raised is the one to report
+          pass
+    raise
+
+
+def _caused_by_os_error(error: BaseException) -> bool:
+  while error is not None:
+    if isinstance(error, OSError):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, shardings):

@@ -131,10 +131,10 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   # Orbax logs every save at INFO; keep its warnings and our own messages.
   logging.get_absl_handler().addFilter(lambda r: "/orbax/" not in r.pathname or r.levelno >= std_logging.WARNING)
-  from conprediff_jax import workdir_lock  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import atomic_files, workdir_lock  # pylint: disable=g-import-not-at-top
   try:
     result = run(config, workdir, mode)
-  except workdir_lock.WorkdirBusy as e:
+  except (workdir_lock.WorkdirBusy, atomic_files.WriteError) as e:
     cli.fail(str(e))
   except (FileNotFoundError, ValueError) as e:
     if not is_startup_error(e):

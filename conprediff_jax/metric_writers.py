@@ -6,6 +6,8 @@ import sys
 
 from absl import logging
 import jax
+
+from conprediff_jax import atomic_files
 import numpy as np
 
 
@@ -25,8 +27,11 @@ class MetricWriter:
     if not self.active:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
-    self._jsonl.flush()
+    try:
+      self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+      self._jsonl.flush()
+    except OSError as e:
+      raise atomic_files.write_failed(self._jsonl.name, e) from None
     for name, value in scalars.items():
       self._tb.add_scalar(name, value, step)
 

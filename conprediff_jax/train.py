@@ -350,7 +350,7 @@ def _train(config, workdir: str) -> dict[str, Any]:
     stop_reason, pending = None, []
     bar = tqdm(total=t.steps, initial=start, unit="step", dynamic_ncols=True, disable=jax.process_index() != 0)
     tick, tick_step = time.perf_counter(), start
-    with _StopRequest() as stop:
+    with _StopRequest() as stop, checkpointing.finishing(run.manager, best):
       for step in range(start, t.steps):
         state, metrics = step_fn(state, batches.get(step), base_key, first_stage_weights)
         pending.append(metrics)
@@ -389,9 +389,9 @@ def _train(config, workdir: str) -> dict[str, Any]:
           break
     bar.close()
     batches.close()
-    run.manager.wait_until_finished()
+    checkpointing.wait(run.manager)
     if best is not None:
-      best.wait_until_finished()
+      checkpointing.wait(best)
     skipped = getattr(source, "skipped", [])
     if skipped:
       logging.warning("skipped %d unreadable or malformed images, e.g. %s (%s)", len(skipped), *skipped[0])

@@ -123,3 +123,37 @@ def test_every_mode_reads_past_a_corrupt_checkpoint_and_a_torn_log(tmp_path):
   out = main("--mode=sample")
   lines = [line for line in out.stderr.splitlines() if line.strip()]
   assert out.returncode == 2 and lines[-1].startswith("error: ") and "config.json is unreadable" in lines[-1]
+
+
+@pytest.mark.slow  # three short runs: `python -m pytest -q -m slow tests`
+@pytest.mark.parametrize("where", ["checkpoint", "metrics", "samples"])
+def test_a_full_disk_stops_the_run_in_one_line_and_the_rerun_resumes(tmp_path, monkeypatch, where):
+  """ENOSPC where the run writes its checkpoint at step 6, its metrics at step 4, or its samples at the end: a
+  WriteError naming the file and the free space (main.py prints it as one line), the checkpoint of step 3 whole, and
+  the same run again, with space, finishes."""
+  import errno  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import atomic_files, metric_writers  # pylint: disable=g-import-not-at-top
+  full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  with monkeypatch.context() as patch:
+    if where == "checkpoint":
+      save = ocp.CheckpointManager.save
+      patch.setattr(ocp.CheckpointManager, "save",
+                    lambda self, step, *a, **k: (_ for _ in ()).throw(full) if step == 6 else save(self, step, *a, **k))
+    elif where == "metrics":
+      dumps = metric_writers.json.dumps
+      patch.setattr(metric_writers.json, "dumps",
+                    lambda record, *a, **k: (_ for _ in ()).throw(full) if isinstance(record, dict) and
+                    record.get("step") == 4 else dumps(record, *a, **k))
+    else:
+      replace = atomic_files.os.replace
+      patch.setattr(atomic_files.os, "replace",
+                    lambda src, dst: (_ for _ in ()).throw(full) if "samples" in dst else replace(src, dst))
+    with pytest.raises(atomic_files.WriteError) as error:
+      train.train(tiny_config(), str(tmp_path))
+  message = str(error.value)
+  assert "\n" not in message and "No space left on device" in message and "MiB free" in message
+  assert {"checkpoint": "checkpoints", "metrics": "metrics.jsonl", "samples": "samples"}[where] in message
+  good = _files(tmp_path / "checkpoints" / "3")
+  assert train.train(tiny_config(), str(tmp_path)) == {"step": 6, "stopped": None}
+  assert _files(tmp_path / "checkpoints" / "3") == good or where != "checkpoint"
