@@ -233,7 +233,8 @@ def report(config, name: str, devices, config_name: str = "") -> dict[str, Any]:
   out.update(_train_figures(step, part, t, chip, out))
   out["sampler"] = _memory_figures(sampler, chip)
   out["sampler"]["batch"] = n
-  out["compile_seconds"] = round(sum(p.compile_seconds for p in (step, part, sampler) if p), 1)
+  out["compile_seconds"] = {name: round(p.compile_seconds, 1) for name, p in
+                            (("train_step", step), ("microbatch", part), ("sampler", sampler)) if p is not None}
   out["versions"] = {"jax": jax.__version__, "libtpu": _version("libtpu")}
   return out
 
