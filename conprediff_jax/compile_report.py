@@ -34,10 +34,12 @@ What the numbers count (docs/scaling.md: the table, and how each was checked):
 
 import dataclasses
 import functools
+import gc
 import importlib.metadata
 import math
 import os
 import re
+import resource
 import time
 from typing import Any
 
@@ -88,6 +90,16 @@ class Program:
 
 
 def compile_program(lowered) -> Program:
+  """Compiles `lowered` and keeps its figures, not the executable; JAX's caches are emptied after, so that the
+  next program of a report compiles with the host memory this one held (a 256x256 UNet's step takes many GB)."""
+  try:
+    return _compile(lowered)
+  finally:
+    jax.clear_caches()
+    gc.collect()
+
+
+def _compile(lowered) -> Program:
   start = time.perf_counter()
   try:
     compiled = lowered.compile()
@@ -235,6 +247,7 @@ def report(config, name: str, devices, config_name: str = "") -> dict[str, Any]:
   out["sampler"]["batch"] = n
   out["compile_seconds"] = {name: round(p.compile_seconds, 1) for name, p in
                             (("train_step", step), ("microbatch", part), ("sampler", sampler)) if p is not None}
+  out["host_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # this process, compiling
   out["versions"] = {"jax": jax.__version__, "libtpu": _version("libtpu")}
   return out
 
