@@ -146,7 +146,7 @@ def test_latent_configs_are_valid_build_and_name_what_is_missing(tmp_path, task)
     data_lib.make_source(config.data)
   assert "\n" not in str(missing.value) and f"--name={config.data.tfds_name}" in str(missing.value)
   untrained = module.get_config()  # as a new user runs it: no autoencoder trained yet
-  untrained.data.data_dir = str(tmp_path)
+  untrained.data.data_dir, untrained.data.captions = str(tmp_path), config.data.captions
   with pytest.raises(config_validation.ConfigError, match=r"^config.first_stage.workdir: 'workdirs/.*_kl' holds no "
                                                           r"trained KL autoencoder.*configs/paper_kl.py:<task>"):
     families.validate(untrained, num_devices=8, process_count=2)
