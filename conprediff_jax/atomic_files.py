@@ -4,6 +4,7 @@ that fails (a full disk, an I/O error) is a `WriteError`: one line naming the fi
 prints as an error before exiting; the files before it are as they were."""
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -52,3 +53,38 @@ def write_json(path: str, content) -> None:
 def write_text(path: str, text: str) -> None:
   with replacing(path) as f:
     f.write(text)
+
+
+@contextlib.contextmanager
+def replacing_folder(path: str):
+  """`with replacing_folder(path) as tmp:` fills the folder `tmp`, which becomes `path` (replacing a previous one)
+  when the block ends without an exception; a failed block leaves `path` as it was."""
+  tmp = f"{path.rstrip(os.sep)}.tmp{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    yield tmp
+    for folder, _, files in os.walk(tmp):
+      for name in files:
+        with open(os.path.join(folder, name), "rb") as f:
+          os.fsync(f.fileno())
+    if not os.path.exists(path):
+      os.rename(tmp, path)
+    elif _exchange(tmp, path):  # one atomic swap: a kill leaves the old folder or the new one at `path`
+      shutil.rmtree(tmp)
+    else:  # a file system without renameat2's exchange: a kill between the two renames leaves `path` missing
+      old = f"{path.rstrip(os.sep)}.old{os.getpid()}"
+      os.rename(path, old)
+      os.rename(tmp, path)
+      shutil.rmtree(old)
+  except OSError as e:
+    raise write_failed(path, e) from None
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _exchange(a: str, b: str) -> bool:
+  """Swaps the paths `a` and `b` in one step (Linux renameat2 with RENAME_EXCHANGE); False where that is missing."""
+  renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+  at_fdcwd, rename_exchange = -100, 2
+  return renameat2 is not None and renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0

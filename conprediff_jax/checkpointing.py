@@ -10,6 +10,9 @@ import shutil
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from conprediff_jax import atomic_files
@@ -41,7 +44,8 @@ def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = Fals
   """Starts an asynchronous save of `state` at `step`; a save that fails (a full disk: now, or the previous one in
   the background) is an atomic_files.WriteError naming the checkpoint folder. The checkpoints before it are whole."""
   try:
-    return manager.save(step, args=ocp.args.StandardSave(state), force=force, metrics=metrics)
+    return manager.save(step, args=ocp.args.StandardSave(state), force=force, metrics=metrics,
+                        custom_metadata={FINGERPRINTS: fingerprints(state)})
   except Exception as e:  # pylint: disable=broad-except  # Orbax wraps what its writer threads raise
     if not _caused_by_os_error(e):
       raise
@@ -87,6 +91,54 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, shardings
   return manager.restore(step, args=ocp.args.StandardRestore(target))
 
 
+# A flipped bit in a checkpoint's data files can restore without an error, as a wrong number (TensorStore checks no
+# sum of uncompressed chunks): every save stores a fingerprint of each array beside it, and restore_latest checks it.
+FINGERPRINTS = "fingerprints"
+
+
+def _key(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+@jax.jit
+def _fingerprint_arrays(leaves):
+  def one(x):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    x = x.astype(jnp.uint8) if x.dtype == jnp.bool_ else x
+    width = {1: jnp.uint8, 2: jnp.uint16}.get(x.dtype.itemsize, jnp.uint32)  # 8 bytes: a trailing axis of 2
+    bits = jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32)
+    index, stride = jnp.zeros(bits.shape, jnp.uint32), 1
+    for axis in reversed(range(bits.ndim)):  # the flat position, without reshaping a sharded array
+      index += jax.lax.broadcasted_iota(jnp.uint32, bits.shape, axis) * jnp.uint32(stride % 2**32)
+      stride *= bits.shape[axis]
+    # An odd weight per position, so that any one flipped bit changes the wrapping sum, and so do swapped values.
+    return jnp.sum(bits * (index * jnp.uint32(2654435762) + jnp.uint32(1)), dtype=jnp.uint32)
+  return [one(x) for x in leaves]
+
+
+def fingerprints(tree) -> dict[str, int]:
+  """Per array of `tree` (by its path), a 32-bit position-weighted sum of its bits."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  values = jax.device_get(_fingerprint_arrays([x for _, x in flat]))
+  return {_key(path): int(v) for (path, _), v in zip(flat, values)}
+
+
+def verify(manager: ocp.CheckpointManager, step: int, tree, prefix: str = "") -> None:
+  """Raises ValueError unless the arrays of `tree`, restored from `step`, match the fingerprints saved with them
+  (under `prefix`); a checkpoint saved before fingerprints existed, or whose step metadata is gone, is not checked."""
+  try:
+    saved = (manager.metadata(step).custom_metadata or {}).get(FINGERPRINTS)
+  except Exception:  # pylint: disable=broad-except  # unreadable step metadata: nothing to check against
+    saved = None
+  if saved:
+    got = fingerprints(tree)
+    wrong = [key for key, value in got.items() if saved.get(prefix + key) != value]
+    if wrong:
+      raise ValueError(f"{len(wrong)} array(s) differ from the fingerprints saved with them, e.g. {wrong[0]} "
+                       "(damaged data files)")
+
+
 def quarantine(manager: ocp.CheckpointManager, step: int) -> str:
   """Moves an unreadable step out of the manager's sight (never deletes it) and returns where it went."""
   source = os.path.join(str(manager.directory), str(step))
@@ -96,8 +148,16 @@ def quarantine(manager: ocp.CheckpointManager, step: int) -> str:
     if os.path.exists(target):
       shutil.rmtree(target)  # an older quarantined copy of the same step number
     shutil.move(source, target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"quarantined checkpoint {step}")  # moved before any process looks again
   manager.reload()
   return target
+
+
+def _on_every_process(ok: bool) -> bool:
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, shardings, *, step: int | None = None,
@@ -107,23 +167,32 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, shardings, *,
   A step that fails to restore (truncated files, flipped bytes, a half-written directory) is moved to
   `corrupt_checkpoints/` with a warning naming it, and the next older one is tried. Nothing is deleted, so the last
   good checkpoint always survives, and a later save of the same step number cannot collide. With `ema_only`,
-  `abstract_state` is the EMA weights' and only they are read (restore_ema).
+  `abstract_state` is the EMA weights' and only they are read (restore_ema). On several processes they agree: a
+  step is used only if it read on every one, and only process 0 moves one aside.
   """
   steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
   for candidate in steps:
+    error = None
     try:
-      if ema_only:
-        return candidate, restore_ema(manager, candidate, abstract_state, shardings)
-      return candidate, restore(manager, candidate, abstract_state, shardings)
+      state = (restore_ema if ema_only else restore)(manager, candidate, abstract_state, shardings)
     except Mismatch:
       raise  # a readable checkpoint of another model: the config is wrong, not the files
-    except Exception as error:  # pylint: disable=broad-except  # any unreadable step: fall back to an older one
-      if candidate not in manager.all_steps():  # asked for a step that is not there
-        raise FileNotFoundError(f"{manager.directory}: no checkpoint at step {candidate} (there are "
-                                f"{sorted(manager.all_steps())})") from None
-      moved = quarantine(manager, candidate)
-      message = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-      logging.warning("checkpoint step %d is unreadable (%s); moved it to %s", candidate, message, moved)
+    except Exception as e:  # pylint: disable=broad-except  # any unreadable step: fall back to an older one
+      error = e
+    if _on_every_process(error is None):  # every process is here: the fingerprints' computation may span them
+      try:
+        verify(manager, candidate, state, prefix="ema/" if ema_only else "")
+      except ValueError as e:
+        error = e
+      if _on_every_process(error is None):
+        return candidate, state
+    if candidate not in manager.all_steps():  # asked for a step that is not there
+      raise FileNotFoundError(f"{manager.directory}: no checkpoint at step {candidate} (there are "
+                              f"{sorted(manager.all_steps())})") from None
+    moved = quarantine(manager, candidate)
+    message = ("it read here, not on another process" if error is None else
+               str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__)
+    logging.warning("checkpoint step %d is unreadable (%s); moved it to %s", candidate, message, moved)
   return None
 
 
@@ -136,14 +205,15 @@ def restore_ema(manager: ocp.CheckpointManager, step: int, abstract_ema, ema_sha
   read-only manager on the same directory.
   """
   manager.wait_until_finished()  # the step may still be in flight
-  paths = lambda tree: {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-                        for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  paths = lambda tree: {_key(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
   reader = ocp.CheckpointManager(
       manager.directory, item_handlers=ocp.PyTreeCheckpointHandler(),
       options=ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False))
   try:
     stored = reader.item_metadata(step)
-    if stored is None or "ema" not in stored.tree:
+    if stored is None:  # its tree metadata is missing or unreadable: a damaged checkpoint, not another model's
+      raise ValueError(f"checkpoint {manager.directory}/{step} has no readable tree metadata")
+    if "ema" not in stored.tree:
       raise Mismatch(f"checkpoint {manager.directory}/{step} holds no 'ema' subtree")
     # partial_restore silently drops stored keys missing from the target and returns the target's abstract leaves
     # for keys missing on disk, so the two key sets are compared first.

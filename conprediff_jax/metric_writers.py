@@ -61,18 +61,24 @@ def _import_summary_writer():
 
 
 def read_jsonl(path: str) -> list[dict]:
-  """The records of a metrics log; a last line cut short (a run killed while writing it) is left out."""
+  """The records of a metrics log. A last line cut short (a run killed while writing it) is left out silently; a
+  damaged line elsewhere (a flipped byte) is left out with a warning, so a damaged log never fails a run."""
   if not os.path.exists(path):
     return []
   with open(path, encoding="utf-8", errors="replace") as f:
     lines = [line for line in f if line.strip()]
-  records = []
+  records, damaged = [], []
   for i, line in enumerate(lines):
     try:
-      records.append(json.loads(line))
+      record = json.loads(line)
     except json.JSONDecodeError:
-      if i < len(lines) - 1 or line.endswith("\n"):
-        raise ValueError(f"{path}: line {i + 1} is not JSON; the log is damaged beyond a cut last line") from None
+      record = None
+    if isinstance(record, dict):
+      records.append(record)
+    elif i < len(lines) - 1 or line.endswith("\n"):
+      damaged.append(i + 1)
+  if damaged:
+    logging.warning("%s: left out %d damaged line(s), the first line %d", path, len(damaged), damaged[0])
   return records
 
 

@@ -78,3 +78,23 @@ def test_sigterm_to_one_host_stops_both_at_one_step_and_the_resumed_run_equals_a
   after = [s for s in history["whole"] if s - 2 >= steps[0]]
   assert after and [history["stopped"][s] for s in after] == [history["whole"][s] for s in after]
   np.testing.assert_array_equal(*(np.load(tmp_path / name / "samples.npz")["images"] for name in ("stopped", "whole")))
+
+
+@pytest.mark.slow  # two two-process runs: `python -m pytest -q -m slow tests`
+def test_two_processes_fall_back_past_one_corrupt_checkpoint_to_the_same_step(tmp_path):
+  from tests.test_workdir_faults import _files, _flip_bytes  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, CONPREDIFF_PORT=str(16000 + os.getpid() % 2000))
+  run = lambda *flags: subprocess.run(
+      ["bash", "launch/local_multiprocess.sh", "2", "--config=configs/smoke.py", f"--workdir={tmp_path}", *flags],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+  first = run()  # checkpoints at steps 3 and 6
+  assert first.returncode == 0, first.stderr[-3000:]
+  good = _files(tmp_path / "checkpoints" / "3")
+  _flip_bytes(tmp_path / "checkpoints" / "6")
+  resumed = run("--config.train.steps=9")
+  assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
+  assert resumed.stderr.count("checkpoint step 6 is unreadable") == 2  # said by each process
+  assert resumed.stderr.count("resumed from the checkpoint at step 3") == 2, resumed.stderr[-3000:]
+  assert os.listdir(tmp_path / "corrupt_checkpoints") == ["6"]
+  assert _files(tmp_path / "checkpoints" / "3") == good
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6", "9"]  # trained on from step 3

@@ -7,6 +7,7 @@ on a trained smoke workdir."""
 import functools
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from conprediff_jax import checkpointing, config_validation, families, parallel, train
+from conprediff_jax import (atomic_files, checkpointing, config_validation, families, main, parallel, train,
+                            workdir_lock)
 from conprediff_jax.metric_writers import MetricWriter, read_jsonl
 from tests.conftest import REPO, tiny_config
 
@@ -39,13 +41,17 @@ def _files(directory):
           for d, _, fs in os.walk(directory) for f in fs}
 
 
+def _flip(path):
+  data = bytearray(open(path, "rb").read())
+  middle = slice(len(data) // 2, len(data) // 2 + 64)
+  data[middle] = bytes(b ^ 0xFF for b in data[middle])
+  open(path, "wb").write(data)
+
+
 def _flip_bytes(step_dir):
-  victim = max((os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs), key=os.path.getsize)
-  with open(victim, "r+b") as f:
-    data = bytearray(f.read())
-    data[len(data) // 2: len(data) // 2 + 64] = bytes(b ^ 0xFF for b in data[len(data) // 2: len(data) // 2 + 64])
-    f.seek(0)
-    f.write(data)
+  """64 bytes flipped in the middle of the step's tree metadata, which every reader reads (which data file holds
+  the EMA weights varies from save to save)."""
+  _flip(os.path.join(step_dir, "default", "_METADATA"))
 
 
 def _restore(config, path, step=None):
@@ -85,9 +91,10 @@ def test_a_metrics_log_cut_mid_line_is_repaired_before_anything_is_appended(tmp_
   writer.close()
   assert any("ended in a cut line" in r.getMessage() for r in caplog.records)
   assert [r["step"] for r in read_jsonl(log)] == [2, 4, 6]
-  log.write_text('{"step": 2, "lo\n{"step": 4, "loss": 0.4}\n')  # damage before the end is not a kill's
-  with pytest.raises(ValueError, match="line 1 is not JSON"):
-    read_jsonl(log)
+  log.write_text('{"step": 2, "lo\n{"step": 4, "loss": 0.4}\n7\n')  # damage before the end: left out, said
+  with caplog.at_level(logging.WARNING):
+    assert read_jsonl(log) == [{"step": 4, "loss": 0.4}]
+  assert "left out 2 damaged line(s), the first line 1" in caplog.records[-1].getMessage()
 
 
 @pytest.mark.parametrize("damage", [b"", b'{"family": "gauss', b"\xff\xfe\x00garbage"])
@@ -157,3 +164,127 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_rerun_resumes(tmp_path, m
   good = _files(tmp_path / "checkpoints" / "3")
   assert train.train(tiny_config(), str(tmp_path)) == {"step": 6, "stopped": None}
   assert _files(tmp_path / "checkpoints" / "3") == good or where != "checkpoint"
+
+
+# Issue 33's table: every file kind of a workdir x every damage x every mode that opens the workdir. A mode either
+# goes on (with the weights of a checkpoint saved whole, falling back past a damaged one with a warning) or stops
+# with an error main.py prints as one line (exit 2); never a traceback, and the good checkpoint is left byte for byte.
+KINDS = {  # a file kind: where it lies in the workdir
+    "checkpoint data": lambda wd: max((os.path.join(d, f) for d, _, fs in os.walk(wd / "checkpoints" / "2")
+                                       for f in fs if os.sep + "d" + os.sep in os.path.join(d, f)),
+                                      key=os.path.getsize),
+    "checkpoint tree metadata": lambda wd: wd / "checkpoints" / "2" / "default" / "_METADATA",
+    "checkpoint step metadata": lambda wd: wd / "checkpoints" / "2" / "_CHECKPOINT_METADATA",
+    "commit marker": lambda wd: wd / "checkpoints" / "2" / "commit_success.txt",
+    "config.json": lambda wd: wd / "config.json",
+    "metrics.jsonl": lambda wd: wd / "metrics.jsonl",
+    "tensorboard events": lambda wd: next((wd / "tensorboard").iterdir()),
+    "samples.npz": lambda wd: wd / "samples.npz",
+    "eval json": lambda wd: wd / "eval_2.json",
+    "train.lock": lambda wd: wd / workdir_lock.LOCK_FILE,
+}
+
+
+def _truncate(path):
+  data = open(path, "rb").read()
+  open(path, "wb").write(data[:len(data) // 2])
+
+
+DAMAGES = {"truncated": _truncate, "bytes flipped": _flip, "emptied": lambda p: open(p, "wb").close(),
+           "deleted": os.remove}
+READERS = ("sample", "eval", "inpaint", "export")  # the modes that read the weights alone
+
+
+def _saved(config, step):
+  """The EMA weights `_workdir` saved at `step` (the same random draws again)."""
+  abstract = jax.eval_shape(functools.partial(train.init_state, train.make_experiment(config)), jax.random.key(0))
+  rng = np.random.default_rng(step)
+  return jax.tree.map(lambda x: rng.normal(size=x.shape).astype(x.dtype), abstract)["ema"]
+
+
+@pytest.fixture(scope="module")
+def whole_workdir(tmp_path_factory):
+  """A workdir with a file of every kind: checkpoints 1 and 2, config.json, metrics and TensorBoard events, samples,
+  an evaluation and the lock file; its config; the EMA weights saved at each step."""
+  path = tmp_path_factory.mktemp("whole")
+  config = _workdir(path)
+  writer = MetricWriter(str(path))
+  writer.scalars(2, {"loss": 0.5})
+  writer.close()
+  np.savez(path / "samples.npz", images=np.zeros((2, 8, 8, 1), np.uint8))
+  (path / "eval_2.json").write_text('{"step": 2, "fd_digits": 18.3}')
+  with workdir_lock.hold(str(path)):
+    pass
+  return path, config, {step: _saved(config, step) for step in (1, 2)}
+
+
+def _open_as(mode, config, workdir):
+  """What `mode` reads of a workdir before it computes anything (main.py, then the mode's own opening): the step
+  and EMA weights it goes on with. The readers' modes open the weights alike (families.restore_ema_weights)."""
+  for reader in (mode,) if mode == "train" else READERS:
+    families.check_workdir(config, str(workdir), mode=reader)
+  if mode != "train":
+    _, weights, _, step = _restore(config, workdir)
+    return step, weights
+  with workdir_lock.hold(str(workdir)):
+    MetricWriter(str(workdir)).close()
+    read_jsonl(workdir / "metrics.jsonl")
+    run = train.setup(config, str(workdir))
+    with jax.set_mesh(run.mesh):  # what train.restore_or_init reads
+      step, state = checkpointing.restore_latest(run.manager, run.abstract_state, run.shardings)
+    run.manager.close()
+    return step, state["ema"]
+
+
+# The fast suite takes a flipped byte in each file that is read before anything is computed; -m slow, the rest.
+_FAST = ("bytes flipped", ("checkpoint data", "checkpoint tree metadata", "checkpoint step metadata", "config.json",
+                           "metrics.jsonl"))
+
+
+@pytest.mark.parametrize("kind,damage", [
+    (k, d) if d == _FAST[0] and k in _FAST[1] else pytest.param(k, d, marks=pytest.mark.slow)
+    for k in KINDS for d in DAMAGES])
+def test_every_file_kind_every_damage_every_mode_goes_on_or_stops_in_one_line(tmp_path, whole_workdir, kind, damage):
+  whole, config, saved = whole_workdir
+  outcomes = {}
+  for mode in ("train", "readers"):
+    workdir = tmp_path / mode
+    shutil.copytree(whole, workdir)
+    good = _files(workdir / "checkpoints" / "1")
+    DAMAGES[damage](KINDS[kind](workdir))
+    try:
+      step, weights = _open_as(mode, config, workdir)
+    except (config_validation.ConfigError, FileNotFoundError, ValueError) as error:
+      assert "\n" not in str(error), str(error)
+      assert isinstance(error, config_validation.ConfigError) or main.is_startup_error(error), str(error)
+      outcomes[mode] = "one line: " + str(error)
+    else:  # the weights are those of a checkpoint saved whole; a damaged one was moved aside
+      jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, weights), saved[step])
+      assert step == 2 or os.listdir(workdir / "corrupt_checkpoints") == ["2"]
+      outcomes[mode] = step
+    assert _files(workdir / "checkpoints" / "1") == good
+  if kind == "checkpoint data":  # the newest checkpoint's largest data file: training, which reads it all, falls back
+    assert outcomes["train"] == 1 and outcomes["readers"] in (1, 2), outcomes
+  elif kind == "config.json":  # damaged: one line naming it; deleted: the mode goes on as on a workdir without one
+    assert all(("config.json is unreadable" in o) if damage != "deleted" else o == 2 for o in outcomes.values())
+  elif kind.startswith("checkpoint") or kind == "commit marker":
+    assert set(outcomes.values()) <= {1, 2}, outcomes
+  else:  # read, if at all, apart from the weights: the modes go on with the newest checkpoint
+    assert set(outcomes.values()) == {2}, outcomes
+
+
+@pytest.mark.parametrize("exchange", [True, False])  # renameat2's atomic swap, and two renames where it is missing
+def test_an_exported_folder_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch, exchange):
+  if not exchange:
+    monkeypatch.setattr(atomic_files, "_exchange", lambda a, b: False)
+  out = tmp_path / "export"
+  with atomic_files.replacing_folder(str(out)) as tmp:
+    os.makedirs(os.path.join(tmp, "unet"))
+    open(os.path.join(tmp, "unet", "config.json"), "w").write("old")
+  with pytest.raises(RuntimeError), atomic_files.replacing_folder(str(out)) as tmp:  # a failed export
+    open(os.path.join(tmp, "model_index.json"), "w").write("new")
+    raise RuntimeError("killed half-way")
+  assert _files(out) == {os.path.join("unet", "config.json"): b"old"}
+  with atomic_files.replacing_folder(str(out)) as tmp:
+    open(os.path.join(tmp, "model_index.json"), "w").write("new")
+  assert _files(out) == {"model_index.json": b"new"} and os.listdir(tmp_path) == ["export"]

@@ -9,7 +9,7 @@ A family with no format, or a model its format cannot express, is a one-line Val
 
 from collections.abc import Callable
 
-from conprediff_jax import families
+from conprediff_jax import atomic_files, families
 from conprediff_jax.export import diffusers_export, diffusers_import
 from conprediff_jax.export.diffusers_export import (
     diffusers_state_dict_shapes,
@@ -51,11 +51,14 @@ IMPORTERS: dict[str, Callable] = {"diffusers_unet": _import_unet}
 
 
 def export(family, weights, out_dir: str) -> str:
-  """Writes `family`'s inference model (its EMA weights) in its export format into `out_dir`; returns the folder."""
+  """Writes `family`'s inference model (its EMA weights) in its export format into `out_dir`, whole or not at all
+  (it replaces a previous export in one step); returns the folder."""
   if family.EXPORT_FORMAT not in EXPORTERS:
     raise ValueError(f"--mode=export: the {family.config.family!r} family has no exporter (the families with "
                      f"one: {_families_with('EXPORT_FORMAT')})")
-  return EXPORTERS[family.EXPORT_FORMAT](family, weights, out_dir)
+  with atomic_files.replacing_folder(out_dir) as tmp:
+    EXPORTERS[family.EXPORT_FORMAT](family, weights, tmp)
+  return out_dir
 
 
 def import_weights(family, path: str) -> dict:
