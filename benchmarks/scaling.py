@@ -6,6 +6,7 @@
     python -m benchmarks.scaling --head                   # also each config without its context head, on its slice
     python -m benchmarks.scaling --meshes                 # coco_t2i.py's memory over the fsdp and model axes
     python -m benchmarks.scaling --gpu=h100-8 --no-larger --only=cifar10   # also on GPUs (requirements-gpu-compile.txt)
+    python -m benchmarks.scaling --cached                 # compile nothing: the tables of the reports kept so far
 
 Each compile is `python -m conprediff_jax.main --mode=compile` in a process of its own, whose JSON report is kept
 under --out; a row whose report is there already is read back, so a run that was stopped goes on where it was.
@@ -61,13 +62,16 @@ def fingerprint(spec: str) -> str:
   return json.dumps(config, sort_keys=True, default=str)
 
 
-def compile_row(spec: str, topology: str, out: str, *overrides: str) -> dict:
-  """The report of `spec` (with `overrides`) on `topology`: read back from `out`, or compiled now."""
+def compile_row(spec: str, topology: str, out: str, *overrides: str, cached: bool = False) -> dict | None:
+  """The report of `spec` (with `overrides`) on `topology`: read back from `out`, or compiled now (with `cached`,
+  None where it was not compiled yet)."""
   name = "_".join([spec.replace("configs/", "").replace(".py", "").replace(":", "-"), topology,
                    *[o.split("=")[0].replace("--config.", "") + "-" + o.split("=")[1].strip("()' ").replace(", ", "x")
                      .replace("'", "") for o in overrides]])
   workdir = os.path.join(out, name)
   path = os.path.join(workdir, f"compile_{topology}.json")
+  if not os.path.exists(path) and cached:
+    return None
   if not os.path.exists(path):
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "conprediff_jax.main", f"--config={spec}", "--mode=compile",
@@ -117,6 +121,7 @@ def main():
   p.add_argument("--head", action="store_true", help="also each config without its context head, on its slice")
   p.add_argument("--meshes", action="store_true", help="coco_t2i.py over fsdp and model axes")
   p.add_argument("--gpu", default="", help="also this GPU slice (e.g. h100-8), with XLA's GPU compiler installed")
+  p.add_argument("--cached", action="store_true", help="compile nothing: the tables of the reports under --out")
   args = p.parse_args()
   harness.report_machine()
 
@@ -129,7 +134,10 @@ def main():
       if (key, topology) in seen:
         rows.append(_row(spec, seen[key, topology][1], f" (the program of `{seen[key, topology][0]}`)"))
         continue
-      report = compile_row(spec, topology, args.out)
+      report = compile_row(spec, topology, args.out, cached=args.cached)
+      if report is None:
+        rows.append([f"`{spec}`", topology, "not compiled yet", *["-"] * 10])
+        continue
       seen[key, topology] = (spec, report)
       rows.append(_row(spec, report))
       harness.record("scaling", config=spec, **{k: v for k, v in report.items() if k != "config"})
@@ -148,10 +156,10 @@ def main():
       if args.only not in spec or key in done:
         continue
       done.add(key)
-      on = compile_row(spec, named, args.out)
-      if not on["params_context_head"]:
+      on = compile_row(spec, named, args.out, cached=args.cached)
+      off = on and compile_row(spec, named, args.out, "--config.context.weight=0", cached=args.cached)
+      if not (on and off and on["params_context_head"]):
         continue
-      off = compile_row(spec, named, args.out, "--config.context.weight=0")
       ratio = (on["predicted_step_seconds"] / off["predicted_step_seconds"]
                if "predicted_step_seconds" in on and "predicted_step_seconds" in off else None)
       harness.row([f"`{spec}`", named, _time(on), _time(off), f"{ratio:.3f}" if ratio else "-",
@@ -163,7 +171,9 @@ def main():
                    "MFU"])
     for shape, axes in MESHES:
       r = compile_row("configs/coco_t2i.py", "v4-64", args.out, f"--config.mesh.shape={shape}",
-                      f"--config.mesh.axes={axes}")
+                      f"--config.mesh.axes={axes}", cached=args.cached)
+      if r is None:
+        continue
       harness.row([str(r["mesh"]), _gib(r["state_bytes_per_chip"]), _gib(r["hbm_peak_bytes"]),
                    "yes" if r["fits"] else "**no**", _time(r),
                    f"{_at_most(r)}{100 * r['predicted_mfu']:.0f}%" if "predicted_mfu" in r else "-"])

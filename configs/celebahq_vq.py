@@ -7,8 +7,9 @@
 
 A convolutional VQ-VAE with four halvings (widths 128-128-256-256-512), an EMA codebook with dead-code restarts,
 trained on reconstruction + commitment only: no perceptual or adversarial loss yet, so expect blurrier
-reconstructions than VQGAN's. Not run at this size here (no accelerator, no CelebA-HQ on the build machine);
-tests/test_paper_configs.py builds it and trains one step at reduced size.
+reconstructions than VQGAN's. Sized for a TPU v4-8 (batch 64, bf16): the TPU compiler fits its train step in 7.3 GiB
+of a v4 chip's 30.75 (`--mode=compile --topology=v4-8`, docs/scaling.md). Not run at this size here (no accelerator,
+no CelebA-HQ on the build machine); tests/test_paper_configs.py builds it and trains one step at reduced size.
 """
 
 import ml_collections

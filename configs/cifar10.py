@@ -7,7 +7,8 @@ attention at 16x16, dropout 0.1, linear betas, 800k steps at batch 128) with the
     python -m conprediff_jax.main --config=configs/cifar10.py --workdir=workdirs/cifar10 --mode=eval \
         --config.eval.inception_weights=<pt_inception-2015-12-05 as safetensors>  # FID on 50k samples
 
-Sized for one 8-device TPU v3/v4 host or 8 GPUs (global batch 128; ~36M parameters). The ConPreDiff paper reports
+Sized for a TPU v4-8 (global batch 128 in float32; ~36M parameters): the TPU compiler fits its train step in 2.0 GiB
+of a v4 chip's 30.75 (`--mode=compile --topology=v4-8`, docs/scaling.md). The ConPreDiff paper reports
 no CIFAR-10 figure; DDPM's FID 3.17 with this network is the reference to beat. Not run at this size here (no
 accelerator); tests/test_paper_configs.py builds it and runs one train step and one sampling step at reduced size.
 """

@@ -10,12 +10,13 @@
 A Stable-Diffusion-1-shaped UNet (channels 320, mults (1, 2, 4, 4), every attention a transformer block that
 cross-attends to the prompt; ~0.9B parameters with the text encoder) on the 32x32x4 latents of the f8 KL
 autoencoder; a 6-layer byte-level text encoder (width 512, 77 positions) trained jointly, as LDM trained its text
-transformer; 10% of captions dropped for guidance (scale 4 at sampling). Precomputed CLIP or T5 embeddings plug
-in instead: `--config.text.encoder=precomputed --config.text.embedding_dim=768
---config.data.text_embeddings_file=...` (docs/datasets.md). Sized for a TPU v4-64 / 64-GPU job (global batch 512,
-bf16, 500k steps). Target: the paper's COCO FID 6.21, which is zero-shot (trained on other image-text data);
-training on COCO itself, as this config does, is not that protocol. Not run at this size here;
-tests/test_paper_configs.py builds it and trains one step at reduced size.
+transformer; 10% of captions dropped for guidance (scale 4 at sampling). Precomputed CLIP or T5 embeddings plug in
+instead: `--config.text.encoder=precomputed --config.text.embedding_dim=768 --config.data.text_embeddings_file=...`
+(docs/datasets.md). Sized for a TPU v4-64 (global batch 512, bf16, 500k steps; weights, EMA and Adam moments split
+over groups of four chips): the TPU compiler fits its train step in 12.9 GiB of a v4 chip's 30.75, compiled in 16
+GiB of host memory (`--mode=compile --topology=v4-64`, docs/scaling.md). Target: the paper's COCO FID 6.21, which is
+zero-shot (trained on other image-text data); training on COCO itself, as this config does, is not that protocol.
+Not run at this size here; tests/test_paper_configs.py builds it and trains one step at reduced size.
 """
 
 from configs import paper
@@ -26,6 +27,9 @@ def get_config():
                                   attention_resolutions=(32, 16, 8), num_heads=8, steps=500_000, batch_size=512,
                                   learning_rate=1e-4)
   config.model.text_conditional = True
+  # 0.87B parameters: their float32 weights, EMA and Adam moments (14 GB) split over groups of four chips (fsdp),
+  # the batch over the rest of the slice (docs/scaling.md).
+  config.mesh.shape = (-1, 4)
   config.data.captions = "~/tensorflow_datasets/coco256/1.0.0/captions.txt"
   config.text.update(encoder="bytes", max_length=77, width=512, depth=6, num_heads=8)
   config.train.cond_dropout = 0.1

@@ -2,11 +2,12 @@
 
     python -m conprediff_jax.main --config=configs/smoke.py --workdir=/tmp/smoke
 
-8x8 digits, a one-level 8-channel UNet (no down/upsampling; attention in the middle block), 6 steps with the
-context loss on, checkpoints at steps 3 and 6, 8 samples (the default's DPM-Solver++ at 4 steps): it proves the
-install works, not the model. About 20-27 s on a 2-core AMD EPYC (Python start-up, imports and compiling the init, train step and sampler are most
-of it; the six steps take milliseconds); compiling suffers most on slower CPUs: expect ~1.5 minutes on a 2-core
-Intel Xeon of ~95 GFLOP/s (`python -m benchmarks.machine`), where the former smoke config took 2.5.
+8x8 digits, a one-level 8-channel UNet (no down/upsampling; attention in the middle block), 6 steps with the context
+loss on, checkpoints at steps 3 and 6, 8 samples (the default's DPM-Solver++ at 4 steps): it proves the install
+works, not the model. About 20-27 s on a 2-core AMD EPYC (Python start-up, imports and compiling the init, train
+step and sampler are most of it; the six steps take milliseconds); compiling suffers most on slower CPUs: expect
+~1.5 minutes on a 2-core Intel Xeon of ~95 GFLOP/s (`python -m benchmarks.machine`), where the former smoke config
+took 2.5.
 """
 
 from configs import default

@@ -99,6 +99,7 @@ def test_pixel_configs_train_one_step_and_sample_one_at_reduced_size(name):
   config.data.num_classes = 10 if config.model.class_conditional else config.data.num_classes
   config.model.update(channels=8, num_groups=4, num_heads=2, num_res_blocks=1)
   config.train.batch_size, config.sample.steps = 4, 1
+  config.mesh.shape = (-1, 1)  # one device
   families.validate(config, num_devices=1)
   exp = train.make_experiment(config)
   state = jax.jit(functools.partial(train.init_state, exp))(jax.random.key(0))
@@ -172,6 +173,7 @@ def test_latent_configs_train_one_step_and_sample_one_at_reduced_size(tmp_path, 
                       attention_resolutions=tuple(r * size // 256 for r in config.model.attention_resolutions))
   config.text.update(width=16, depth=1, num_heads=2)
   config.train.batch_size, config.sample.steps = 4, 1
+  config.mesh.shape = (-1, 1)  # one device
   families.validate(config, num_devices=1)
   exp = train.make_experiment(config)
   state = jax.jit(functools.partial(train.init_state, exp))(jax.random.key(0))
