@@ -288,3 +288,21 @@ def test_an_exported_folder_is_replaced_whole_or_not_at_all(tmp_path, monkeypatc
   with atomic_files.replacing_folder(str(out)) as tmp:
     open(os.path.join(tmp, "model_index.json"), "w").write("new")
   assert _files(out) == {"model_index.json": b"new"} and os.listdir(tmp_path) == ["export"]
+
+
+def test_a_fingerprint_changes_with_any_one_flipped_bit_and_with_swapped_values():
+  rng = np.random.default_rng(0)
+  tree = {"w": rng.normal(size=(3, 5)).astype(np.float32), "h": rng.normal(size=(4,)).astype(jax.numpy.bfloat16),
+          "n": np.arange(6, dtype=np.int32), "b": np.array([True, False]), "key": jax.random.key(3)}
+  base = checkpointing.fingerprints(tree)
+  assert base == checkpointing.fingerprints(jax.tree.map(lambda x: x, tree))  # deterministic
+  raw = tree["w"].view(np.uint32).copy()
+  for position in (0, 7, 14):
+    for bit in (0, 13, 31):
+      flipped = raw.copy()
+      flipped.flat[position] ^= np.uint32(1 << bit)
+      assert checkpointing.fingerprints({**tree, "w": flipped.view(np.float32)})["w"] != base["w"]
+  swapped = tree["n"].copy()
+  swapped[[1, 4]] = swapped[[4, 1]]
+  assert checkpointing.fingerprints({**tree, "n": swapped})["n"] != base["n"]
+  assert checkpointing.fingerprints({**tree, "key": jax.random.key(4)})["key"] != base["key"]
