@@ -14,11 +14,16 @@ class WriteError(OSError):
   """A workdir file that could not be written, in one line."""
 
 
+def os_error_in(error: BaseException) -> OSError | None:
+  """`error` itself if it is an OSError, else the first OSError in its chain of causes (None if there is none)."""
+  while error is not None and not isinstance(error, OSError):
+    error = error.__cause__ or error.__context__
+  return error
+
+
 def write_failed(path: str, error: BaseException) -> WriteError:
   """The WriteError for `error` (an OSError, or an exception caused by one) met writing `path`."""
-  cause = error
-  while cause is not None and not isinstance(cause, OSError):
-    cause = cause.__cause__ or cause.__context__
+  cause = os_error_in(error)
   reason = (cause.strerror or str(cause)) if cause is not None else str(error).splitlines()[0]
   folder = os.path.dirname(os.path.abspath(path))
   while not os.path.exists(folder):

@@ -43,23 +43,26 @@ def abstract_with_shardings(abstract_state, shardings):
 def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = False, metrics=None) -> bool:
   """Starts an asynchronous save of `state` at `step`; a save that fails (a full disk: now, or the previous one in
   the background) is an atomic_files.WriteError naming the checkpoint folder. The checkpoints before it are whole."""
-  try:
+  with _write_errors(os.path.join(str(manager.directory), str(step))):
     return manager.save(step, args=ocp.args.StandardSave(state), force=force, metrics=metrics,
                         custom_metadata={FINGERPRINTS: fingerprints(state)})
-  except Exception as e:  # pylint: disable=broad-except  # Orbax wraps what its writer threads raise
-    if not _caused_by_os_error(e):
-      raise
-    raise atomic_files.write_failed(os.path.join(str(manager.directory), str(step)), e) from None
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
   """Waits for the saves in flight; a failed one as in `save`."""
-  try:
+  with _write_errors(str(manager.directory)):
     manager.wait_until_finished()
+
+
+@contextlib.contextmanager
+def _write_errors(path: str):
+  """An error caused by an OSError (Orbax wraps what its writer threads raise) as a WriteError naming `path`."""
+  try:
+    yield
   except Exception as e:  # pylint: disable=broad-except
-    if not _caused_by_os_error(e):
+    if atomic_files.os_error_in(e) is None:
       raise
-    raise atomic_files.write_failed(str(manager.directory), e) from None
+    raise atomic_files.write_failed(path, e) from None
 
 
 @contextlib.contextmanager
@@ -76,14 +79,6 @@ def finishing(*managers):
         except Exception:  # pylint: disable=broad-except  # the error being raised is the one to report
           pass
     raise
-
-
-def _caused_by_os_error(error: BaseException) -> bool:
-  while error is not None:
-    if isinstance(error, OSError):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, shardings):
