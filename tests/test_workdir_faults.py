@@ -5,6 +5,7 @@ line. The in-process checks build their checkpoints from random draws (nothing c
 on a trained smoke workdir."""
 
 import functools
+import json
 import logging
 import os
 import shutil
@@ -71,6 +72,17 @@ def test_a_reader_falls_back_past_an_unreadable_checkpoint(tmp_path, caplog):
   assert _files(tmp_path / "checkpoints" / "1") == good  # the good one untouched
 
 
+def test_the_notebooks_cells_read_past_an_unreadable_checkpoint(tmp_path, caplog):
+  """notebooks/colab_tpu_demo.ipynb opens a workdir's weights with sampling.load_latest_ema."""
+  from conprediff_jax import sampling  # pylint: disable=g-import-not-at-top
+  config = _workdir(tmp_path)
+  _flip_bytes(tmp_path / "checkpoints" / "2")
+  with caplog.at_level(logging.WARNING):
+    trained = sampling.load_latest_ema(config, str(tmp_path))
+  assert trained.step == 1 and any("checkpoint step 2 is unreadable" in r.getMessage() for r in caplog.records)
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, trained.weights), _saved(config, 1))
+
+
 def test_an_unreadable_step_asked_for_or_none_readable_is_one_line(tmp_path):
   config = _workdir(tmp_path, steps=(1,))
   _flip_bytes(tmp_path / "checkpoints" / "1")
@@ -107,8 +119,10 @@ def test_a_damaged_config_json_is_one_line(tmp_path, damage):
   assert "\n" not in message and "config.json is unreadable" in message and "--allow_config_change" in message
 
 
-@pytest.mark.slow  # a whole run and three more processes: `python -m pytest -q -m slow tests`
+@pytest.mark.slow  # a whole run and seven more processes: `python -m pytest -q -m slow tests`
 def test_every_mode_reads_past_a_corrupt_checkpoint_and_a_torn_log(tmp_path):
+  """The CLI end to end: every reader of the weights on a workdir whose newest checkpoint is damaged, then a run
+  resumed on a torn metrics log, then a damaged config.json."""
   def main(*flags):
     return subprocess.run([sys.executable, "-m", "conprediff_jax.main", "--config=configs/smoke.py",
                            f"--workdir={tmp_path}", *flags], cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -116,11 +130,14 @@ def test_every_mode_reads_past_a_corrupt_checkpoint_and_a_torn_log(tmp_path):
   assert main().returncode == 0  # checkpoints at steps 3 and 6
   good = _files(tmp_path / "checkpoints" / "3")
   _flip_bytes(tmp_path / "checkpoints" / "6")
-  for mode in ("sample", "export"):
+  for mode in READERS:  # each meets the damaged checkpoint: the one before moved it aside, it goes back in place
     out = main(f"--mode={mode}")
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
-    assert "checkpoint step 6 is unreadable" in out.stderr or mode == "export"  # sample moved it aside first
+    assert "checkpoint step 6 is unreadable" in out.stderr, out.stderr[-3000:]
+    os.rename(tmp_path / "corrupt_checkpoints" / "6", tmp_path / "checkpoints" / "6")
   assert _files(tmp_path / "checkpoints" / "3") == good
+  assert json.loads((tmp_path / "eval_3.json").read_text())["step"] == 3  # eval scored the step it fell back to
+  shutil.rmtree(tmp_path / "checkpoints" / "6")
   with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
     f.write('{"step": 7, "lo')  # a kill while writing
   out = main("--config.train.steps=8")
