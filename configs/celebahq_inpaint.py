@@ -11,8 +11,8 @@ The network follows guided-diffusion's 256x256 layout at half its width (128 cha
 res blocks, attention at 32, 16 and 8) in diffusers' block form (no scale-shift norm, no learned variance). Sized
 for a TPU v4-32 (global batch 256 in four micro-batches, bf16): the TPU compiler fits its train step in 29.1 GiB of
 a v4 chip's 30.75 (in one pass it asks for 53 GiB; `--mode=compile --topology=v4-32`, docs/scaling.md). Target: the
-paper's CelebA-HQ inpainting LPIPS 0.022; LPIPS itself is not built here (`--mode=inpaint` writes the filled images
-and their masks for an external scorer). Not run at this size here (no accelerator); tests/test_paper_configs.py
+paper's CelebA-HQ inpainting LPIPS 0.022 (add `--config.eval.lpips_weights=lpips_vgg.safetensors` to the inpaint
+command, docs/evaluation.md). Not run at this size here (no accelerator); tests/test_paper_configs.py
 runs it at reduced size.
 """
 

@@ -143,7 +143,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.inpaint.images = ""         # a folder of images at the model's size; empty: the digits of `split`
   config.inpaint.split = "train[1600:]"  # the last 197 digits
   config.inpaint.masks = ""          # a folder of mask images (white = fill), one per image or one for all
-  config.inpaint.mask = "box"        # generated when `masks` is empty: "box" | "strokes" | "half" | "border"
+  config.inpaint.mask = "box"        # generated when `masks` is empty: "box" | "strokes" | "half" | "border" |
+  #                                    "lines" | "super_resolve" (docs/inpainting.md)
   config.inpaint.num_images = 16
   config.inpaint.steps = 50          # RePaint (Gaussian models): its ancestral schedule's steps
   config.inpaint.jump_length = 10    # RePaint (Gaussian models): re-noise this many steps back ...
@@ -158,6 +159,9 @@ def get_config() -> ml_collections.ConfigDict:
   #                                    | fid | kid | class_accuracy
   config.eval.inception_weights = ""  # FID Inception-v3 .safetensors (README: "FID"); empty: no FID/KID
   config.eval.inception_sha256 = ""   # optional checksum of that file (a prefix of >= 8 hex digits)
+  config.eval.lpips_weights = ""     # LPIPS .safetensors (evaluation/convert_lpips_weights.py): --mode=inpaint
+  #                                    scores the filled images against the originals; empty: no LPIPS
+  config.eval.lpips_sha256 = ""      # optional checksum of that file (a prefix of >= 8 hex digits)
   config.eval.reference_stats = ""   # .npz with mu, sigma of the real data; empty: computed from the data once
   config.eval.reference_samples = 10000
 

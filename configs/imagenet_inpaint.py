@@ -11,7 +11,8 @@ Same layout as configs/celebahq_inpaint.py at full guided-diffusion width (256 c
 TPU v4-64 (global batch 256 in four micro-batches, bf16), not yet checked by the compiler: compiling its train step
 for a v4-64 took more than the 23 GiB of host memory of the project's 2-core build machine (killed after 16-22
 minutes, with four or with eight micro-batches; docs/scaling.md). Target: the paper's ImageNet inpainting figures
-(LPIPS; not built here). Not run at this size here; tests/test_paper_configs.py runs it at reduced size.
+(LPIPS 0.057: add `--config.eval.lpips_weights=lpips_vgg.safetensors` to the inpaint command, docs/evaluation.md).
+Not run at this size here; tests/test_paper_configs.py runs it at reduced size.
 """
 
 from configs import paper

@@ -96,7 +96,7 @@ CHOICES: dict[str, tuple] = {
     "context.targets": ("clean", "denoised"),
     "context.timestep_weighting": ("alpha_bar", "cutoff", "none", "snr"),
     "train.lr_schedule": ("constant", "cosine"),
-    "inpaint.mask": ("border", "box", "half", "strokes"),
+    "inpaint.mask": ("border", "box", "half", "lines", "strokes", "super_resolve"),
     "text.encoder": ("bytes", "precomputed"),
     "eval.metric": ("class_accuracy", "fd_digits", "fid", "kid", "kid_digits", "precision_digits", "recall_digits",
                     "reconstruction_mse"),

@@ -39,6 +39,17 @@ def tiny_config(family: str = "gaussian", tokenizer_workdir: str = ""):
   return config
 
 
+def random_lpips_weights(path, net: str = "vgg") -> str:
+  """An LPIPS weights file of random draws (the layout convert_lpips_weights writes): for tests that need one."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.evaluation import lpips  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  save_file({k: rng.normal(0, 0.1, s).astype(np.float32) for k, s in lpips.expected_tensors(net).items()},
+            str(path), metadata={"net": net})
+  return str(path)
+
+
 def make_random_workdir(workdir: str, config=None) -> str:
   """A tiny model's workdir (config.json and one checkpoint), by default a tokenizer: what a token model reads. Its
   weights are random draws in the train state's layout (nothing compiled): the tests that read it need its shapes

@@ -26,7 +26,7 @@ def test_the_readme_is_a_front_door():
   lines = _read(PAGES[0]).splitlines()
   assert len(lines) <= 200
   assert lines[:4] == ["```bash", "pip install -r requirements.txt && python -m conprediff_jax.main",
-                       "pip install -r requirements-dev.txt && python -m pytest -q tests", "```"]
+                       "pip install -r requirements-dev.txt && pip install --no-deps lpips==0.1.4 && python -m pytest -q tests", "```"]
 
 
 def test_the_key_reference_is_the_output_of_its_command():

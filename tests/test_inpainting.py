@@ -92,6 +92,9 @@ def test_mask_generators_are_seeded_and_shaped_as_named():
     assert np.all(a.any(axis=(1, 2))) and np.all((~a).any(axis=(1, 2)))  # something kept, something to fill
   assert not np.array_equal(masks.generate("strokes", 6, 16, seed=3), masks.generate("strokes", 6, 16, seed=4))
   np.testing.assert_array_equal((~masks.generate("half", 6, 16, seed=0)).sum(axis=(1, 2)), 128)
+  assert (~masks.generate("lines", 1, 16, seed=0)[0]).all(axis=1).sum() == 8  # every second row to fill
+  np.testing.assert_array_equal(np.argwhere(masks.generate("super_resolve", 1, 16, seed=0)[0]) % 2, 0)
+  assert masks.generate("super_resolve", 1, 16, seed=0).sum() == 64
   border = masks.generate("border", 1, 16, seed=0)[0]
   assert border[4:12, 4:12].all() and border.sum() == 64
   holes = (~masks.generate("box", 200, 16, seed=0)).sum(axis=(1, 2))

@@ -11,9 +11,8 @@ import argparse
 import os
 import sys
 
-import numpy as np
-
 from conprediff_jax.evaluation.checksums import sha256_file
+from conprediff_jax.evaluation.torch_weights import read_state_dict
 
 PUBLISHED_NAME = "pt_inception-2015-12-05-6726825d.pth"
 PUBLISHED_SHA256_PREFIX = "6726825d"
@@ -22,26 +21,10 @@ PUBLISHED_SHA256_PREFIX = "6726825d"
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *,
             expected_sha256_prefix: str | None = PUBLISHED_SHA256_PREFIX) -> str:
   """Writes every tensor of the state dict at `src` to `dst` (.safetensors); returns the SHA-256 of `dst`."""
-  import torch  # pylint: disable=g-import-not-at-top
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
 
-  digest = sha256_file(src)
-  if expected_sha256_prefix is not None and not digest.startswith(expected_sha256_prefix):
-    raise ValueError(f"{src}: SHA-256 {digest} does not start with {expected_sha256_prefix} "
-                     f"(expected pytorch-fid's {PUBLISHED_NAME})")
-  # The only torch.load in the package: a one-off manual conversion of a checksummed file, and
-  # weights_only=True restricts the unpickler to tensors and plain containers. Loading at run time reads the
-  # .safetensors output instead, never a pickle.
-  state = torch.load(os.fspath(src), map_location="cpu", weights_only=True)
-  if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-    state = state["state_dict"]
-  if not isinstance(state, dict):
-    raise ValueError(f"{src}: expected a state dict, got {type(state).__name__}")
-  tensors = {
-      name: np.ascontiguousarray(t.detach().cpu().numpy())
-      for name, t in state.items()
-      if isinstance(t, torch.Tensor) and not name.endswith("num_batches_tracked")  # Training counters only.
-  }
+  tensors, digest = read_state_dict(src, expected_sha256_prefix=expected_sha256_prefix,
+                                    published_name=f"pytorch-fid's {PUBLISHED_NAME}")
   save_file(tensors, os.fspath(dst), metadata={"source": os.path.basename(os.fspath(src)), "source_sha256": digest})
   return sha256_file(dst)
 

@@ -37,7 +37,8 @@ def _pair(v: _Pair) -> tuple[int, int]:
 
 
 class BasicConv2d(nnx.Module):
-  """Conv (no bias) + inference BatchNorm + ReLU, with the BatchNorm folded into `kernel` [HWIO] and `bias`."""
+  """Conv + bias + ReLU, `kernel` [HWIO]. The FID Inception's convs (no bias) fold their inference BatchNorm into
+  `kernel` and `bias`; LPIPS's VGG16 and AlexNet convs are this as they are."""
 
   def __init__(self, in_channels: int, out_channels: int, kernel_size: _Pair, stride: _Pair = 1,
                padding: _Pair = 0):
@@ -57,9 +58,10 @@ class BasicConv2d(nnx.Module):
     return jax.nn.relu(y + self.bias[...])
 
 
-def _max_pool(x: jax.Array, stride: int, padding: int = 0) -> jax.Array:
+def max_pool(x: jax.Array, stride: int, padding: int = 0, window: int = 3) -> jax.Array:
+  """torch's MaxPool2d(window, stride, padding) on NHWC (floor mode)."""
   pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-  return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, 3, 3, 1),
+  return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, window, window, 1),
                                (1, stride, stride, 1), pad)
 
 
@@ -108,7 +110,7 @@ class InceptionB(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     b3 = self.branch3x3(x)
     bd = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-    return jnp.concatenate([b3, bd, _max_pool(x, 2)], axis=-1)
+    return jnp.concatenate([b3, bd, max_pool(x, 2)], axis=-1)
 
 
 class FIDInceptionC(nnx.Module):
@@ -153,7 +155,7 @@ class InceptionD(nnx.Module):
     b7 = x
     for conv in (self.branch7x7x3_1, self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
       b7 = conv(b7)
-    return jnp.concatenate([b3, b7, _max_pool(x, 2)], axis=-1)
+    return jnp.concatenate([b3, b7, max_pool(x, 2)], axis=-1)
 
 
 class FIDInceptionE(nnx.Module):
@@ -179,7 +181,7 @@ class FIDInceptionE(nnx.Module):
     b3 = jnp.concatenate([self.branch3x3_2a(h), self.branch3x3_2b(h)], axis=-1)
     h = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
     bd = jnp.concatenate([self.branch3x3dbl_3a(h), self.branch3x3dbl_3b(h)], axis=-1)
-    pooled = _avg_pool_exclude_pad(x) if self.pool == "avg" else _max_pool(x, 1, padding=1)
+    pooled = _avg_pool_exclude_pad(x) if self.pool == "avg" else max_pool(x, 1, padding=1)
     return jnp.concatenate([b1, b3, bd, self.branch_pool(pooled)], axis=-1)
 
 
@@ -209,9 +211,9 @@ class FIDInceptionV3(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
-    x = _max_pool(x, 2)
+    x = max_pool(x, 2)
     x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
-    x = _max_pool(x, 2)
+    x = max_pool(x, 2)
     for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
                   self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
       x = block(x)

@@ -54,7 +54,24 @@ def border(rng: np.random.Generator, size: int) -> np.ndarray:
   return known
 
 
-GENERATORS = {"box": box, "strokes": strokes, "half": half, "border": border}
+def lines(rng: np.random.Generator, size: int) -> np.ndarray:
+  """Every second row, to fill (RePaint's "alternating lines")."""
+  del rng
+  known = np.ones((size, size), bool)
+  known[1::2] = False
+  return known
+
+
+def super_resolve(rng: np.random.Generator, size: int) -> np.ndarray:
+  """Only every second pixel of every second row known: 2x super-resolution (RePaint's "super-resolve 2x")."""
+  del rng
+  known = np.zeros((size, size), bool)
+  known[::2, ::2] = True
+  return known
+
+
+GENERATORS = {"box": box, "strokes": strokes, "half": half, "border": border, "lines": lines,
+              "super_resolve": super_resolve}
 
 
 def generate(kind: str, count: int, size: int, seed: int) -> np.ndarray:

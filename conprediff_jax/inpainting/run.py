@@ -6,21 +6,24 @@ fill) or are generated (`config.inpaint.mask`, seeded by config.seed). Writes in
 
   inpaint.png   the originals, the masked inputs (unknown pixels grey) and the filled images, in rows of 16
   inpaint.npz   uint8 `original`, `filled` [N, H, W, C] and bool `known` [N, H, W]
-  inpaint.json  masked_mse (mean squared error to the originals over the filled pixels, images in [-1, 1]) and
-                known_max_abs_error (over the kept pixels: 0 when they come back exactly)
+  inpaint.json  masked_mse (mean squared error to the originals over the filled pixels, images in [-1, 1]),
+                known_max_abs_error (over the kept pixels: 0 when they come back exactly), and, scored on the
+                images as saved (uint8) against the originals: lpips (the mean over images, with
+                config.eval.lpips_weights) and fid (with config.eval.inception_weights; over few images a rough
+                figure)
 """
 
-import json
 import os
 import pathlib
 
 import jax
 import numpy as np
 
+from conprediff_jax import atomic_files, evaluation, parallel, sampling
 from conprediff_jax import images as images_lib
-from conprediff_jax import parallel, sampling
 from conprediff_jax.data import folder_source, imaging
 from conprediff_jax.data.digits import load_digits, split_rows
+from conprediff_jax.evaluation import lpips
 from conprediff_jax.inpainting import masks
 
 IMAGES_PER_ROW = 16
@@ -59,6 +62,7 @@ def load_known(config, count: int) -> np.ndarray:
 def inpaint(config, workdir: str) -> dict[str, float]:
   images = load_images(config)
   known = load_known(config, len(images))
+  scores = scorers(config)
   trained = sampling.load_latest_ema(config, workdir)
   fn = jax.jit(trained.family.inpainter(trained.model_def, trained.first_stage_def, len(images)))
   on_mesh = lambda x: jax.device_put(x, parallel.replicated(trained.mesh))
@@ -70,15 +74,33 @@ def inpaint(config, workdir: str) -> dict[str, float]:
   unknown = np.broadcast_to(~known[..., None], images.shape)
   metrics = {"step": trained.step, "num_images": len(images),
              "masked_mse": float(error[unknown].mean()) if unknown.any() else 0.0,
-             "known_max_abs_error": float(np.abs(filled - images)[~unknown].max()) if (~unknown).any() else 0.0}
+             "known_max_abs_error": float(np.abs(filled - images)[~unknown].max()) if (~unknown).any() else 0.0,
+}
+  original, result = images_lib.to_uint8(images), images_lib.to_uint8(filled)
+  metrics.update({name: fn(original, result) for name, fn in scores.items()})
   if jax.process_index() == 0:
-    original, result = images_lib.to_uint8(images), images_lib.to_uint8(filled)
     masked = images_lib.to_uint8(np.where(known[..., None], images, 0.0))
     block = np.arange(len(images)) // IMAGES_PER_ROW  # rows of 16: originals, masked inputs, results, repeated
     rows = np.concatenate([3 * block, 3 * block + 1, 3 * block + 2])
     images_lib.save_grid(os.path.join(workdir, "inpaint.png"), np.concatenate([original, masked, result]),
                          row_keys=rows)
-    np.savez(os.path.join(workdir, "inpaint.npz"), original=original, filled=result, known=known)
-    with open(os.path.join(workdir, "inpaint.json"), "w", encoding="utf-8") as f:
-      json.dump(metrics, f, indent=2)
+    images_lib.save_npz(os.path.join(workdir, "inpaint.npz"), original=original, filled=result, known=known)
+    atomic_files.write_json(os.path.join(workdir, "inpaint.json"), metrics)
   return metrics
+
+
+def scorers(config) -> dict:
+  """LPIPS and FID of filled images against their originals (uint8 [N, H, W, C], whole images, as the paper's
+  inpainting tables score them), each where its weights are configured; loaded before anything is computed."""
+  e, out = config.eval, {}
+  if e.lpips_weights:
+    distance = lpips.distance_fn(lpips.load(e.lpips_weights, expected_sha256=e.lpips_sha256 or None))
+    as_float = lambda x: x.astype(np.float32) / 127.5 - 1.0
+    out["lpips"] = lambda original, filled: float(np.mean(np.concatenate([
+        np.asarray(distance(as_float(original[i:i + e.batch_size]), as_float(filled[i:i + e.batch_size])))
+        for i in range(0, len(original), e.batch_size)])))
+  if e.inception_weights:
+    inception = evaluation.InceptionFeatures(e.inception_weights, expected_sha256=e.inception_sha256 or None)
+    statistics = lambda x: evaluation.feature_statistics(inception.extract_features(x))
+    out["fid"] = lambda original, filled: evaluation.frechet_distance(*statistics(filled), *statistics(original))
+  return out
