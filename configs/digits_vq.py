@@ -37,6 +37,18 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.context.weight = 0.0  # a tokenizer has no context loss (see DESIGN.md); the keys stay for one schema
 
+  # The autoencoder recipe of LDM and VQGAN (conprediff_jax/families/adversarial.py); off here: pixel error alone.
+  config.loss = ml_collections.ConfigDict()
+  config.loss.pixel = "l2"               # "l1" (LDM's, VQGAN's) | "l2": the per-pixel error
+  config.loss.perceptual_weight = 0.0    # LPIPS-VGG; needs loss.lpips_weights (ImageNet weights: none ship here)
+  config.loss.lpips_weights = ""         # .safetensors from `python -m conprediff_jax.evaluation.convert_lpips_weights`
+  config.loss.adversarial_weight = 0.0   # the patch discriminator's hinge term, times the adaptive weight; 0: no
+  #                                        discriminator at all
+  config.loss.disc_start = 0             # the step from which the discriminator and its term count
+  config.loss.disc_layers = 3            # the discriminator's halvings (pix2pix: 3, a 70x70 patch)
+  config.loss.disc_channels = 64         # its first width, doubled per layer up to 8x
+  config.loss.disc_learning_rate = 1e-4  # Adam, betas (0.5, 0.9)
+
   config.train.steps = 1500
   config.train.batch_size = 32
   config.train.learning_rate = 1e-3

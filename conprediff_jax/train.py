@@ -8,7 +8,8 @@ a resumed run computes exactly what an uninterrupted one would have.
 
 Train state (a plain pytree, saved whole by Orbax):
   step         int32 scalar, the number of updates applied
-  params       {"model": ..., "context": ...}   "context" only while config.context.weight > 0
+  params       {"model": ..., "context": ..., "auxiliary": ...}   "context" only while config.context.weight > 0;
+               "auxiliary" only for a family with a training-only module (a first stage's discriminator)
   ema          the model's inference weights: its parameters exponentially averaged, plus its buffers (statistics
                its loss updates, e.g. a VQ codebook) as they are. Sampling, evaluation and export read only this.
   opt_state    optax state over `params`
@@ -64,6 +65,7 @@ class Experiment:
   first_stage: families.FirstStage | None
   head_def: nnx.GraphDef | None
   context_term: Callable[..., Any] | None  # (head, loss output, key, step) -> (weighted, unweighted) scalars
+  auxiliary_def: nnx.GraphDef | None       # the family's training-only module (Family.auxiliary), or None
   tx: optax.GradientTransformation
 
   @property
@@ -98,6 +100,13 @@ def make_optimizer(config) -> optax.GradientTransformation:
                      optax.adamw(schedule, b1=0.9, b2=0.99, weight_decay=t.weight_decay))
 
 
+def with_auxiliary(tx: optax.GradientTransformation, auxiliary_tx: optax.GradientTransformation):
+  """`tx` for every parameter but `params["auxiliary"]`, which `auxiliary_tx` updates on its own."""
+  labels = lambda params: {k: jax.tree.map(lambda _, k=k: "auxiliary" if k == "auxiliary" else "main", v)
+                           for k, v in params.items()}
+  return optax.multi_transform({"main": tx, "auxiliary": auxiliary_tx}, labels)
+
+
 def make_experiment(config, family: families.Family | None = None) -> Experiment:
   """The static parts of a run of `config`; `family` defaults to families.get(config)."""
   family = families.get(config) if family is None else family
@@ -110,8 +119,12 @@ def make_experiment(config, family: families.Family | None = None) -> Experiment
                        "context loss; set config.context.weight=0")
     head = nnx.eval_shape(lambda: _context_plugin().build_head(config, spec, jax.random.key(0)))
     head_def, context_term = nnx.graphdef(head), _context_plugin().make_term(config)
+  auxiliary = nnx.eval_shape(lambda: family.auxiliary(nnx.Rngs(0)))
+  tx = make_optimizer(config)
+  if auxiliary is not None:
+    tx = with_auxiliary(tx, family.auxiliary_optimizer())
   return Experiment(config, family, model_def, param_shapes, buffer_shapes, family.first_stage(), head_def,
-                    context_term, make_optimizer(config))
+                    context_term, None if auxiliary is None else nnx.graphdef(auxiliary), tx)
 
 
 def param_count(tree) -> int:
@@ -128,6 +141,9 @@ def init_state(exp: Experiment, key: jax.Array) -> dict[str, Any]:
   if exp.head_def is not None:
     head = _context_plugin().build_head(exp.config, exp.family.feature_spec(), k_head)
     params["context"] = nnx.state(head, nnx.Param).to_pure_dict()
+  if exp.auxiliary_def is not None:  # its own stream: the model's and the head's draws are as without it
+    params["auxiliary"] = nnx.state(exp.family.auxiliary(nnx.Rngs(jax.random.fold_in(key, 2))),
+                                    nnx.Param).to_pure_dict()
   return {"step": jnp.zeros((), jnp.int32), "params": params,
           "ema": families.union(params["model"], nnx.state(model, families.BUFFERS).to_pure_dict()),
           "opt_state": exp.tx.init(params), "nonfinite": jnp.zeros((), jnp.int32)}
@@ -140,7 +156,9 @@ def loss_and_grad(exp: Experiment, first_stage, step, params, batch, buffers, k_
   def loss_fn(params):
     # The model's buffers ride in `ema` (they are not averaged); its loss may update them in place.
     model = nnx.merge(exp.model_def, families.union(params["model"], buffers))
-    out = exp.family.loss(model, first_stage, batch, k_loss)
+    training_only = {} if exp.auxiliary_def is None else {
+        "auxiliary": nnx.merge(exp.auxiliary_def, params["auxiliary"]), "step": step}
+    out = exp.family.loss(model, first_stage, batch, k_loss, **training_only)
     metrics, total = dict(out.metrics), out.loss
     if exp.head_def is not None:
       head = nnx.merge(exp.head_def, params["context"])

@@ -15,7 +15,7 @@ from configs import celebahq, celebahq_inpaint, celebahq_tokens, celebahq_vq, ci
 from configs import imagenet_inpaint, lsun_bedroom, lsun_church, paper_kl
 from conprediff_jax import config_validation, families, sampling, train
 from conprediff_jax import data as data_lib
-from tests.conftest import make_random_workdir
+from tests.conftest import make_random_workdir, random_lpips_weights
 
 pytestmark = pytest.mark.xdist_group("test_paper_configs")
 
@@ -23,6 +23,7 @@ pytestmark = pytest.mark.xdist_group("test_paper_configs")
 def test_full_size_configs_are_valid_and_build(tmp_path):
   vq = celebahq_vq.get_config()
   vq.data.data_dir = str(tmp_path)  # validation wants an existing TFDS data_dir; nothing is read here
+  vq.loss.lpips_weights = random_lpips_weights(tmp_path / "lpips_vgg.safetensors")  # the user's ImageNet weights
   families.validate(vq, num_devices=8, process_count=2)
   _, vq_params, vq_buffers = families.abstract_model(families.get(vq))
   assert 10e6 < train.param_count(vq_params) < 100e6
@@ -50,6 +51,7 @@ def _reduced(config):
 def test_reduced_size_trains_one_step_and_decodes(tmp_path):
   vq = _reduced(celebahq_vq.get_config())
   vq.model.update(channels=8, num_groups=4, codebook_size=32, code_dim=8, num_res_blocks=1)
+  vq.loss.lpips_weights = random_lpips_weights(tmp_path / "lpips_vgg.safetensors")
   vq.eval.split = "train[:8]"
   tokenizer = make_random_workdir(str(tmp_path), vq)
   tokens = _reduced(celebahq_tokens.get_config())
@@ -137,6 +139,7 @@ def test_latent_configs_are_valid_build_and_name_what_is_missing(tmp_path, task)
   module, low, high, grid = LATENT[task]
   kl = paper_kl.get_config(task)
   kl.data.data_dir = str(tmp_path)
+  kl.loss.lpips_weights = random_lpips_weights(tmp_path / "lpips_vgg.safetensors")
   families.validate(kl, num_devices=8, process_count=2)
   config = _latent_config(task, tmp_path, kl)
   families.validate(config, num_devices=8, process_count=2)
@@ -165,6 +168,7 @@ def test_latent_configs_train_one_step_and_sample_one_at_reduced_size(tmp_path, 
   kl = paper_kl.get_config(task)
   kl.data.update(name="digits", tfds_name="", image_size=size, channels=3, split="train", num_classes=10)
   kl.model.update(channels=8, num_groups=4, num_res_blocks=1)
+  kl.loss.lpips_weights = random_lpips_weights(tmp_path / "lpips_vgg.safetensors")
   kl.eval.split = "train[:8]"
   config = _latent_config(task, tmp_path, kl)
   make_random_workdir(str(tmp_path), kl)

@@ -14,19 +14,20 @@ from flax import nnx
 
 from conprediff_jax import data as data_lib
 from conprediff_jax.config_validation import FRACTION, NON_NEGATIVE, POSITIVE, ConfigError
-from conprediff_jax.families import checks
+from conprediff_jax.families import adversarial, checks
 from conprediff_jax.families.base import Family, LossOutput
 from conprediff_jax.models.vq import vq_from_config
 
 
 class AutoencoderFamily(Family):
-  """Reconstruction (mean squared error) + commitment; the codebook follows its encodings by EMA (buffers)."""
+  """Reconstruction (`config.loss`: pixel, perceptual and adversarial terms, families/adversarial.py) + commitment;
+  the codebook follows its encodings by EMA (buffers)."""
 
   SCHEMA = "digits_vq.py"
-  CHOICES = {"model.name": ("vq",)}
+  CHOICES = {"model.name": ("vq",), **adversarial.CHOICES}
   BOUNDS = {**checks.CONV_BOUNDS, "model.codebook_size": POSITIVE, "model.code_dim": POSITIVE,
             "model.commitment_cost": NON_NEGATIVE, "model.codebook_decay": FRACTION,
-            "model.dead_code_threshold": NON_NEGATIVE}
+            "model.dead_code_threshold": NON_NEGATIVE, **adversarial.BOUNDS}
 
   @classmethod
   def check_config(cls, config, files: bool) -> None:
@@ -34,18 +35,32 @@ class AutoencoderFamily(Family):
     if config.model.codebook_size < 2:
       raise ConfigError("model.codebook_size", f"{config.model.codebook_size} codes", "use at least 2 codes")
     checks.check_no_context(config)
+    adversarial.check_config(config, files)
 
   def build(self, rngs: nnx.Rngs) -> nnx.Module:
     return vq_from_config(self.config, rngs=rngs)
 
-  def loss(self, model, first_stage, batch, key) -> LossOutput:
-    del first_stage
+  def first_stage(self):
+    return self._perceptual
+
+  @functools.cached_property
+  def _perceptual(self):
+    return adversarial.perceptual_network(self.config, self.abstract_first_stage)
+
+  def auxiliary(self, rngs: nnx.Rngs) -> nnx.Module | None:
+    return adversarial.discriminator(self.config, rngs)
+
+  def auxiliary_optimizer(self):
+    return adversarial.discriminator_optimizer(self.config)
+
+  def loss(self, model, first_stage, batch, key, auxiliary=None, step=None) -> LossOutput:
     images = batch["image"]
-    reconstruction, _, aux = model(images, train=True, key=key)
-    mse = jnp.mean(jnp.square(reconstruction - images))
-    metrics = {"loss_reconstruction": mse, "loss_commitment": aux["loss_commitment"],
-               "codebook_perplexity": aux["perplexity"], "codebook_usage": aux["usage"]}
-    return LossOutput(mse + aux["loss_commitment"], metrics)
+    reconstruction, _, aux, head_input = model(images, train=True, key=key, head_input=True)
+    total, metrics = adversarial.loss_terms(self.config, images, reconstruction, head_input, model.decoder.conv_out,
+                                            first_stage, auxiliary, step)
+    metrics.update({"loss_commitment": aux["loss_commitment"], "codebook_perplexity": aux["perplexity"],
+                    "codebook_usage": aux["usage"]})
+    return LossOutput(total + aux["loss_commitment"], metrics)
 
   def sampler(self, model_def, first_stage_def, num_images):
     del first_stage_def, num_images

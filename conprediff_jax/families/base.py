@@ -7,8 +7,11 @@ a VQ autoencoder). The trainer never asks which family it runs; it calls these m
                                    its keys' registry names and numeric bounds, beside config_validation's shared ones
   check_config(config, files)      its own rules across keys (network shapes, first stage, feature grid)
   build(rngs)                      the inference model: what is EMA'd, sampled, checkpointed as `ema`, exported
-  first_stage()                    a frozen model the family reads (a tokenizer, an autoencoder), or None
-  loss(model, first_stage, batch, key) -> LossOutput
+  first_stage()                    a frozen model the family reads (a tokenizer, an autoencoder, the perceptual
+                                   loss's network), or None
+  auxiliary(rngs), auxiliary_optimizer()  a training-only module its loss trains beside the model (a patch
+                                   discriminator) and that module's optimiser, or None
+  loss(model, first_stage, batch, key[, auxiliary=, step=]) -> LossOutput
   feature_spec()                   the grid and widths a context head reads, or None where it does not apply
   sampler(model_def, first_stage_def, num_images) -> pure (weights, first_stage_weights, key, cond) -> images
   sample_request(num_images, offset)  what samples are asked for (classes, prompts), recorded beside them
@@ -32,6 +35,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
 
 from conprediff_jax import checkpointing, cli, conditioning, config_validation, parallel, sample_requests
@@ -113,10 +117,22 @@ class Family(abc.ABC):
     """The frozen model this family reads, loaded once per run; None for a family that reads pixels."""
     return None
 
+  def auxiliary(self, rngs: nnx.Rngs) -> nnx.Module | None:
+    """A training-only module the loss trains beside the model (a first stage's patch discriminator), or None. Its
+    parameters are the state's `params["auxiliary"]`, updated by `auxiliary_optimizer()`, checkpointed with the
+    run, never averaged, sampled or exported; the trainer passes it to `loss` as `auxiliary=`, with `step=`."""
+    del rngs
+    return None
+
+  def auxiliary_optimizer(self) -> optax.GradientTransformation | None:
+    """The optimiser of the `auxiliary` module's parameters."""
+    return None
+
   @abc.abstractmethod
   def loss(self, model: nnx.Module, first_stage: nnx.Module | None, batch: dict[str, jax.Array],
            key: jax.Array) -> LossOutput:
-    """The training loss on one batch (dropout and other training-only behaviour on)."""
+    """The training loss on one batch (dropout and other training-only behaviour on). A family with an `auxiliary`
+    module also takes `auxiliary` (that module) and `step` (the update's number, a traced int32)."""
 
   def feature_spec(self) -> FeatureSpec | None:
     """Where a context head applies; None means the context loss is not defined for this family."""

@@ -1,8 +1,9 @@
 """The latent-diffusion first stage: a KL autoencoder (diffusers' AutoencoderKL layout) trained to reconstruct,
 read frozen by a latent Gaussian model (config.first_stage.workdir of configs/digits_latent.py).
 
-Loss: per-pixel squared error of the reconstruction decoded from a posterior sample, plus `model.kl_weight` times
-the KL to N(0, I) per pixel (LDM's sum-over-pixels objective divided by the pixel count). No patch discriminator.
+Loss: the reconstruction decoded from a posterior sample scored by `config.loss` (pixel, perceptual and adversarial
+terms, families/adversarial.py), plus `model.kl_weight` times the KL to N(0, I) per pixel (LDM's sum-over-pixels
+objective divided by the pixel count).
 Samples and evaluation are reconstructions of held-out images, as for the VQ tokenizer; --mode=eval also reports
 the latents' standard deviation, whose inverse is the scaling factor a latent diffusion model applies.
 """
@@ -12,7 +13,7 @@ import numpy as np
 from flax import nnx
 
 from conprediff_jax.config_validation import NON_NEGATIVE, POSITIVE
-from conprediff_jax.families import checks
+from conprediff_jax.families import adversarial, checks
 from conprediff_jax.families.autoencoder import AutoencoderFamily
 from conprediff_jax.families.base import LossOutput, abstract_model
 from conprediff_jax.models.kl import kl_from_config
@@ -21,26 +22,27 @@ from conprediff_jax.models.kl import kl_from_config
 class KLAutoencoderFamily(AutoencoderFamily):
 
   SCHEMA = "digits_kl.py"
-  CHOICES = {"model.name": ("kl",)}
-  BOUNDS = {**checks.CONV_BOUNDS, "model.latent_channels": POSITIVE, "model.kl_weight": NON_NEGATIVE}
+  CHOICES = {"model.name": ("kl",), **adversarial.CHOICES}
+  BOUNDS = {**checks.CONV_BOUNDS, "model.latent_channels": POSITIVE, "model.kl_weight": NON_NEGATIVE,
+            **adversarial.BOUNDS}
   EXPORT_FORMAT = "diffusers_autoencoder_kl"
 
   @classmethod
   def check_config(cls, config, files: bool) -> None:
     checks.check_levels(config)
     checks.check_no_context(config)
+    adversarial.check_config(config, files)
 
   def build(self, rngs: nnx.Rngs) -> nnx.Module:
     return kl_from_config(self.config, rngs=rngs)
 
-  def loss(self, model, first_stage, batch, key) -> LossOutput:
-    del first_stage
+  def loss(self, model, first_stage, batch, key, auxiliary=None, step=None) -> LossOutput:
     images = batch["image"]
-    reconstruction, kl = model(images, key)
-    mse = jnp.mean(jnp.square(reconstruction - images))
+    reconstruction, kl, head_input = model(images, key, head_input=True)
+    total, metrics = adversarial.loss_terms(self.config, images, reconstruction, head_input, model.decoder.conv_out,
+                                            first_stage, auxiliary, step)
     kl_per_pixel = jnp.mean(kl) / np.prod(images.shape[1:])
-    loss = mse + self.config.model.kl_weight * kl_per_pixel
-    return LossOutput(loss, {"loss_reconstruction": mse, "kl_per_pixel": kl_per_pixel})
+    return LossOutput(total + self.config.model.kl_weight * kl_per_pixel, {**metrics, "kl_per_pixel": kl_per_pixel})
 
   def score_batch(self, model: nnx.Module, samples: np.ndarray, offset: int) -> dict[str, np.ndarray]:
     originals = self.sample_cond(len(samples), offset)["image"]

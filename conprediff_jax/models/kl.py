@@ -95,11 +95,14 @@ class Decoder(nnx.Module):
     self.conv_norm_out = layers.group_norm(widths[0], groups, rngs, dtype, epsilon=EPS)
     self.conv_out = layers.conv(widths[0], out_channels, rngs, dtype)
 
-  def __call__(self, z):
+  def __call__(self, z, head_input: bool = False):
+    """Images; with `head_input`, also what `conv_out`, the last layer, reads (the first stages' adaptive
+    adversarial weight differentiates through that layer alone)."""
     h = self.mid_block(self.conv_in(z))
     for block in self.up_blocks:
       h = block(h)
-    return self.conv_out(nnx.silu(self.conv_norm_out(h)))
+    a = nnx.silu(self.conv_norm_out(h))
+    return (self.conv_out(a), a) if head_input else self.conv_out(a)
 
 
 class AutoencoderKL(nnx.Module):
@@ -123,15 +126,20 @@ class AutoencoderKL(nnx.Module):
     mean, logvar = jnp.split(moments, 2, axis=-1)
     return mean, jnp.clip(logvar, *LOGVAR_RANGE)
 
-  def decode(self, latents):
-    return self.decoder(self.post_quant_conv(latents)).astype(jnp.float32)
+  def decode(self, latents, head_input: bool = False):
+    """Images; with `head_input`, (images, what the decoder's last layer reads)."""
+    out = self.decoder(self.post_quant_conv(latents), head_input)
+    return (out[0].astype(jnp.float32), out[1]) if head_input else out.astype(jnp.float32)
 
-  def __call__(self, images, key: jax.Array | None = None):
+  def __call__(self, images, key: jax.Array | None = None, head_input: bool = False):
     """(reconstruction, kl): decoded from a posterior sample (its mean without `key`), and KL(q(z|x) || N(0, I))
-    summed over a latent's entries, per example [B]."""
+    summed over a latent's entries, per example [B]; with `head_input`, also what the decoder's last layer read."""
     mean, logvar = self.encode(images)
     z = mean if key is None else mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
     kl = 0.5 * jnp.sum(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3))
+    if head_input:
+      reconstruction, a = self.decode(z, head_input=True)
+      return reconstruction, kl, a
     return self.decode(z), kl
 
 

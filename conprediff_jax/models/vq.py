@@ -102,14 +102,17 @@ class Decoder(nnx.Module):
     self.norm_out = _norm(widths[-1], groups, rngs, dtype)
     self.conv_out = _conv(widths[-1], image_channels, rngs, dtype)
 
-  def __call__(self, x):
+  def __call__(self, x, head_input: bool = False):
+    """Images; with `head_input`, also what `conv_out`, the last layer, reads (the first stages' adaptive
+    adversarial weight differentiates through that layer alone)."""
     h = self.conv_in(x)
     for level, blocks in enumerate(self.blocks):
       for block in blocks:
         h = block(h)
       if level < len(self.upsamplers):
         h = self.upsamplers[level](h)
-    return self.conv_out(nnx.silu(self.norm_out(h)))
+    a = nnx.silu(self.norm_out(h))
+    return (self.conv_out(a), a) if head_input else self.conv_out(a)
 
 
 def nearest_codes(z: jax.Array, codebook: jax.Array) -> jax.Array:
@@ -155,8 +158,10 @@ class VQVAE(nnx.Module):
   def encode(self, images):
     return self.encoder(images).astype(jnp.float32)
 
-  def decode(self, z_q):
-    return self.decoder(z_q).astype(jnp.float32)
+  def decode(self, z_q, head_input: bool = False):
+    """Images; with `head_input`, (images, what the decoder's last layer reads)."""
+    out = self.decoder(z_q, head_input)
+    return (out[0].astype(jnp.float32), out[1]) if head_input else out.astype(jnp.float32)
 
   def embed(self, tokens):
     return jnp.take(self.codebook[...], tokens, axis=0)
@@ -215,8 +220,12 @@ class VQVAE(nnx.Module):
     self.ema_embed_sum[...] = jnp.where(dead[:, None], restart, embed_sum)
     self.ema_usage[...] = jnp.where(dead, 1.0 / k, usage)
 
-  def __call__(self, images, *, train: bool = False, key: jax.Array | None = None):
+  def __call__(self, images, *, train: bool = False, key: jax.Array | None = None, head_input: bool = False):
+    """(reconstruction, tokens, aux); with `head_input`, also what the decoder's last layer read."""
     z_q, tokens, aux = self.quantize(self.encode(images), train=train, key=key)
+    if head_input:
+      reconstruction, a = self.decode(z_q, head_input=True)
+      return reconstruction, tokens, aux, a
     return self.decode(z_q), tokens, aux
 
 
