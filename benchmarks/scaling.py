@@ -47,7 +47,8 @@ MESHES = [("(32, 1)", "('data', 'fsdp')"), ("(8, 4)", "('data', 'fsdp')"), ("(1,
 # Keys that name where data and weights are, not what is compiled.
 _PLACES = {"data": ("tfds_name", "data_dir", "split", "captions", "text_embeddings_file"),
            "first_stage": ("workdir", "config"), "eval": ("split", "inception_weights", "reference_stats"),
-           "inpaint": ("split", "images", "masks"), "sample": ("prompts", "prompts_file", "prompt_embeddings_file")}
+           "inpaint": ("split", "images", "masks"), "sample": ("prompts", "prompts_file", "prompt_embeddings_file"),
+           "loss": ("lpips_weights",)}
 
 
 def fingerprint(spec: str) -> str:
