@@ -12,7 +12,7 @@ import os
 import sys
 
 from conprediff_jax.evaluation.checksums import sha256_file
-from conprediff_jax.evaluation.torch_weights import read_state_dict
+from conprediff_jax.evaluation.torch_weights import read_state_dict, run_converter
 
 PUBLISHED_NAME = "pt_inception-2015-12-05-6726825d.pth"
 PUBLISHED_SHA256_PREFIX = "6726825d"
@@ -34,13 +34,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("src", help=f"the pytorch-fid weights, {PUBLISHED_NAME}")
   parser.add_argument("dst", help="output .safetensors path")
   args = parser.parse_args(argv)
-  try:
-    digest = convert(args.src, args.dst)
-  except Exception as e:  # pylint: disable=broad-except  # A one-off CLI: one line, no traceback.
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(f"wrote {args.dst}\nsha256 {digest}")
-  return 0
+  return run_converter(lambda: convert(args.src, args.dst), args.dst)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import sys
 
 from conprediff_jax.evaluation import lpips
 from conprediff_jax.evaluation.checksums import sha256_file
+from conprediff_jax.evaluation.torch_weights import run_converter
 
 
 def convert(net: str, backbone: str | os.PathLike, dst: str | os.PathLike, heads: str | os.PathLike | None = None,
@@ -36,13 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                       ", ".join(b.published_name for b in lpips.BACKBONES.values()))
   parser.add_argument("dst", help="output .safetensors path")
   args = parser.parse_args(argv)
-  try:
-    digest = convert(args.net, args.backbone, args.dst, args.heads)
-  except (ValueError, OSError) as e:  # a one-off command: one line, no traceback
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(f"wrote {args.dst}\nsha256 {digest}")
-  return 0
+  return run_converter(lambda: convert(args.net, args.backbone, args.dst, args.heads), args.dst)
 
 
 if __name__ == "__main__":

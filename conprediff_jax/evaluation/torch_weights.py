@@ -7,6 +7,8 @@ the `.safetensors` files the converters write.
 """
 
 import os
+import sys
+from collections.abc import Callable
 
 import numpy as np
 
@@ -37,3 +39,15 @@ def read_state_dict(src: str | os.PathLike, *, expected_sha256_prefix: str | Non
     raise ValueError(f"{src}: expected a state dict, got {type(state).__name__}")
   return {name: np.ascontiguousarray(t.detach().cpu().numpy()) for name, t in state.items()
           if isinstance(t, torch.Tensor) and not name.endswith("num_batches_tracked")}, digest
+
+
+def run_converter(convert: Callable[[], str], dst: str) -> int:
+  """A converter command's exit status: 0 with the output's path and SHA-256 (what `convert` returns) printed, or 2
+  with a bad input's one line (no traceback)."""
+  try:
+    digest = convert()
+  except (ValueError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {dst}\nsha256 {digest}")
+  return 0
