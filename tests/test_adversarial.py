@@ -134,6 +134,11 @@ def test_the_perceptual_term_is_lpips_of_the_reconstruction(tmp_path):
   want = float(jnp.mean(lpips.load(tmp_path / "l.safetensors")(images, reconstruction)))
   assert float(out.metrics["lpips"]) == pytest.approx(want, rel=1e-5) and want > 0
   assert family.first_stage().source == config.loss.lpips_weights
+  model_def, weights = nnx.split(model)  # and it trains the autoencoder: a gradient reaches the encoder through it
+  grads = jax.grad(lambda w: family.loss(nnx.merge(model_def, w), perceptual, {"image": images}, jax.random.key(0),
+                                         auxiliary=critic, step=jnp.asarray(0)).metrics["lpips"])(weights)
+  encoder = jax.tree.leaves(grads["encoder"])
+  assert all(bool(jnp.isfinite(g).all()) for g in encoder) and max(float(jnp.abs(g).max()) for g in encoder) > 0
 
 
 def test_the_discriminator_trains_with_its_own_optimiser_and_never_reaches_inference():

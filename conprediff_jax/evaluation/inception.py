@@ -61,7 +61,8 @@ class BasicConv2d(nnx.Module):
 def max_pool(x: jax.Array, stride: int, padding: int = 0, window: int = 3) -> jax.Array:
   """torch's MaxPool2d(window, stride, padding) on NHWC (floor mode)."""
   pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-  return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, window, window, 1),
+  # A Python -inf, not an array: JAX then recognises the max-pool and can differentiate it (LPIPS as a loss).
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
                                (1, stride, stride, 1), pad)
 
 
