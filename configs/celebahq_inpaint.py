@@ -11,8 +11,8 @@ The network follows guided-diffusion's 256x256 layout at half its width (128 cha
 res blocks, attention at 32, 16 and 8) in diffusers' block form (no scale-shift norm, no learned variance). Sized
 for a TPU v4-32 (global batch 256 in four micro-batches, bf16): the TPU compiler fits its train step in 29.1 GiB of
 a v4 chip's 30.75 (in one pass it asks for 53 GiB; `--mode=compile --topology=v4-32`, docs/scaling.md). Target: the
-paper's CelebA-HQ inpainting LPIPS 0.022 (add `--config.eval.lpips_weights=lpips_vgg.safetensors` to the inpaint
-command, docs/evaluation.md). Not run at this size here (no accelerator); tests/test_paper_configs.py
+paper's CelebA-HQ inpainting LPIPS 0.022: `--mode=eval --config.eval.lpips_weights=lpips_vgg.safetensors` scores the
+held-out faces filled under five generated masks (docs/inpainting.md), beside FID with Inception weights. Not run at this size here (no accelerator); tests/test_paper_configs.py
 runs it at reduced size.
 """
 
@@ -25,6 +25,7 @@ def get_config():
       attention_resolutions=(32, 16, 8), num_heads=4, dropout=0.0, steps=500_000, batch_size=256,
       learning_rate=1e-4, schedule="linear")
   config.inpaint.update(images="", split="train[27000:]", mask="box", num_images=100, steps=250)
+  config.eval.inpaint_masks = ("strokes", "half", "lines", "super_resolve", "border")  # RePaint's, LaMa's aside
   config.data.split = "train[:27000]"  # the last 3,000 faces stay out of training, for inpainting
   config.train.microbatches = 4  # the global batch of 256 in four passes: what fits a v4 chip (docs/scaling.md)
   return config

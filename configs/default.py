@@ -159,6 +159,8 @@ def get_config() -> ml_collections.ConfigDict:
   #                                    | fid | kid | class_accuracy
   config.eval.inception_weights = ""  # FID Inception-v3 .safetensors (README: "FID"); empty: no FID/KID
   config.eval.inception_sha256 = ""   # optional checksum of that file (a prefix of >= 8 hex digits)
+  config.eval.inpaint_masks = ()     # --mode=eval also fills config.inpaint's images under each of these masks
+  #                                    (docs/inpainting.md) and scores them: masked_mse, and lpips and fid with weights
   config.eval.lpips_weights = ""     # LPIPS .safetensors (evaluation/convert_lpips_weights.py): --mode=inpaint
   #                                    scores the filled images against the originals; empty: no LPIPS
   config.eval.lpips_sha256 = ""      # optional checksum of that file (a prefix of >= 8 hex digits)

@@ -11,7 +11,8 @@ Same layout as configs/celebahq_inpaint.py at full guided-diffusion width (256 c
 TPU v4-64 (global batch 256 in four micro-batches, bf16), not yet checked by the compiler: compiling its train step
 for a v4-64 took more than the 23 GiB of host memory of the project's 2-core build machine (killed after 16-22
 minutes, with four or with eight micro-batches; docs/scaling.md). Target: the paper's ImageNet inpainting figures
-(LPIPS 0.057: add `--config.eval.lpips_weights=lpips_vgg.safetensors` to the inpaint command, docs/evaluation.md).
+(LPIPS 0.057: `--mode=eval --config.eval.lpips_weights=lpips_vgg.safetensors` scores the images filled under five
+generated masks, docs/inpainting.md).
 Not run at this size here; tests/test_paper_configs.py runs it at reduced size.
 """
 
@@ -24,5 +25,6 @@ def get_config():
       num_res_blocks=2, attention_resolutions=(32, 16, 8), num_heads=4, dropout=0.0, steps=1_000_000,
       batch_size=256, learning_rate=1e-4, schedule="linear")
   config.inpaint.update(images="", mask="half", num_images=100, steps=250)
+  config.eval.inpaint_masks = ("strokes", "half", "lines", "super_resolve", "border")  # RePaint's, LaMa's aside
   config.train.microbatches = 4  # four passes, as celebahq_inpaint.py needs on a v4 chip; not compiled at this width
   return config

@@ -89,6 +89,8 @@ FRACTION: Bound = (lambda v: 0 <= v < 1, "in [0, 1)")
 # The registries' names, spelled out so that checking needs no registry loaded (tests/test_config_validation.py
 # keeps them in step): context/wasserstein.py and objective.py, train.py, inpainting/masks.py, text_encoder.py,
 # evaluate.py.
+MASKS = ("border", "box", "half", "lines", "strokes", "super_resolve")
+# A key whose value is a tuple takes each of its entries from its choices.
 CHOICES: dict[str, tuple] = {
     "model.dtype": ("bfloat16", "float32"),
     "context.solver": ("exact", "sinkhorn", "sorted"),
@@ -96,7 +98,8 @@ CHOICES: dict[str, tuple] = {
     "context.targets": ("clean", "denoised"),
     "context.timestep_weighting": ("alpha_bar", "cutoff", "none", "snr"),
     "train.lr_schedule": ("constant", "cosine"),
-    "inpaint.mask": ("border", "box", "half", "lines", "strokes", "super_resolve"),
+    "inpaint.mask": MASKS,
+    "eval.inpaint_masks": MASKS,
     "text.encoder": ("bytes", "precomputed"),
     "eval.metric": ("class_accuracy", "fd_digits", "fid", "kid", "kid_digits", "precision_digits", "recall_digits",
                     "reconstruction_mse"),
@@ -131,8 +134,9 @@ def get(config, dotted: str):
 def check_values(config, choices: dict[str, tuple], bounds: dict[str, Bound]) -> None:
   for key, options in choices.items():
     value = get(config, key)
-    if value is not ABSENT and value not in options:
-      raise ConfigError(key, f"{value!r} is not one of {list(options)}", suggest(value, options, "pick one of them"))
+    for entry in () if value is ABSENT else value if isinstance(value, (tuple, list)) else (value,):
+      if entry not in options:
+        raise ConfigError(key, f"{entry!r} is not one of {list(options)}", suggest(entry, options, "pick one of them"))
   for key, (test, requirement) in bounds.items():
     value = get(config, key)
     if value is not ABSENT and not (math.isfinite(value) and test(value)):

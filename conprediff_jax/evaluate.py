@@ -7,6 +7,8 @@ Metrics, by what the run has:
   fid, kid                   with config.eval.inception_weights (FID Inception-v3 as safetensors, see README) and
                              reference statistics: config.eval.reference_stats (.npz with mu, sigma), or computed
                              once from the training data and cached in the workdir
+  inpaint_<mask>_<metric>    --mode=eval with config.eval.inpaint_masks: inpainting under each mask kind
+                             (inpainting/run.py's protocol): masked_mse, and lpips, fid with their weights
 """
 
 import json
@@ -21,6 +23,7 @@ from conprediff_jax import atomic_files
 from conprediff_jax import evaluation
 from conprediff_jax import images as images_lib
 from conprediff_jax import sampling
+from conprediff_jax.inpainting import run as inpaint_run
 
 LOWER_IS_BETTER = {"fd_digits": True, "kid_digits": True, "precision_digits": False, "recall_digits": False,
                    "fid": True, "kid": True, "class_accuracy": False, "reconstruction_mse": True}
@@ -143,6 +146,8 @@ def evaluate(config, workdir: str) -> dict[str, float]:
   step = trained.step
   with jax.set_mesh(trained.mesh):
     metrics = Evaluator(trained, workdir)(trained.weights, step)
+  if config.eval.inpaint_masks:
+    metrics.update(inpaint_run.protocol(config, trained))
   path = write_results(workdir, step, metrics)
   writer = MetricWriter(workdir)
   writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})

@@ -7,6 +7,7 @@ import pytest
 
 from conprediff_jax import conditioning
 from conprediff_jax import families
+from conprediff_jax import sampling
 from conprediff_jax.images import grid
 from tests.conftest import tiny_config
 
@@ -120,3 +121,10 @@ def test_digits_cond_text_and_inpaint_at_smoke_size_train_sample_and_inpaint(tmp
   saved = np.load(tmp_path / "inpaint.npz")
   assert saved["original"].shape == saved["filled"].shape == (4, 8, 8, 1) and saved["known"].shape == (4, 8, 8)
   assert (tmp_path / "inpaint.png").exists() and (tmp_path / "inpaint.json").exists()
+  # --mode=eval's protocol: the same images under each generated mask; under the inpaint run's mask, its figures.
+  assert config.eval.inpaint_masks == ("box", "half", "lines", "super_resolve")  # digits_inpaint.py's
+  protocol = inpaint_run.protocol(config, sampling.load_latest_ema(config, str(tmp_path)))
+  assert sorted(protocol) == sorted(f"inpaint_{kind}_{m}" for kind in config.eval.inpaint_masks
+                                    for m in ("masked_mse", "known_max_abs_error"))
+  assert config.inpaint.mask == "box" and protocol["inpaint_box_masked_mse"] == metrics["masked_mse"]
+  assert len({protocol[f"inpaint_{kind}_masked_mse"] for kind in config.eval.inpaint_masks}) == 4

@@ -64,21 +64,10 @@ def inpaint(config, workdir: str) -> dict[str, float]:
   known = load_known(config, len(images))
   scores = scorers(config)
   trained = sampling.load_latest_ema(config, workdir)
-  fn = jax.jit(trained.family.inpainter(trained.model_def, trained.first_stage_def, len(images)))
-  on_mesh = lambda x: jax.device_put(x, parallel.replicated(trained.mesh))
-  key = jax.random.fold_in(jax.random.key(config.seed), 3)
-  with jax.set_mesh(trained.mesh):
-    filled = parallel.to_host(fn(trained.weights, trained.first_stage_weights, on_mesh(key), on_mesh(images),
-                                 on_mesh(known[..., None])))
-  error = np.square(filled - images)
-  unknown = np.broadcast_to(~known[..., None], images.shape)
-  metrics = {"step": trained.step, "num_images": len(images),
-             "masked_mse": float(error[unknown].mean()) if unknown.any() else 0.0,
-             "known_max_abs_error": float(np.abs(filled - images)[~unknown].max()) if (~unknown).any() else 0.0,
-}
-  original, result = images_lib.to_uint8(images), images_lib.to_uint8(filled)
-  metrics.update({name: fn(original, result) for name, fn in scores.items()})
+  filled = inpainter(config, trained, len(images))(images, known)
+  metrics = {"step": trained.step, "num_images": len(images), **score(images, filled, known, scores)}
   if jax.process_index() == 0:
+    original, result = images_lib.to_uint8(images), images_lib.to_uint8(filled)
     masked = images_lib.to_uint8(np.where(known[..., None], images, 0.0))
     block = np.arange(len(images)) // IMAGES_PER_ROW  # rows of 16: originals, masked inputs, results, repeated
     rows = np.concatenate([3 * block, 3 * block + 1, 3 * block + 2])
@@ -87,6 +76,41 @@ def inpaint(config, workdir: str) -> dict[str, float]:
     images_lib.save_npz(os.path.join(workdir, "inpaint.npz"), original=original, filled=result, known=known)
     atomic_files.write_json(os.path.join(workdir, "inpaint.json"), metrics)
   return metrics
+
+
+def protocol(config, trained: sampling.TrainedModel) -> dict[str, float]:
+  """--mode=eval's inpainting scores: config.inpaint's images filled under each mask kind of
+  `config.eval.inpaint_masks` (generated from config.seed, the same masks every time), as `inpaint_<kind>_<metric>`."""
+  images, scores, out = load_images(config), scorers(config), {}
+  fill = inpainter(config, trained, len(images))
+  for kind in config.eval.inpaint_masks:
+    known = masks.generate(kind, len(images), config.data.image_size, config.seed)
+    out.update({f"inpaint_{kind}_{k}": v for k, v in score(images, fill(images, known), known, scores).items()})
+  return out
+
+
+def inpainter(config, trained: sampling.TrainedModel, count: int):
+  """`(images, known) -> filled` (host arrays) by the trained model's family, compiled once."""
+  fn = jax.jit(trained.family.inpainter(trained.model_def, trained.first_stage_def, count))
+  on_mesh = lambda x: jax.device_put(x, parallel.replicated(trained.mesh))
+  key = jax.random.fold_in(jax.random.key(config.seed), 3)
+
+  def fill(images, known):
+    with jax.set_mesh(trained.mesh):
+      return parallel.to_host(fn(trained.weights, trained.first_stage_weights, on_mesh(key), on_mesh(images),
+                                 on_mesh(known[..., None])))
+  return fill
+
+
+def score(images: np.ndarray, filled: np.ndarray, known: np.ndarray, scores: dict) -> dict[str, float]:
+  """masked_mse over the filled pixels, known_max_abs_error over the kept ones, and `scores` (`scorers`) on the
+  images as saved (uint8)."""
+  error = np.square(filled - images)
+  unknown = np.broadcast_to(~known[..., None], images.shape)
+  out = {"masked_mse": float(error[unknown].mean()) if unknown.any() else 0.0,
+         "known_max_abs_error": float(np.abs(filled - images)[~unknown].max()) if (~unknown).any() else 0.0}
+  original, result = images_lib.to_uint8(images), images_lib.to_uint8(filled)
+  return {**out, **{name: fn(original, result) for name, fn in scores.items()}}
 
 
 def scorers(config) -> dict:
