@@ -92,7 +92,7 @@ FINGERPRINTS = "fingerprints"
 
 
 def _key(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 @jax.jit

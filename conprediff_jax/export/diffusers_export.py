@@ -278,7 +278,7 @@ def to_diffusers_state_dict(params: Mapping, unet_config: Mapping[str, Any] | No
   """
   out: dict[str, np.ndarray] = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+    keys = [jax.tree_util.keystr((k,), simple=True) for k in path]
     # np.array copies: np.asarray of a jax.Array is read-only, and torch wants writable, contiguous buffers.
     suffix, value = _to_torch_layout(keys[-1], np.array(jax.device_get(leaf), dtype=np.float32))
     name = ".".join(keys[:-1] + [suffix])

@@ -68,7 +68,7 @@ def read_params(folder: str, abstract: dict) -> dict:
   used = set()
 
   def take(path_keys, leaf):
-    keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path_keys]
+    keys = [jax.tree_util.keystr((k,), simple=True) for k in path_keys]
     suffix, axes = torch_layout(keys[-1], len(leaf.shape))
     name = ".".join(keys[:-1] + [suffix])
     if name not in tensors:
