@@ -190,3 +190,18 @@ def test_bad_settings_are_one_line(tmp_path):
     families.validate(config, num_devices=1)
   assert PatchDiscriminator(image_channels=1, channels=4, layers=1, rngs=nnx.Rngs(0))(
       jnp.zeros((2, 8, 8, 1))).shape == (2, output_size(8, 1), output_size(8, 1), 1)
+
+
+def test_a_discriminator_gone_nan_skips_the_step_and_loses_nothing():
+  config = _config("autoencoder")
+  exp = train.make_experiment(config)
+  state = jax.jit(functools.partial(train.init_state, exp))(jax.random.key(0))
+  first = state["params"]["auxiliary"]["convs"][0]["kernel"]
+  state["params"]["auxiliary"]["convs"][0]["kernel"] = first.at[0, 0, 0, 0].set(jnp.nan)
+  batch = {"image": np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 1)).astype(np.float32)}
+  new, metrics = jax.jit(functools.partial(train.train_step, exp))(state, batch, jax.random.key(1), None)
+  assert int(metrics["nonfinite"]) == 1  # counted; train.max_nonfinite_steps in a row stop the run in one line
+  same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b, equal_nan=True)),
+                      {k: new[k] for k in ("params", "ema", "opt_state")},
+                      {k: state[k] for k in ("params", "ema", "opt_state")})
+  assert all(jax.tree.leaves(same))
