@@ -30,6 +30,8 @@ What the numbers count (docs/scaling.md: the table, and how each was checked):
   program's, so recomputation (model.remat) counts as work: MaxText's "hardware FLOPs utilisation". From a roofline
   time it is an upper bound (`upper_bounds`), as are images/s and the time to train: a compute-bound roofline is
   100% by construction.
+- where_the_time_goes: the TPU compiler's own cycle estimate of each instruction, as shares by JAX operation and by
+  line of the project's code (hlo_profile.py): what a change to the step should move. Absent for GPU programs.
 """
 
 import dataclasses
@@ -52,6 +54,7 @@ from conprediff_jax import checkpointing
 from conprediff_jax import data as data_lib
 from conprediff_jax import families
 from conprediff_jax import hardware
+from conprediff_jax import hlo_profile
 from conprediff_jax import parallel
 from conprediff_jax import sampling
 from conprediff_jax import train
@@ -82,6 +85,7 @@ class Program:
   optimal_seconds: float | None = None
   refusal: dict[str, Any] | None = None
   compile_seconds: float = 0.0
+  profile: dict[str, Any] | None = None  # hlo_profile.profile of the optimised module (TPU programs)
 
   @property
   def peak_bytes(self) -> int:
@@ -117,7 +121,8 @@ def _compile(lowered) -> Program:
   cost = compiled.cost_analysis()
   cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or _hlo_cost(compiled))
   return Program(memory, float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)),
-                 cost.get("optimal_seconds"), compile_seconds=time.perf_counter() - start)
+                 cost.get("optimal_seconds"), compile_seconds=time.perf_counter() - start,
+                 profile=hlo_profile.profile(compiled.as_text()))
 
 
 def _hlo_cost(compiled) -> dict:
@@ -284,6 +289,9 @@ def _train_figures(step: Program, part: Program | None, t, chip: hardware.Chip, 
       "images_per_second": t.batch_size / seconds if seconds else None,
       "images_per_second_per_chip": t.batch_size / seconds / known["chips"] if seconds else None,
       "hours_to_train_steps": t.steps * seconds / 3600 if seconds else None,
+      # The compiler's per-instruction cycle estimates, by operation and by line of ours (the step, or with
+      # microbatches one part's forward and backward, which is most of it).
+      "where_the_time_goes": (part or step).profile,
   })
   return out
 
@@ -323,6 +331,11 @@ def table(r: dict) -> str:
              ("predicted MFU", f"{at_most}{100 * r['predicted_mfu']:.1f}% of {r['chip']}'s bf16 peak"),
              ("images / s", f"{at_most}{r['images_per_second']:.1f} ({r['images_per_second_per_chip']:.2f} per chip)"),
              ("train.steps take", f"{'at least ' if r['upper_bounds'] else ''}{r['hours_to_train_steps']:.1f} h")]
+    profile = r.get("where_the_time_goes")
+    if profile:
+      rows += [(f"time by {what}" if i == 0 else "", f"{100 * share:4.1f}%  {name}")
+               for what, key in (("operation", "by_op"), ("line", "by_line"))
+               for i, (name, share) in enumerate(profile[key][:5])]
   s = r["sampler"]
   rows.append((f"sampler memory / chip (batch {s['batch']})",
                f"{gib(s['hbm_peak_bytes'])}: " + ("fits" if s["fits"] else "DOES NOT FIT")))

@@ -95,6 +95,11 @@ def test_compile_for_a_slice_reports_what_the_compiler_says(tmp_path):
   assert 0 < report["predicted_mfu"] < 1 and report["predicted_step_seconds"] >= report["roofline_seconds"] * 0.999
   assert report["upper_bounds"] == (report["time_source"] != "cost model")
   assert report["flops_per_step"] > 0 and report["bytes_accessed"] > 0
+  profile = report["where_the_time_goes"]  # the compiler's cycle estimates, by operation and by our lines
+  assert profile["total_cycles"] > 0 and 0 < sum(share for _, share in profile["by_op"]) <= 1
+  assert any("conv_general_dilated" in op for op, _ in profile["by_op"])
+  assert any(line.startswith("conprediff_jax/models/unet.py:") for line, _ in profile["by_line"])
+  assert "time by operation" in stdout
   # The inference graph is the model alone: what a config without the context head has.
   no_head = tiny_config()
   no_head.context.weight = 0.0

@@ -15,6 +15,7 @@ PACKAGE = "conprediff_jax"
 LAYERS = [
     # The ground: no model, no family. Devices and meshes, checkpoint files, the config schema's shared checks.
     ("base", ["", "hardware", "parallel", "checkpointing", "images", "metric_writers", "workdir_lock", "cli", "memory_report",
+              "hlo_profile",
               "atomic_files",
               "config_validation", "conditioning"]),
     # What families are made of: networks, the context plug-in, processes, data, conditioning requests, masks and

@@ -1,0 +1,111 @@
+"""Where a compiled TPU program's time goes, by the TPU compiler's own estimate: each scheduled instruction of the
+optimised module carries `estimated_cycles` in its backend config; this sums them by the JAX operation that made
+the instruction (the last part of its `op_name`, "(backward)" when it came from differentiation) and by the line
+of the project's code it came from (the innermost frame of its stack trace in a `conprediff_jax/` file), a loop's
+body counted as often as the loop runs (`known_trip_count`).
+
+Read it as shares: the cycles are the compiler's per-instruction estimates before overlap, so their sum is not the
+step time (issue 27; docs/scaling.md). GPU and CPU programs carry no such estimate: `profile` returns None.
+"""
+
+import collections
+import json
+import re
+
+PACKAGE = "conprediff_jax/"
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
+_CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_FRAME = re.compile(r"stack_frame_id=(\d+)")
+_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_CALLED = re.compile(r"(body|condition|to_apply)=%?([\w.\-]+)|(branch_computations)=\{([^}]*)\}")
+
+
+def _tables(text: str) -> dict[str, dict[int, str]]:
+  """The module's FileNames, FunctionNames, FileLocations and StackFrames tables, by id."""
+  tables, current = {}, None
+  for line in text.splitlines():
+    if line in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
+      current = tables.setdefault(line, {})
+    elif current is not None and re.match(r"^\d+ ", line):
+      key, value = line.split(" ", 1)
+      current[int(key)] = value
+    elif current is not None and line.strip() == "":
+      current = None
+  return tables
+
+
+def _where(frame: int, tables) -> str:
+  """`file:line (function)` of the innermost frame of `frame`'s stack in the package, or "" if none is."""
+  frames, locations = tables.get("StackFrames", {}), tables.get("FileLocations", {})
+  seen = set()
+  while frame and frame in frames and frame not in seen:
+    seen.add(frame)
+    fields = dict(re.findall(r"(\w+)=(\d+)", frames[frame]))
+    location = dict(re.findall(r"(\w+)=(\d+)", locations.get(int(fields["file_location_id"]), "")))
+    path = json.loads(tables["FileNames"].get(int(location.get("file_name_id", 0)), '""'))
+    if PACKAGE in path:
+      function = json.loads(tables["FunctionNames"].get(int(location["function_name_id"]), '""'))
+      return f"{path[path.rindex(PACKAGE):]}:{location['line']} ({function})"
+    frame = int(fields["parent_frame_id"]) - 1  # printed one above the parent's id; 0: the outermost frame
+  return ""
+
+
+def _computations(text: str) -> tuple[dict[str, list[str]], str]:
+  """Each computation's instruction lines, and the entry computation's name."""
+  computations, entry, current = {}, "", None
+  for line in text.splitlines():
+    found = _COMPUTATION.match(line)
+    if found:
+      current = computations.setdefault(found.group(1), [])
+      entry = found.group(1) if line.startswith("ENTRY") else entry
+    elif line == "}":
+      current = None
+    elif current is not None:
+      current.append(line)
+  return computations, entry
+
+
+def _runs(computations: dict[str, list[str]], entry: str) -> dict[str, int]:
+  """How many times each scheduled computation runs per program run: the entry once, a while loop's body by its
+  trip count and its condition once more, a call's or a conditional's branches as often as the caller (fusions are not
+  followed: their instructions are estimated as one)."""
+  runs, pending = {entry: 1}, [entry]
+  while pending:
+    name = pending.pop()
+    for line in computations.get(name, ()):
+      if " fusion(" in line:
+        continue
+      trips = _TRIPS.search(line)
+      trips = int(trips.group(1)) if trips else 1
+      for role, called, branches, listed in _CALLED.findall(line):
+        times = runs[name] * {"body": trips, "condition": trips + 1}.get(role or branches, 1)
+        for callee in (c.strip().lstrip("%") for c in (called or listed).split(",")):
+          if callee in computations and callee not in runs:
+            runs[callee] = times
+            pending.append(callee)
+  return runs
+
+
+def profile(hlo_text: str, top: int = 8) -> dict | None:
+  """{"total_cycles", "by_op": [[op, share], ...], "by_line": [[file:line (function), share], ...]} of the `top`
+  largest; None where the module carries no cycle estimates."""
+  computations, entry = _computations(hlo_text)
+  tables, by_op, by_line, total = _tables(hlo_text), collections.Counter(), collections.Counter(), 0
+  for name, times in _runs(computations, entry).items():
+    for line in computations[name]:
+      cycles = _CYCLES.search(line)
+      if not cycles:
+        continue
+      spent = int(cycles.group(1)) * times
+      total += spent
+      op_name = _OP_NAME.search(line)
+      op_name = op_name.group(1) if op_name else ""
+      op = op_name.rsplit("/", 1)[-1] or "(unnamed)"
+      by_op[op + (" (backward)" if "transpose(" in op_name else "")] += spent
+      frame = _FRAME.search(line)
+      by_line[(frame and _where(int(frame.group(1)), tables)) or "(outside conprediff_jax)"] += spent
+  if not total:
+    return None
+  share = lambda counter: [[k, round(v / total, 4)] for k, v in counter.most_common(top)]
+  return {"total_cycles": total, "by_op": share(by_op), "by_line": share(by_line)}

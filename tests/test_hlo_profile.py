@@ -1,0 +1,64 @@
+"""hlo_profile.py on a hand-written optimised module: cycles summed by operation and by line of ours, a loop's body
+counted as often as it runs, a fusion's inside not counted twice, frames walked out to the package's innermost."""
+
+from conprediff_jax import hlo_profile
+
+MODULE = """HloModule jit_step, is_scheduled=true
+
+FileNames
+1 "/somewhere/site-packages/flax/nnx/nn/linear.py"
+2 "/repo/conprediff_jax/models/unet.py"
+3 "/repo/conprediff_jax/train.py"
+
+FunctionNames
+1 "Conv.__call__"
+2 "ResnetBlock2D.__call__"
+3 "train_step"
+
+FileLocations
+1 {file_name_id=3 function_name_id=3 line=181 end_line=181 column=1 end_column=1}
+2 {file_name_id=2 function_name_id=2 line=68 end_line=68 column=1 end_column=1}
+3 {file_name_id=1 function_name_id=1 line=300 end_line=300 column=1 end_column=1}
+
+StackFrames
+1 {file_location_id=1 parent_frame_id=1}
+2 {file_location_id=2 parent_frame_id=2}
+3 {file_location_id=3 parent_frame_id=3}
+
+%fused_computation.1 (p: f32[8]) -> f32[8] {
+  %p = f32[8]{0} parameter(0)
+  ROOT %n = f32[8]{0} negate(%p), metadata={op_name="jit(step)/neg"}, backend_config={"estimated_cycles":"999"}
+}
+
+%body.2 (t: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %t = (s32[], f32[8]) parameter(0)
+  %conv = f32[8]{0} fusion(%t), kind=kOutput, calls=%fused_computation.1, metadata={op_name="jit(step)/transpose(jvp())/conv_general_dilated" stack_frame_id=3}, backend_config={"estimated_cycles":"100"}
+  ROOT %r = (s32[], f32[8]) tuple(%t, %conv)
+}
+
+%cond.3 (t: (s32[], f32[8])) -> pred[] {
+  %t = (s32[], f32[8]) parameter(0)
+  ROOT %c = pred[] compare(%t, %t), direction=LT, backend_config={"estimated_cycles":"1"}
+}
+
+ENTRY %main.4 (a: f32[8]) -> f32[8] {
+  %a = f32[8]{0} parameter(0)
+  %w = (s32[], f32[8]) while(%a), condition=%cond.3, body=%body.2, backend_config={"known_trip_count":{"n":"4"}}
+  %add = f32[8]{0} add(%a, %a), metadata={op_name="jit(step)/add" stack_frame_id=1}, backend_config={"estimated_cycles":"35"}
+  ROOT %d = f32[8]{0} fusion(%a), kind=kOutput, calls=%fused_computation.1, metadata={op_name="jit(step)/jvp()/dot_general" stack_frame_id=2}, backend_config={"estimated_cycles":"60"}
+}
+"""
+
+
+def test_cycles_by_operation_and_line_with_loops_run_as_often_as_they_run():
+  profile = hlo_profile.profile(MODULE)
+  total = 4 * 100 + 5 * 1 + 35 + 60  # the body 4 times, the condition 5, the fused negate never on its own
+  assert profile["total_cycles"] == total
+  assert dict(profile["by_op"]) == {"conv_general_dilated (backward)": round(400 / total, 4),
+                                    "dot_general": round(60 / total, 4), "add": round(35 / total, 4),
+                                    "(unnamed)": round(5 / total, 4)}
+  assert dict(profile["by_line"]) == {  # flax's Conv frame is walked out to the UNet line that called it
+      "conprediff_jax/models/unet.py:68 (ResnetBlock2D.__call__)": round(460 / total, 4),
+      "conprediff_jax/train.py:181 (train_step)": round(35 / total, 4),
+      "(outside conprediff_jax)": round(5 / total, 4)}
+  assert hlo_profile.profile(MODULE.replace("estimated_cycles", "other")) is None  # a GPU or CPU module
