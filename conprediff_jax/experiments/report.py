@@ -13,7 +13,8 @@ import numpy as np
 # The metrics reported, where present, with their names and which way is better.
 METRICS = {"fd_digits": ("FD-digits", "lower"), "kid_digits": ("KID-digits", "lower"),
            "precision_digits": ("precision", "higher"), "recall_digits": ("recall", "higher"),
-           "class_accuracy": ("class accuracy", "higher"), "fid": ("FID", "lower")}
+           "class_accuracy": ("class accuracy", "higher"), "fid": ("FID", "lower"),
+           "reconstruction_mse": ("reconstruction MSE", "lower")}
 CONFIDENCE = 0.95
 
 
