@@ -76,6 +76,10 @@ def get_config() -> ml_collections.ConfigDict:
   # eps with plain weights: 27.1 +- 4.5 (22.2, 31.2, 27.7; docs/benchmarks.md, "The README's commands").
   config.diffusion.prediction = "v"     # "eps" | "v"
   config.diffusion.min_snr_gamma = 5.0  # > 0: Min-SNR-gamma loss weights (Hang et al. 2023); 0: the plain loss
+  # "flow": flow matching (rectified flow, the velocity eps - x0 predicted; schedule, prediction and min_snr_gamma
+  # are then not read; configs/digits_flow.py) | "ddpm": the Gaussian diffusion above
+  config.diffusion.process = "ddpm"
+  config.diffusion.timestep_sampling = "uniform"  # "logit_normal": s = sigmoid(N(0, 1)), SD3's, for "flow"
 
   config.context = ml_collections.ConfigDict()
   config.context.weight = 0.1        # lambda; 0.0 turns the context loss and its head off

@@ -169,6 +169,7 @@ RESUMABLE_PREFIXES = ("train.steps", "train.log_every", "train.max_nonfinite_ste
 # What sampling, evaluation, inpainting and export read from a trained model: with any of these changed they would
 # run the weights as another model (e.g. v-prediction weights read as eps), and silently produce garbage.
 INFERENCE_PREFIXES = ("family", "model.", "text.", "diffusion.schedule", "diffusion.timesteps", "diffusion.prediction",
+                      "diffusion.process",
                       "data.image_size", "data.channels", "data.num_classes", "masking.")
 
 

@@ -1,7 +1,17 @@
-"""Gaussian (continuous) diffusion: noise schedules, forward process, eps/v targets and the denoising loss.
+"""Gaussian (continuous) diffusion: noise schedules, forward process, eps/v targets and the denoising loss; and flow
+matching (rectified flow) as the same Gaussian process in other coordinates.
 
 Schedules are built in float64 NumPy once (as the DDPM and improved-DDPM papers define them) and stored as
 float32 device arrays; everything else is a pure function of them.
+
+Flow matching (`diffusion.process = "flow"`; Lipman et al. 2023, Liu et al. 2023, as SD3 trains it): the network
+reads x_s = (1 - s) x0 + s eps at s in (0, 1) and predicts the velocity eps - x0, its timestep s sampled
+logit-normally (`diffusion.timestep_sampling`). That x_s is the variance-preserving x_t of
+abar = (1 - s)^2 / ((1 - s)^2 + s^2) scaled by 1 / (sqrt(abar) + sqrt(1 - abar)), so it is kept here as one more
+schedule and target: the samplers and RePaint, which work on the variance-preserving x_t, run it unchanged through
+`model_input` (the scaling) and `to_x0_eps` (the velocity's x0 and eps). DDIM at eta 0 is then exactly the Euler
+step of the flow's ODE in s (both move to (1 - s') x0 + s' eps). Timestep index i stands for s = (i + 1) / (T + 1),
+so the noisiest level keeps abar ~ 1e-6 > 0 and every solver's formulas stay finite.
 """
 
 import dataclasses
@@ -27,8 +37,16 @@ def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> n
   return np.array([min(1 - f(i + 1) / f(i), max_beta) for i in range(timesteps)], dtype=np.float64)
 
 
+def flow_alphas_cumprod(timesteps: int) -> np.ndarray:
+  """abar of rectified flow's levels s_i = (i + 1) / (T + 1), float64 [T]."""
+  s = (np.arange(timesteps, dtype=np.float64) + 1) / (timesteps + 1)
+  return (1 - s) ** 2 / ((1 - s) ** 2 + s**2)
+
+
 SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}
 PREDICTIONS = ("eps", "v")  # what the network predicts: the noise, or v = sqrt(abar) eps - sqrt(1 - abar) x0
+PROCESSES = ("ddpm", "flow")  # flow: rectified flow's levels, the network predicting the velocity eps - x0
+TIMESTEP_SAMPLING = ("logit_normal", "uniform")  # logit_normal: s = sigmoid(N(0, 1)) (SD3), for the flow process
 
 
 class DenoisingLoss(NamedTuple):
@@ -45,38 +63,71 @@ class GaussianDiffusion:
   """q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), t in [0, T); the network predicts eps or v."""
 
   alphas_cumprod: np.ndarray  # float64 [T]
-  prediction: str = "eps"
+  prediction: str = "eps"     # "eps" | "v" | "flow" (the flow process's velocity eps - x0)
   min_snr_gamma: float = 0.0  # > 0: Min-SNR-gamma loss weights (Hang et al. 2023); 0: the plain loss
+  timestep_sampling: str = "uniform"
 
   def __post_init__(self):
-    if self.prediction not in PREDICTIONS:
+    if self.prediction not in (*PREDICTIONS, "flow"):
       raise ValueError(f"config.diffusion.prediction must be 'eps' or 'v', got {self.prediction!r}")
     if self.min_snr_gamma < 0:
       raise ValueError(f"config.diffusion.min_snr_gamma must be >= 0, got {self.min_snr_gamma}")
+    if self.timestep_sampling == "logit_normal" and not self.is_flow:
+      raise ValueError("config.diffusion.timestep_sampling='logit_normal' is for config.diffusion.process='flow'")
 
   @classmethod
   def from_config(cls, config) -> "GaussianDiffusion":
-    name = config.diffusion.schedule
-    if name not in SCHEDULES:
-      raise ValueError(f"config.diffusion.schedule must be one of {sorted(SCHEDULES)}, got {name!r}")
-    betas = SCHEDULES[name](config.diffusion.timesteps)
-    return cls(np.cumprod(1.0 - betas), config.diffusion.prediction, config.diffusion.min_snr_gamma)
+    d = config.diffusion
+    if d.get("process", "ddpm") == "flow":
+      return cls(flow_alphas_cumprod(d.timesteps), "flow", 0.0, d.timestep_sampling)
+    if d.schedule not in SCHEDULES:
+      raise ValueError(f"config.diffusion.schedule must be one of {sorted(SCHEDULES)}, got {d.schedule!r}")
+    betas = SCHEDULES[d.schedule](d.timesteps)
+    return cls(np.cumprod(1.0 - betas), d.prediction, d.min_snr_gamma, d.get("timestep_sampling", "uniform"))
+
+  @property
+  def is_flow(self) -> bool:
+    return self.prediction == "flow"
 
   @property
   def timesteps(self) -> int:
     return len(self.alphas_cumprod)
 
   def _abar(self, t):
+    """abar at timestep indices t [B]: the schedule's table, or for the flow process its formula (t may be
+    fractional there)."""
+    if self.is_flow:
+      s = (jnp.asarray(t, jnp.float32) + 1) / (self.timesteps + 1)
+      return ((1 - s) ** 2 / ((1 - s) ** 2 + s**2))[:, None, None, None]
     return jnp.asarray(self.alphas_cumprod, jnp.float32)[t][:, None, None, None]
+
+  def model_input(self, x_t, t):
+    """What the network reads at the variance-preserving x_t of timestep t [B]: x_t itself, or for the flow
+    process (1 - s) x0 + s eps = x_t / (sqrt(abar) + sqrt(1 - abar))."""
+    if not self.is_flow:
+      return x_t
+    abar = self._abar(t)
+    return x_t / (jnp.sqrt(abar) + jnp.sqrt(1.0 - abar))
+
+  def sample_t(self, key, batch: int):
+    """Training timesteps [B]: uniform integers, or for the flow process with logit-normal sampling the (fractional)
+    index of s = sigmoid(n), n ~ N(0, 1)."""
+    if self.timestep_sampling == "logit_normal":
+      s = jax.nn.sigmoid(jax.random.normal(key, (batch,)))
+      return jnp.clip(s * (self.timesteps + 1) - 1, 0.0, self.timesteps - 1)
+    return jax.random.randint(key, (batch,), 0, self.timesteps)
 
   def q_sample(self, x0, t, noise):
     abar = self._abar(t)
     return jnp.sqrt(abar) * x0 + jnp.sqrt(1.0 - abar) * noise
 
   def target(self, x0, t, noise):
-    """What the network regresses: eps, or v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022)."""
+    """What the network regresses: eps, v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022), or the flow's
+    velocity eps - x0."""
     if self.prediction == "eps":
       return noise
+    if self.is_flow:
+      return noise - x0
     abar = self._abar(t)
     return jnp.sqrt(abar) * noise - jnp.sqrt(1.0 - abar) * x0
 
@@ -87,7 +138,7 @@ class GaussianDiffusion:
     min(SNR, gamma) / SNR for eps and min(SNR, gamma) / (SNR + 1) for v. It stops the many low-noise steps, whose
     errors are tiny and easy, from dominating the gradient.
     """
-    if not self.min_snr_gamma:
+    if not self.min_snr_gamma or self.is_flow:
       return np.ones_like(self.alphas_cumprod)
     snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
     if self.prediction == "eps":
@@ -100,6 +151,9 @@ class GaussianDiffusion:
     if self.prediction == "eps":
       eps = model_out
       return (x_t - s * eps) / a, eps
+    if self.is_flow:  # at the flow's x = x_t / (a + s), level s / (a + s): x0 = x - level v, eps = x + (1 - level) v
+      x, level = x_t / (a + s), s / (a + s)
+      return x - level * model_out, x + (1.0 - level) * model_out
     return a * x_t - s * model_out, s * x_t + a * model_out
 
   def loss(self, model, batch, key, *, dropout: bool = False, t=None) -> DenoisingLoss:
@@ -111,11 +165,12 @@ class GaussianDiffusion:
     x0 = batch["image"]
     k_t, k_noise, k_drop = jax.random.split(key, 3)
     if t is None:
-      t = jax.random.randint(k_t, x0.shape[:1], 0, self.timesteps)
+      t = self.sample_t(k_t, x0.shape[0])
     noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
     x_t = self.q_sample(x0, t, noise)
-    out, features = model(x_t, t, conditioning.from_batch(batch), rngs=nnx.Rngs(dropout=k_drop) if dropout else None)
-    weights = jnp.asarray(self.loss_weights(), jnp.float32)[t][:, None, None, None]
+    out, features = model(self.model_input(x_t, t), t, conditioning.from_batch(batch),
+                          rngs=nnx.Rngs(dropout=k_drop) if dropout else None)
+    weights = 1.0 if self.is_flow else jnp.asarray(self.loss_weights(), jnp.float32)[t][:, None, None, None]
     loss = jnp.mean(weights * jnp.square(out - self.target(x0, t, noise)))
     denoised, _ = self.to_x0_eps(x_t, self._abar(t), out)
     return DenoisingLoss(loss, features, x0, denoised, self._abar(t)[:, 0, 0, 0])

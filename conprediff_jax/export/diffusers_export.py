@@ -151,6 +151,9 @@ def scheduler_config(config) -> dict[str, Any]:
   """`DDIMScheduler(**scheduler_config(config))` has our alphas_cumprod, prediction type and x0 clipping."""
   # Imported here: only this function needs the schedule definitions.
   diff = config.diffusion
+  if diff.get("process", "ddpm") == "flow":
+    raise ValueError("--mode=export: a flow-matching model (config.diffusion.process='flow') has no diffusers "
+                     "scheduler export yet; sample and evaluate it here")
   if diff.prediction not in PREDICTION_TYPES:
     raise ValueError(f"config.diffusion.prediction must be one of {sorted(PREDICTION_TYPES)}, got {diff.prediction!r}")
   num_timesteps = int(diff.timesteps)

@@ -13,7 +13,7 @@ from flax import nnx
 from conprediff_jax import conditioning
 from conprediff_jax.config_validation import NON_NEGATIVE, POSITIVE, ConfigError
 from conprediff_jax.diffusion import samplers
-from conprediff_jax.diffusion.gaussian import PREDICTIONS, SCHEDULES, GaussianDiffusion
+from conprediff_jax.diffusion.gaussian import PREDICTIONS, PROCESSES, SCHEDULES, TIMESTEP_SAMPLING, GaussianDiffusion
 from conprediff_jax.families import checks
 from conprediff_jax.families import first_stage as first_stage_lib
 from conprediff_jax.families.base import Family, FeatureSpec, FirstStage, LossOutput, inference_model
@@ -29,6 +29,7 @@ class GaussianFamily(Family):
 
   SCHEMA = "default.py"
   CHOICES = {"model.name": tuple(MODELS), "diffusion.schedule": tuple(SCHEDULES), "diffusion.prediction": PREDICTIONS,
+             "diffusion.process": PROCESSES, "diffusion.timestep_sampling": TIMESTEP_SAMPLING,
              "sample.sampler": tuple(samplers.SAMPLERS), "sample.spacing": tuple(samplers.SPACINGS)}
   BOUNDS = {**checks.CONV_BOUNDS, "model.num_heads": POSITIVE, "diffusion.timesteps": POSITIVE,
             "diffusion.min_snr_gamma": NON_NEGATIVE, "sample.eta": NON_NEGATIVE, "sample.sigma_max": NON_NEGATIVE}
@@ -45,6 +46,13 @@ class GaussianFamily(Family):
     view = denoiser_view(config)
     _check_unet(view)
     checks.check_context_grid(config, view.data.image_size, "the denoiser's grid")
+    d = config.diffusion
+    if d.process != "flow" and d.timestep_sampling != "uniform":
+      raise ConfigError("diffusion.timestep_sampling", f"{d.timestep_sampling!r} with config.diffusion.process="
+                        f"{d.process!r}", "logit-normal timesteps are the flow process's; use 'uniform'")
+    if d.process == "flow" and config.sample.spacing == "karras":
+      raise ConfigError("sample.spacing", "'karras' with config.diffusion.process='flow' (its levels between "
+                        "timesteps are not built)", "use 'uniform', 'linspace' or 'trailing'")
     timesteps = config.diffusion.timesteps
     for key, steps in (("sample.steps", config.sample.steps), ("inpaint.steps", config.inpaint.steps)):
       if steps > timesteps:
@@ -92,7 +100,8 @@ class GaussianFamily(Family):
 
   def _apply(self, denoiser, cond, guidance_scale: float = 1.0):
     """`apply(x_t, t)` for the samplers: the denoiser's output given `cond`, guided at `guidance_scale`."""
-    return conditioning.classifier_free(lambda x, t, c: denoiser(x, t, c)[0], cond, guidance_scale)
+    model_input = self.diffusion.model_input
+    return conditioning.classifier_free(lambda x, t, c: denoiser(model_input(x, t), t, c)[0], cond, guidance_scale)
 
   def _sample(self, apply, key, shape):
     """The config's sampler (sample.sampler, steps, eta) from pure noise."""
