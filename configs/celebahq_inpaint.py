@@ -12,8 +12,8 @@ res blocks, attention at 32, 16 and 8) in diffusers' block form (no scale-shift 
 for a TPU v4-32 (global batch 256 in four micro-batches, bf16): the TPU compiler fits its train step in 29.1 GiB of
 a v4 chip's 30.75 (in one pass it asks for 53 GiB; `--mode=compile --topology=v4-32`, docs/scaling.md). Target: the
 paper's CelebA-HQ inpainting LPIPS 0.022: `--mode=eval --config.eval.lpips_weights=lpips_vgg.safetensors` scores the
-held-out faces filled under five generated masks (docs/inpainting.md), beside FID with Inception weights. Not run at this size here (no accelerator); tests/test_paper_configs.py
-runs it at reduced size.
+held-out faces filled under five generated masks (docs/inpainting.md), beside FID with Inception weights. Not run
+at this size here (no accelerator); tests/test_paper_configs.py runs it at reduced size.
 """
 
 from configs import paper

@@ -12,9 +12,10 @@ churches, COCO), widths 128-256-512(-512), two resnets per level, trained with L
 (weight 1) + KL x 1e-6, and from step 50,001 a patch discriminator's hinge term at adaptive weight x 0.5. LPIPS needs
 ImageNet weights you supply: add `--config.loss.lpips_weights=lpips_vgg.safetensors` (docs/evaluation.md), or
 `--config.loss.perceptual_weight=0` to train without it. A diffusers AutoencoderKL (e.g. a Stable Diffusion VAE,
-f8) can stand in for it: `--config.first_stage.workdir=<its folder>` on the latent config. Sized for a TPU v4-8 (batch 64, bf16): the TPU compiler fits the f4 stage's train
-step in 14.8 GiB of a v4 chip's 30.75 and the f8 stage's in 12.1 (`--mode=compile --topology=v4-8`,
-docs/scaling.md); not run at this size here. tests/test_paper_configs.py builds each and trains one at reduced size.
+f8) can stand in for it: `--config.first_stage.workdir=<its folder>` on the latent config. Sized for a TPU v4-8
+(batch 64, bf16): the TPU compiler fits the f4 stage's train step, LPIPS and discriminator included, in 21.3 GiB of
+a v4 chip's 30.75 and the f8 stage's in 18.3 (`--mode=compile --topology=v4-8`, docs/scaling.md); not run at this
+size here. tests/test_paper_configs.py builds each and trains one at reduced size.
 """
 
 from configs import digits_kl

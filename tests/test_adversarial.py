@@ -126,7 +126,8 @@ def test_the_discriminator_counts_from_its_start_step():
 
 
 def test_the_perceptual_term_is_lpips_of_the_reconstruction(tmp_path):
-  config = _config("kl_autoencoder", perceptual_weight=0.7, lpips_weights=random_lpips_weights(tmp_path / "l.safetensors"))
+  config = _config("kl_autoencoder", perceptual_weight=0.7,
+                   lpips_weights=random_lpips_weights(tmp_path / "l.safetensors"))
   config.data.image_size = 16  # LPIPS-VGG's smallest
   family, model, critic, images, perceptual = _parts(config)
   out = family.loss(model, perceptual, {"image": images}, jax.random.key(0), auxiliary=critic, step=jnp.asarray(0))
