@@ -37,10 +37,15 @@ def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> n
   return np.array([min(1 - f(i + 1) / f(i), max_beta) for i in range(timesteps)], dtype=np.float64)
 
 
-def flow_alphas_cumprod(timesteps: int) -> np.ndarray:
-  """abar of rectified flow's levels s_i = (i + 1) / (T + 1), float64 [T]."""
-  s = (np.arange(timesteps, dtype=np.float64) + 1) / (timesteps + 1)
+def flow_abar(t, timesteps: int):
+  """abar of rectified flow at timestep index t (NumPy or JAX, fractional too): level s = (t + 1) / (T + 1)."""
+  s = (t + 1) / (timesteps + 1)
   return (1 - s) ** 2 / ((1 - s) ** 2 + s**2)
+
+
+def flow_alphas_cumprod(timesteps: int) -> np.ndarray:
+  """abar of rectified flow's levels at the integer timesteps, float64 [T]."""
+  return flow_abar(np.arange(timesteps, dtype=np.float64), timesteps)
 
 
 SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}
@@ -97,8 +102,7 @@ class GaussianDiffusion:
     """abar at timestep indices t [B]: the schedule's table, or for the flow process its formula (t may be
     fractional there)."""
     if self.is_flow:
-      s = (jnp.asarray(t, jnp.float32) + 1) / (self.timesteps + 1)
-      return ((1 - s) ** 2 / ((1 - s) ** 2 + s**2))[:, None, None, None]
+      return flow_abar(jnp.asarray(t, jnp.float32), self.timesteps)[:, None, None, None]
     return jnp.asarray(self.alphas_cumprod, jnp.float32)[t][:, None, None, None]
 
   def model_input(self, x_t, t):
