@@ -237,11 +237,18 @@ def open_weights(net: str, path: str | os.PathLike, heads: str | os.PathLike | N
 # ------------------------------------------------------------------------------------------------ two folders
 
 
-def distance_fn(model: LPIPS):
-  """A jitted `(x, y) -> [N]` of the model's weights."""
+def distance_fn(model: LPIPS, batch_size: int = 16):
+  """`(x, y) -> [N]` (NumPy) of the model's weights, jitted, `batch_size` pairs at a time; images uint8 or float in
+  [-1, 1], NHWC."""
   graphdef, state = nnx.split(model)
   step = jax.jit(lambda state, x, y: nnx.merge(graphdef, state)(x, y))
-  return lambda x, y: step(state, x, y)
+  as_float = lambda a: np.asarray(a, np.float32) / 127.5 - 1.0 if np.asarray(a).dtype == np.uint8 else a
+
+  def distances(x, y):
+    x, y = as_float(x), as_float(y)
+    return np.concatenate([np.asarray(step(state, x[i:i + batch_size], y[i:i + batch_size]))
+                           for i in range(0, len(x), batch_size)])
+  return distances
 
 
 def read_image(path: str) -> np.ndarray:
@@ -271,7 +278,7 @@ def pair_folders(dir_a: str, dir_b: str) -> list[str]:
   return names
 
 
-def score_folders(model: LPIPS, dir_a: str, dir_b: str, batch_size: int = 16) -> dict[str, float]:
+def score_folders(model: LPIPS, dir_a: str, dir_b: str) -> dict[str, float]:
   """The distance of each pair of images of the two folders, by file name."""
   distance, names, scores = distance_fn(model), pair_folders(dir_a, dir_b), {}
   by_shape = {}
@@ -281,10 +288,8 @@ def score_folders(model: LPIPS, dir_a: str, dir_b: str, batch_size: int = 16) ->
       raise ValueError(f"{name}: {a.shape[:2]} in {dir_a} but {b.shape[:2]} in {dir_b}")
     by_shape.setdefault(a.shape, []).append((name, a, b))
   for pairs in by_shape.values():
-    for start in range(0, len(pairs), batch_size):
-      chunk = pairs[start:start + batch_size]
-      d = distance(np.stack([a for _, a, _ in chunk]), np.stack([b for _, _, b in chunk]))
-      scores.update({name: float(v) for (name, _, _), v in zip(chunk, np.asarray(d))})
+    d = distance(np.stack([a for _, a, _ in pairs]), np.stack([b for _, _, b in pairs]))
+    scores.update({name: float(v) for (name, _, _), v in zip(pairs, d)})
   return {name: scores[name] for name in names}
 
 

@@ -118,11 +118,8 @@ def scorers(config) -> dict:
   inpainting tables score them), each where its weights are configured; loaded before anything is computed."""
   e, out = config.eval, {}
   if e.lpips_weights:
-    distance = lpips.distance_fn(lpips.load(e.lpips_weights, expected_sha256=e.lpips_sha256 or None))
-    as_float = lambda x: x.astype(np.float32) / 127.5 - 1.0
-    out["lpips"] = lambda original, filled: float(np.mean(np.concatenate([
-        np.asarray(distance(as_float(original[i:i + e.batch_size]), as_float(filled[i:i + e.batch_size])))
-        for i in range(0, len(original), e.batch_size)])))
+    distance = lpips.distance_fn(lpips.load(e.lpips_weights, expected_sha256=e.lpips_sha256 or None), e.batch_size)
+    out["lpips"] = lambda original, filled: float(np.mean(distance(original, filled)))
   if e.inception_weights:
     inception = evaluation.InceptionFeatures(e.inception_weights, expected_sha256=e.inception_sha256 or None)
     statistics = lambda x: evaluation.feature_statistics(inception.extract_features(x))
