@@ -35,6 +35,8 @@ PAPER = [
     ("configs/lsun_church.py", "v4-32", "v5p-64"),
     ("configs/lsun_bedroom.py", "v4-32", "v5p-64"),
     ("configs/coco_t2i.py", "v4-64", "v5p-128"),
+    ("configs/dit_xl2.py", "v4-32", "v5p-64"),
+    ("configs/celebahq_dit.py", "v4-32", "v5p-64"),
     ("configs/celebahq_vq.py", "v4-8", "v5p-16"),
     ("configs/celebahq_tokens.py", "v4-8", "v5p-16"),
     *[(f"configs/paper_kl.py:{task}", "v4-8", "v5p-16")

@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.text_embeddings_file = ""
 
   config.model = ml_collections.ConfigDict()
+  # The denoiser: "unet", or "dit" (a diffusion transformer: configs/digits_dit.py).
   config.model.name = "unet"
   config.model.channels = 32
   config.model.channel_mults = (1, 2, 2)
@@ -53,6 +54,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.class_conditional = False  # configs/digits_cond.py: class labels, classifier-free guidance
   config.model.mask_conditional = False   # configs/digits_inpaint.py: also reads known pixels + mask (inpainting)
   config.model.text_conditional = False   # configs/digits_text.py: prompts, read by cross-attention
+  # model.name="dit" reads these (and num_heads, dropout) instead of the UNet's widths and levels: patch_size x
+  # patch_size patches are its tokens; width, depth (blocks) and mlp_ratio as the DiT paper's sizes
+  # (models/dit.py SIZES: S 384/12/6 heads, B 768/12/12, L 1024/24/16, XL 1152/28/16).
+  config.model.patch_size = 2
+  config.model.width = 384
+  config.model.depth = 12
+  config.model.mlp_ratio = 4
   config.model.dtype = "float32"     # compute dtype; parameters stay float32
   config.model.remat = False         # recompute each block's activations in the backward pass: less memory
   # A diffusers UNet2DModel folder (safetensors) whose weights a fresh run starts from, to fine-tune it (with the

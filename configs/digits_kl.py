@@ -20,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.family = "kl_autoencoder"
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "kl"
+  config.model.name = "kl"           # the KL autoencoder (models/kl.py), the one network here
   config.model.channels = 32
   config.model.channel_mults = (1, 2)  # one halving: 8x8 latents
   config.model.num_res_blocks = 1

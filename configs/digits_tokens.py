@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.first_stage.config = "configs/digits_vq.py"  # ... of this config: its shapes until it is trained
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "transformer"
+  config.model.name = "transformer"  # the masked-token transformer (models/transformer.py), the one network here
   config.model.width = 64
   config.model.depth = 4
   config.model.num_heads = 4

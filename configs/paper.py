@@ -10,6 +10,7 @@ and train commands, the hardware it was sized for and the paper's figure as the 
 
 import ml_collections
 
+from conprediff_jax.models import dit
 from configs import default
 
 
@@ -37,7 +38,8 @@ def pixel_diffusion(*, tfds_name: str, image_size: int, num_classes: int = 0, ch
 
 # The latent tasks: (TFDS name, autoencoder downsampling, latent channels); LDM's f4 / f8 first stages, as KL.
 LATENT_DATA = {"celebahq": ("celebahq256", 4, 3), "ffhq": ("ffhq256", 4, 3), "lsun_church": ("lsun_church256", 8, 4),
-               "lsun_bedroom": ("lsun_bedroom256", 4, 3), "coco": ("coco256", 8, 4)}
+               "lsun_bedroom": ("lsun_bedroom256", 4, 3), "coco": ("coco256", 8, 4),
+               "imagenet": ("imagenet256", 8, 4)}
 
 
 def latent_diffusion(task: str, *, channels: int, channel_mults, attention_resolutions, num_heads: int,
@@ -52,4 +54,22 @@ def latent_diffusion(task: str, *, channels: int, channel_mults, attention_resol
   config.first_stage.config = f"configs/paper_kl.py:{task}"
   config.context.position_fraction = 1.0 if factor == 8 else 0.5  # a 32^2 or 64^2 latent grid is cheap to score
   del factor
+  return config
+
+
+def latent_dit(task: str, *, size: str, patch_size: int, num_classes: int, steps: int, batch_size: int,
+               learning_rate: float) -> ml_collections.ConfigDict:
+  """A DiT of the DiT paper's `size` (models/dit.py SIZES) on the latents of `workdirs/<task>_kl`, trained as that
+  paper trained it: linear schedule, eps, a constant rate with no warmup, EMA 0.9999, no weight decay; the context
+  head on every token. The UNet's keys stay at the latent UNet's values and are not read."""
+  width, depth, heads = dit.SIZES[size]
+  config = latent_diffusion(task, channels=128, channel_mults=(1,), attention_resolutions=(), num_heads=heads,
+                            steps=steps, batch_size=batch_size, learning_rate=learning_rate)
+  config.model.update(name="dit", patch_size=patch_size, width=width, depth=depth, mlp_ratio=4,
+                      class_conditional=num_classes > 0)
+  config.data.num_classes = max(num_classes, 1)
+  if num_classes:
+    config.train.cond_dropout = 0.1
+  config.train.warmup_steps = 0
+  config.context.position_fraction = 1.0
   return config

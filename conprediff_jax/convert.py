@@ -2,11 +2,12 @@ r"""Conversions between this project's models and PyTorch's (diffusers), from th
 
     python -m conprediff_jax.convert import DIR [--config=configs/default.py]
 
-`import` reads a diffusers UNet2DModel folder (safetensors), checks every tensor against the UNet that the config
-with the printed overrides builds, and prints the command that fine-tunes it here (with the context loss on, as
-the config has it): `--config.model.init_from=DIR` and the model settings that match DIR. Given an AutoencoderKL
-folder, it prints the command that trains a latent model on it (`--config.first_stage.workdir=DIR`). Export runs through
-the trainer: `python -m conprediff_jax.main --workdir=W --mode=export` (docs/pytorch.md).
+`import` reads a diffusers UNet2DModel or DiTTransformer2DModel folder (safetensors), checks every tensor against
+the network that the config with the printed overrides builds, and prints the command that fine-tunes it here (with
+the context loss on, as the config has it): `--config.model.init_from=DIR` and the model settings that match DIR.
+Given an AutoencoderKL folder, it prints the command that trains a latent model on it
+(`--config.first_stage.workdir=DIR`). Export runs through the trainer:
+`python -m conprediff_jax.main --workdir=W --mode=export` (docs/pytorch.md).
 """
 
 from absl import app
@@ -18,11 +19,11 @@ _CONFIG = cli.define_config("The config to fine-tune with")
 
 
 def import_command(path: str, config) -> str:
-  """The verified command line that fine-tunes the diffusers UNet at `path` with `config`; ValueError if it
+  """The verified command line that fine-tunes the diffusers UNet or DiT at `path` with `config`; ValueError if it
   cannot be."""
   import jax  # pylint: disable=g-import-not-at-top
   from conprediff_jax import families  # pylint: disable=g-import-not-at-top
-  from conprediff_jax.export import diffusers_import  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import export  # pylint: disable=g-import-not-at-top
   from conprediff_jax.families import first_stage  # pylint: disable=g-import-not-at-top
   vae = first_stage.read_config(path)
   if vae is not None and first_stage.from_diffusers(vae):  # an AutoencoderKL: a latent model's first stage
@@ -34,12 +35,11 @@ def import_command(path: str, config) -> str:
             f"{vae['scaling_factor']}\npython -m conprediff_jax.main --config=configs/digits_latent.py "
             f"--config.first_stage.workdir={path} --config.data.image_size={vae['data']['image_size']} "
             f"--config.data.channels={vae['data']['channels']} --workdir=workdirs/latent")
-  folder = diffusers_import.unet_folder(path)
-  overrides = {**diffusers_import.config_overrides(diffusers_import.read_unet_config(folder)),
-               "model.init_from": path}
+  folder, overrides = export.import_overrides(path)
+  overrides["model.init_from"] = path
   config = cli.override(config, overrides, path)
   families.validate(config, num_devices=1, process_count=1)
-  params = diffusers_import.load_unet_params(path, config)
+  params = export.import_weights(families.get(config), path)
   count = sum(v.size for v in jax.tree.leaves(params))
   flags = " ".join(f"--config.{k}={_flag_value(v)}" for k, v in overrides.items())
   return (f"# {folder}: {count:,} parameters, every tensor matched\n"

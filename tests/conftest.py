@@ -13,10 +13,15 @@ sys.path.insert(0, REPO)
 
 
 def tiny_config(family: str = "gaussian", tokenizer_workdir: str = ""):
-  """The smallest config of each family: the smoke config, or its tokenizer and token model at the same size."""
+  """The smallest config of each family: the smoke config, or its tokenizer and token model at the same size.
+  "gaussian_dit": the smoke config with the Gaussian family's other backbone, a one-block DiT on 2x2 patches."""
   from configs import smoke  # pylint: disable=g-import-not-at-top
   if family == "gaussian":
     return smoke.get_config()
+  if family == "gaussian_dit":
+    config = smoke.get_config()
+    config.model.update(name="dit", patch_size=2, width=16, depth=1, num_heads=2, mlp_ratio=2)
+    return config
   module = {"autoencoder": "digits_vq", "kl_autoencoder": "digits_kl", "masked": "digits_tokens"}[family]
   config = __import__(f"configs.{module}", fromlist=["get_config"]).get_config()
   base = smoke.get_config()

@@ -171,12 +171,12 @@ def test_the_data_axis_of_a_multi_slice_job_spans_the_slices():
     families.validate(config, num_devices=8, process_count=2, num_slices=2, files=False)
 
 
-@pytest.mark.parametrize("family", ["gaussian", "masked"])
+@pytest.mark.parametrize("family", ["gaussian", "gaussian_dit", "masked"])
 def test_latent_and_token_configs_compile_without_a_trained_first_stage(tmp_path, family):
   """The first stage's shapes come from the config that would train it (config.first_stage.config)."""
   config = tiny_config(family, tokenizer_workdir=str(tmp_path / "no_tokenizer_here"))
   config.data.image_size = 16  # the digits' first stages' size
-  if family == "gaussian":  # latent diffusion on the KL autoencoder configs/digits_kl.py would train
+  if family.startswith("gaussian"):  # latent diffusion on the KL autoencoder configs/digits_kl.py would train
     config.first_stage.update(workdir=str(tmp_path / "no_autoencoder_here"), config="configs/digits_kl.py")
   else:
     config.first_stage.config = "configs/digits_vq.py"

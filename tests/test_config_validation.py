@@ -55,7 +55,7 @@ MALFORMED = {
     "bad element type": ({"model.channel_mults": (1, "2")}, "model.channel_mults", 1, 1),
     "scalar for section": ({"model": 3}, "model", 1, 1),
     "unknown data source": ({"data.name": "digitz"}, "data.name", 1, 1),
-    "unknown model": ({"model.name": "dit"}, "model.name", 1, 1),
+    "unknown model": ({"model.name": "vit"}, "model.name", 1, 1),
     "unknown dtype": ({"model.dtype": "float16"}, "model.dtype", 1, 1),
     "unknown schedule": ({"diffusion.schedule": "quadratic"}, "diffusion.schedule", 1, 1),
     "unknown prediction": ({"diffusion.prediction": "x0"}, "diffusion.prediction", 1, 1),

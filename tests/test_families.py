@@ -1,4 +1,5 @@
-"""The family conformance test: every registered family (tests/conftest.py tiny_config) trains, shards,
+"""The family conformance test: every registered family, and the Gaussian family with each backbone
+(tests/conftest.py tiny_config), trains, shards,
 checkpoints and samples through the one trainer.
 
 The 8-device checks run in one subprocess (one JAX start-up with 8 emulated devices, one compile of each init the
@@ -21,7 +22,7 @@ from tests.conftest import tiny_config, with_xla_flags
 pytestmark = pytest.mark.xdist_group("test_families")  # on one worker: its module fixture runs once
 
 WORKER = os.path.join(os.path.dirname(__file__), "multidevice_worker.py")
-FAMILIES = sorted(families.FAMILIES)
+FAMILIES = sorted(families.FAMILIES) + ["gaussian_dit"]  # and the Gaussian family's second backbone, the DiT
 WITH_CONTEXT = [f for f in FAMILIES if not f.endswith("autoencoder")]  # the families with a context loss
 # One step per family, with the context loss where it has one: that step runs everything the plain one does.
 STEPS = [(f, 0.1 if f in WITH_CONTEXT else 0.0) for f in FAMILIES]
@@ -38,8 +39,8 @@ def _by_family(*params):
 def _run_worker(tmp_path_factory, group):
   """Runs every check of the families in `group` in one subprocess; returns `get(check) -> result`, which fails the
   calling test if that check failed."""
-  # name -> the worker's argument. The Gaussian family's step runs on a mesh with a model axis as well.
-  checks = {f"sharded_step:{f}:{w}": f"{'model_parallel_step' if f == 'gaussian' else 'sharded_step'}:{f}:{w}"
+  # name -> the worker's argument. The Gaussian family's steps run on a mesh with a model axis as well.
+  checks = {f"sharded_step:{f}:{w}": f"{'model_parallel_step' if f.startswith('gaussian') else 'sharded_step'}:{f}:{w}"
             for f, w in STEPS if f in group}
   for family in group:  # sample reads the checkpoint that checkpoint_roundtrip writes
     workdir = tmp_path_factory.mktemp(f"conformance_{family}")

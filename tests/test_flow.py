@@ -61,9 +61,10 @@ def test_logit_normal_timesteps_are_sigmoids_of_a_standard_normal():
       np.log(1 / T), np.log(T), loc=0, scale=1).cdf).pvalue > 0.01
 
 
-def test_the_flow_family_trains_samples_and_says_what_is_not_built(tmp_path):
+@pytest.mark.parametrize("backbone", ["gaussian", "gaussian_dit"])
+def test_the_flow_family_trains_samples_and_says_what_is_not_built(tmp_path, backbone):
   from configs import digits_flow  # pylint: disable=g-import-not-at-top
-  config = tiny_config()
+  config = tiny_config(backbone)
   config.diffusion.update({k: v for k, v in digits_flow.get_config().diffusion.items() if k in ("process",
                                                                                                "timestep_sampling")})
   config.sample.update(sampler="ddim", spacing="uniform", steps=4)

@@ -144,7 +144,7 @@ def test_images_of_another_size_are_a_user_error_that_says_what_to_do(tmp_path):
   assert main.is_startup_error(e.value)
 
 
-@pytest.mark.parametrize("family", ["gaussian", "masked"])
+@pytest.mark.parametrize("family", ["gaussian", "gaussian_dit", "masked"])
 def test_each_familys_inpainter_keeps_known_pixels_and_fills_the_rest(family, tokenizer_workdir):
   config = tiny_config(family, tokenizer_workdir)
   config.sample.steps = 2

@@ -1,5 +1,5 @@
 """The paper-scale configs (configs/celebahq*.py, cifar10.py, imagenet_inpaint.py, the latent ffhq.py, lsun_*.py,
-coco_t2i.py and their autoencoders in paper_kl.py): valid, built at full size
+coco_t2i.py, the DiTs dit_xl2.py and celebahq_dit.py, and their autoencoders in paper_kl.py): valid, built at full size
 without computing anything, one-line errors naming the prepare command when their data is missing, and trained one
 step and sampled one step at reduced size (same structure: levels, bf16, context strides)."""
 
@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import celebahq, celebahq_inpaint, celebahq_tokens, celebahq_vq, cifar10, coco_t2i, ffhq
-from configs import imagenet_inpaint, lsun_bedroom, lsun_church, paper_kl
+from configs import celebahq, celebahq_dit, celebahq_inpaint, celebahq_tokens, celebahq_vq, cifar10, coco_t2i
+from configs import dit_xl2, ffhq, imagenet_inpaint, lsun_bedroom, lsun_church, paper_kl
 from conprediff_jax import config_validation, families, sampling, train
 from conprediff_jax import data as data_lib
 from tests.conftest import make_random_workdir, random_lpips_weights
@@ -120,12 +120,12 @@ LATENT = {"celebahq": (celebahq, 250e6, 300e6, 64), "ffhq": (ffhq, 250e6, 300e6,
           "coco": (coco_t2i, 800e6, 950e6, 32)}
 
 
-def _latent_config(task, folder, kl):
-  """The task's latent config over a stand-in first stage in `folder` (its autoencoder's config.json, no weights
-  needed to build), with captions where it reads them."""
+def _latent_config(task, folder, kl, module=None):
+  """The task's latent config (or `module`'s) over a stand-in first stage in `folder` (its autoencoder's
+  config.json, no weights needed to build), with captions where it reads them."""
   (folder / "config.json").write_text(kl.to_json_best_effort())
   os.makedirs(folder / "checkpoints", exist_ok=True)
-  config = LATENT[task][0].get_config()
+  config = (module or LATENT[task][0]).get_config()
   config.data.data_dir, config.first_stage.workdir = str(folder), str(folder)
   if config.model.text_conditional:
     (folder / "captions.txt").write_text("a bus\n")
@@ -191,3 +191,46 @@ def test_latent_configs_train_one_step_and_sample_one_at_reduced_size(tmp_path, 
   out = np.asarray(sampling.make_sample_fn(exp.family, exp.model_def, 2, first_stage_def=exp.first_stage_def)(
       state["ema"], exp.first_stage.weights, jax.random.key(2), cond))
   assert out.shape == (2, size, size, 3) and np.all(np.abs(out) <= 1) and out.std() > 0
+
+
+# The latent DiTs: config -> (module, task, parameter range at full size, token grid)
+DIT = {"dit_xl2": (dit_xl2, "imagenet", 670e6, 676e6, 16), "celebahq_dit": (celebahq_dit, "celebahq", 128e6, 131e6, 32)}
+
+
+@pytest.mark.parametrize("name", DIT)
+def test_latent_dits_are_valid_and_build_at_the_dit_papers_size(tmp_path, name):
+  module, task, low, high, grid = DIT[name]
+  kl = paper_kl.get_config(task)
+  config = _latent_config(task, tmp_path, kl, module)
+  config.data.data_dir = str(tmp_path)
+  families.validate(config, num_devices=8, process_count=2)
+  family = families.get(config)
+  spec = family.feature_spec()
+  assert (spec.grid, spec.targets) == (grid, 4 * kl.model.latent_channels)  # 2x2 latent patches per token
+  assert low < train.param_count(families.abstract_model(family)[1]) < high
+
+
+@pytest.mark.slow  # compiles a DiT and its autoencoder's decoder: `python -m pytest -q -m slow tests`
+def test_dit_xl2_trains_one_step_and_samples_one_at_reduced_size(tmp_path):
+  """Its structure at a width of 32 and 2 blocks: class-conditional, bf16, 2x2 patches of f8 latents, guidance."""
+  kl = paper_kl.get_config("imagenet")
+  kl.data.update(name="digits", tfds_name="", image_size=64, channels=3, split="train", num_classes=10)
+  kl.model.update(channels=8, num_groups=4, num_res_blocks=1)
+  kl.loss.lpips_weights = random_lpips_weights(tmp_path / "lpips_vgg.safetensors")
+  config = _latent_config("imagenet", tmp_path, kl, dit_xl2)
+  make_random_workdir(str(tmp_path), kl)
+  config.data.update(name="digits", tfds_name="", image_size=64, channels=3, split="train", num_classes=10)
+  config.model.update(width=32, depth=2, num_heads=2)
+  config.train.batch_size, config.sample.steps = 4, 2
+  config.mesh.shape = (-1, 1)
+  families.validate(config, num_devices=1)
+  exp = train.make_experiment(config)
+  state = jax.jit(functools.partial(train.init_state, exp))(jax.random.key(0))
+  batch = {"image": np.random.default_rng(0).uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32),
+           "label": np.arange(4, dtype=np.int32)}
+  _, metrics = jax.jit(functools.partial(train.train_step, exp))(state, batch, jax.random.key(1),
+                                                                exp.first_stage.weights)
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["loss_context"]) > 0
+  out = np.asarray(sampling.make_sample_fn(exp.family, exp.model_def, 2, first_stage_def=exp.first_stage_def)(
+      state["ema"], exp.first_stage.weights, jax.random.key(2), exp.family.sample_cond(2)))
+  assert out.shape == (2, 64, 64, 3) and np.all(np.abs(out) <= 1) and out.std() > 0

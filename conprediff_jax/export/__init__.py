@@ -10,7 +10,7 @@ A family with no format, or a model its format cannot express, is a one-line Val
 from collections.abc import Callable
 
 from conprediff_jax import atomic_files, families
-from conprediff_jax.export import diffusers_export, diffusers_import
+from conprediff_jax.export import diffusers_dit, diffusers_export, diffusers_import
 from conprediff_jax.export.diffusers_export import (
     diffusers_state_dict_shapes,
     export_pipeline,
@@ -44,10 +44,23 @@ def _import_unet(family, path: str) -> dict:
 
 EXPORTERS: dict[str, Callable] = {
     "diffusers_unet": _export_unet,
+    "diffusers_dit": diffusers_dit.export,
     "diffusers_autoencoder_kl": lambda family, weights, out_dir: diffusers_export.export_autoencoder(
         family.config, weights, out_dir),
 }
-IMPORTERS: dict[str, Callable] = {"diffusers_unet": _import_unet}
+IMPORTERS: dict[str, Callable] = {"diffusers_unet": _import_unet,
+                                  "diffusers_dit": lambda family, path: diffusers_dit.load_params(path, family)}
+
+
+def import_overrides(path: str) -> tuple[str, dict]:
+  """(the model's folder, the config overrides that build it here) of the diffusers denoiser at `path`: a
+  DiTTransformer2DModel, or a UNet2DModel (a pipeline folder, or the model's own)."""
+  try:
+    found = diffusers_dit.read_config(path)
+  except (FileNotFoundError, ValueError):
+    folder = diffusers_import.unet_folder(path)
+    return folder, diffusers_import.config_overrides(diffusers_import.read_unet_config(folder))
+  return diffusers_dit.folder(path), diffusers_dit.config_overrides(found)
 
 
 def export(family, weights, out_dir: str) -> str:
@@ -74,5 +87,5 @@ def _families_with(attribute: str) -> str:
   return ", ".join(repr(name) for name, cls in families.FAMILIES.items() if getattr(cls, attribute))
 
 
-__all__ = ["EXPORTERS", "IMPORTERS", "diffusers_state_dict_shapes", "export", "export_pipeline", "import_weights",
-           "scheduler_config", "to_diffusers_state_dict", "unet2d_config"]
+__all__ = ["EXPORTERS", "IMPORTERS", "diffusers_state_dict_shapes", "export", "export_pipeline", "import_overrides",
+           "import_weights", "scheduler_config", "to_diffusers_state_dict", "unet2d_config"]

@@ -303,24 +303,24 @@ def to_diffusers_state_dict(params: Mapping, unet_config: Mapping[str, Any] | No
 # ------------------------------------------------------------------------------------------------------------------
 # The pipeline folder.
 # ------------------------------------------------------------------------------------------------------------------
-def _write_json(path: str, content: Mapping[str, Any]) -> None:
+def write_json(path: str, content: Mapping[str, Any]) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
     json.dump(content, f, indent=2, sort_keys=True)
     f.write("\n")
 
 
-def _write_model(folder: str, class_name: str, model_config: Mapping[str, Any], state_dict: Mapping, *,
+def write_model(folder: str, class_name: str, model_config: Mapping[str, Any], state_dict: Mapping, *,
                  weights_name: str = WEIGHTS_NAME, version: bool = True) -> None:
   """A diffusers model folder: config.json and the weights as safetensors (a plain PyTorch state dict)."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top  # export-only dependency
   os.makedirs(folder, exist_ok=True)
   save_file(dict(state_dict), os.path.join(folder, weights_name), metadata={"format": "pt"})
-  stamp = _stamp(class_name) if version else {"_class_name": class_name}
-  _write_json(os.path.join(folder, "config.json"), {**stamp, **model_config})
+  header = version_stamp(class_name) if version else {"_class_name": class_name}
+  write_json(os.path.join(folder, "config.json"), {**header, **model_config})
 
 
-def _stamp(class_name: str) -> dict[str, str]:
+def version_stamp(class_name: str) -> dict[str, str]:
   return {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION}
 
 
@@ -329,17 +329,17 @@ def export_pipeline(config, ema_params: Mapping, out_dir: str, *, pipeline: str 
   """Writes a `DDIMPipeline.from_pretrained`-loadable folder from the denoiser's (EMA) parameters; returns it.
   (`pipeline`, `clip_sample` and further `components` {folder: class} are the latent pipeline's.)"""
   unet = unet2d_config(config)
-  _write_model(os.path.join(out_dir, "unet"), "UNet2DModel", unet, to_diffusers_state_dict(ema_params, unet))
-  _write_scheduler(config, out_dir, clip_sample)
+  write_model(os.path.join(out_dir, "unet"), "UNet2DModel", unet, to_diffusers_state_dict(ema_params, unet))
+  write_scheduler(config, out_dir, clip_sample)
   parts = {"unet": "UNet2DModel", "scheduler": "DDIMScheduler", **(components or {})}
-  _write_json(os.path.join(out_dir, "model_index.json"),
-              {**_stamp(pipeline), **{name: ["diffusers", cls] for name, cls in parts.items()}})
+  write_json(os.path.join(out_dir, "model_index.json"),
+              {**version_stamp(pipeline), **{name: ["diffusers", cls] for name, cls in parts.items()}})
   return out_dir
 
 
-def _write_scheduler(config, out_dir: str, clip_sample: bool) -> None:
-  _write_json(os.path.join(out_dir, "scheduler", "scheduler_config.json"),
-              {**_stamp("DDIMScheduler"), **scheduler_config(config), "clip_sample": clip_sample})
+def write_scheduler(config, out_dir: str, clip_sample: bool) -> None:
+  write_json(os.path.join(out_dir, "scheduler", "scheduler_config.json"),
+              {**version_stamp("DDIMScheduler"), **scheduler_config(config), "clip_sample": clip_sample})
 
 
 def export_text_to_image(config, ema_params: Mapping, out_dir: str, autoencoder: tuple | None = None) -> str:
@@ -350,9 +350,9 @@ def export_text_to_image(config, ema_params: Mapping, out_dir: str, autoencoder:
   unet = unet2d_condition_config(config)  # first: what diffusers cannot express is refused before anything is written
   params = dict(ema_params)
   encoder = params.pop("text_encoder")
-  _write_model(os.path.join(out_dir, "unet"), "UNet2DConditionModel", unet, to_diffusers_state_dict(params, unet))
-  _write_scheduler(config, out_dir, clip_sample=autoencoder is None)  # latents are not clipped
-  _write_model(os.path.join(out_dir, "text_encoder"), "ConPreDiffTextEncoder", text_encoder_config(config),
+  write_model(os.path.join(out_dir, "unet"), "UNet2DConditionModel", unet, to_diffusers_state_dict(params, unet))
+  write_scheduler(config, out_dir, clip_sample=autoencoder is None)  # latents are not clipped
+  write_model(os.path.join(out_dir, "text_encoder"), "ConPreDiffTextEncoder", text_encoder_config(config),
                to_diffusers_state_dict(encoder), weights_name=TEXT_ENCODER_WEIGHTS, version=False)
   if autoencoder is not None:
     export_autoencoder(autoencoder[0], autoencoder[1], os.path.join(out_dir, "vae"), autoencoder[2])
@@ -390,6 +390,6 @@ def export_autoencoder(config, weights: Mapping, out_dir: str, scaling_factor: f
   unless given."""
   if scaling_factor is None:
     scaling_factor = families.get(config).scaling_factor(weights)
-  _write_model(out_dir, "AutoencoderKL", autoencoder_kl_config(config, scaling_factor),
+  write_model(out_dir, "AutoencoderKL", autoencoder_kl_config(config, scaling_factor),
                to_diffusers_state_dict(weights))
   return out_dir

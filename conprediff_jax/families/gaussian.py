@@ -1,6 +1,7 @@
-"""The continuous family: a denoiser (the UNet) trained by Gaussian diffusion, sampled by DDPM/DDIM and the
-faster solvers (with classifier-free guidance when conditional); inpainting by RePaint, or by a mask-conditioned
-UNet. In pixel space, or on a frozen KL autoencoder's latents with config.first_stage.workdir (latent.py)."""
+"""The continuous family: a denoiser (a UNet or a DiT: models.MODELS, config.model.name) trained by Gaussian
+diffusion or flow matching, sampled by DDPM/DDIM and the faster solvers (with classifier-free guidance when
+conditional); inpainting by RePaint, or by a mask-conditioned denoiser. In pixel space, or on a frozen KL
+autoencoder's latents with config.first_stage.workdir (latent.py)."""
 
 import math
 import os
@@ -19,21 +20,28 @@ from conprediff_jax.families import first_stage as first_stage_lib
 from conprediff_jax.families.base import Family, FeatureSpec, FirstStage, LossOutput, inference_model
 from conprediff_jax.families.latent import LatentSpace
 from conprediff_jax.inpainting import mask_conditioning, repaint
-from conprediff_jax.models import MODELS
+from conprediff_jax.models import MODELS, layers
 
 MASK_STREAM = 1 << 21  # the training masks' key, folded from the loss's key (see Family.drop_condition)
 
 
 class GaussianFamily(Family):
-  """eps/v-prediction on pixels; the context head reads the UNet's last up block and predicts clean pixels."""
+  """eps/v/velocity prediction on pixels or latents; the context head reads the denoiser's last per-position
+  features (the UNet's last up block, the DiT's last block on its patch grid) and predicts the clean signal there."""
 
   SCHEMA = "default.py"
   CHOICES = {"model.name": tuple(MODELS), "diffusion.schedule": tuple(SCHEDULES), "diffusion.prediction": PREDICTIONS,
              "diffusion.process": PROCESSES, "diffusion.timestep_sampling": TIMESTEP_SAMPLING,
              "sample.sampler": tuple(samplers.SAMPLERS), "sample.spacing": tuple(samplers.SPACINGS)}
-  BOUNDS = {**checks.CONV_BOUNDS, "model.num_heads": POSITIVE, "diffusion.timesteps": POSITIVE,
+  BOUNDS = {**checks.CONV_BOUNDS, "model.num_heads": POSITIVE, "model.patch_size": POSITIVE, "model.width": POSITIVE,
+            "model.depth": POSITIVE, "model.mlp_ratio": POSITIVE, "diffusion.timesteps": POSITIVE,
             "diffusion.min_snr_gamma": NON_NEGATIVE, "sample.eta": NON_NEGATIVE, "sample.sigma_max": NON_NEGATIVE}
-  EXPORT_FORMAT = IMPORT_FORMAT = "diffusers_unet"
+
+  @property
+  def EXPORT_FORMAT(self) -> str:  # pylint: disable=invalid-name  # the backbone's: diffusers_unet | diffusers_dit
+    return f"diffusers_{self.config.model.name}"
+
+  IMPORT_FORMAT = EXPORT_FORMAT
 
   @classmethod
   def check_config(cls, config, files: bool) -> None:
@@ -44,8 +52,8 @@ class GaussianFamily(Family):
                             f"configs/digits_kl.py for the digits, configs/paper_kl.py:<task> for the paper's tasks> "
                             f"--workdir={workdir}")
     view = denoiser_view(config)
-    _check_unet(view)
-    checks.check_context_grid(config, view.data.image_size, "the denoiser's grid")
+    BACKBONE_CHECKS[config.model.name](view)
+    checks.check_context_grid(config, MODELS[config.model.name].feature_grid(view)[0], "the denoiser's feature grid")
     d = config.diffusion
     if d.process != "flow" and d.timestep_sampling != "uniform":
       raise ConfigError("diffusion.timestep_sampling", f"{d.timestep_sampling!r} with config.diffusion.process="
@@ -60,7 +68,8 @@ class GaussianFamily(Family):
     path = config.model.init_from
     if files and path and not os.path.isdir(os.path.expanduser(path)):
       raise ConfigError("model.init_from", f"{path!r} is not an existing directory",
-                        "point it at a diffusers UNet2DModel folder (safetensors), or leave it empty")
+                        "point it at a diffusers UNet2DModel or DiTTransformer2DModel folder (safetensors), or "
+                        "leave it empty")
 
   def __init__(self, config, abstract_first_stage: bool = False):
     super().__init__(config, abstract_first_stage)
@@ -74,7 +83,7 @@ class GaussianFamily(Family):
     self.denoiser_config = config if self.latent is None else self.latent.denoiser_config(config)
 
   def build(self, rngs: nnx.Rngs) -> nnx.Module:
-    return MODELS[self.config.model.name](self.denoiser_config, rngs=rngs)
+    return MODELS[self.config.model.name].build(self.denoiser_config, rngs=rngs)
 
   def first_stage(self) -> FirstStage | None:
     if self.latent is None:
@@ -92,7 +101,10 @@ class GaussianFamily(Family):
                                              self.config.train.cond_dropout)
       batch = {**batch, **mask_conditioning.cond(x0, known)}
     out = self.diffusion.loss(model, batch, key, dropout=self.config.model.dropout > 0)
-    return LossOutput(out.loss, {"loss_point": out.loss}, out.features, out.clean, out.denoised, out.signal)
+    # The context head's targets on the features' grid: a DiT's patch of pixels (or latents) per token.
+    on_grid = lambda x: layers.space_to_depth(x, x.shape[1] // out.features.shape[1])
+    return LossOutput(out.loss, {"loss_point": out.loss}, out.features, on_grid(out.clean), on_grid(out.denoised),
+                      out.signal)
 
   @property
   def mask_conditional(self) -> bool:
@@ -111,8 +123,9 @@ class GaussianFamily(Family):
                            spacing=s.spacing, sigma_max=s.sigma_max, clip_x0=self.latent is None)
 
   def feature_spec(self) -> FeatureSpec:
-    m, d = self.config.model, self.denoiser_config.data
-    return FeatureSpec(grid=d.image_size, features=m.channels * m.channel_mults[0], targets=d.channels)
+    d = self.denoiser_config.data
+    grid, width = MODELS[self.config.model.name].feature_grid(self.denoiser_config)
+    return FeatureSpec(grid=grid, features=width, targets=d.channels * (d.image_size // grid) ** 2)
 
   def sampler(self, model_def, first_stage_def, num_images):
     d = self.denoiser_config.data
@@ -158,6 +171,20 @@ def denoiser_view(config) -> ml_collections.ConfigDict:
   return view
 
 
+def _check_dit(config) -> None:
+  """The shapes dit.py builds: patches that tile the grid, heads and 2-D positions that split the width."""
+  m, size = config.model, config.data.image_size
+  if size % m.patch_size:
+    raise ConfigError("model.patch_size", f"{m.patch_size} does not divide the {size}x{size} grid the DiT reads",
+                      f"use a divisor of {size} (2, 4 or 8 as in the DiT paper)")
+  if m.width % m.num_heads:
+    raise ConfigError("model.num_heads", f"{m.num_heads} does not divide the DiT width {m.width}",
+                      "use a divisor of config.model.width")
+  if m.width % 4:
+    raise ConfigError("model.width", f"{m.width} is not a multiple of 4, which the 2-D sin-cos positions need "
+                      "(sin and cos of rows and of columns)", "use a multiple of 4")
+
+
 def _check_unet(config) -> None:
   """The shapes unet.py builds: every level halves the grid, GroupNorm and attention split the widths."""
   checks.check_levels(config)
@@ -177,3 +204,6 @@ def _check_unet(config) -> None:
   if math.gcd(*attended) % m.num_heads:
     raise ConfigError("model.num_heads", f"{m.num_heads} does not divide the attention widths {attended}",
                       f"use a divisor of {math.gcd(*attended)}")
+
+
+BACKBONE_CHECKS = {"unet": _check_unet, "dit": _check_dit}  # the rules of each backbone in MODELS

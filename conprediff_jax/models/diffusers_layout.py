@@ -60,11 +60,13 @@ def autoencoder_config(vae: dict[str, Any], base: dict[str, Any]) -> dict[str, A
   return config
 
 
-def read_params(folder: str, abstract: dict) -> dict:
-  """The parameters of our model with Param shapes `abstract` from the diffusers weights in `folder`: the
-  exporter's names and layouts (torch_layout) run backwards; every tensor must be used once."""
+def read_params(folder: str, abstract: dict, tensors: dict[str, np.ndarray] | None = None) -> dict:
+  """The parameters of our model with Param shapes `abstract` from the diffusers weights in `folder` (or `tensors`
+  read from there and renamed): the exporter's names and layouts (torch_layout) run backwards; every tensor must
+  be used once."""
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  tensors = load_file(os.path.join(folder, WEIGHTS_NAME))
+  if tensors is None:
+    tensors = load_file(os.path.join(folder, WEIGHTS_NAME))
   used = set()
 
   def take(path_keys, leaf):

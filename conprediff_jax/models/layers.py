@@ -28,3 +28,13 @@ def run_block(block, *args, remat: bool = False):
   """`block(*args)`; with `remat`, its activations are recomputed in the backward pass instead of kept (less
   memory for more compute, the same values): `model.remat`."""
   return nnx.remat(lambda b, *a: b(*a))(block, *args) if remat else block(*args)
+
+
+def space_to_depth(x, patch: int):
+  """`x [B, H, W, C] -> [B, H/p, W/p, p * p * C]`, each p x p patch's values in row-major (row, column, channel)
+  order, as a DiT's output projection lays them out."""
+  if patch == 1:
+    return x
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // patch, patch, w // patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // patch, w // patch, patch * patch * c)

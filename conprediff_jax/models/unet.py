@@ -26,10 +26,10 @@ from conprediff_jax.models.text_encoder import text_encoder_from_config
 NORM_EPS = 1e-5  # diffusers UNet2DModel's norm_eps
 
 
-def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
-  """Sinusoidal embedding as diffusers' `Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)`."""
+def timestep_embedding(t: jax.Array, dim: int, shift: int = 0) -> jax.Array:
+  """Sinusoidal embedding as diffusers' `Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=shift)`."""
   half = dim // 2
-  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / (half - shift))
   angles = t.astype(jnp.float32)[:, None] * freqs[None, :]
   return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
 
@@ -265,3 +265,8 @@ def unet_from_config(config, *, rngs: nnx.Rngs) -> UNet:
               mask_conditional=m.get("mask_conditional", False),
               text_encoder=text_encoder_from_config(config, rngs=rngs), remat=m.get("remat", False),
               dtype=jnp.dtype(m.dtype), rngs=rngs)
+
+
+def feature_grid(config) -> tuple[int, int]:
+  """(the image's side, the last up block's width): where the context head reads a UNet's features."""
+  return config.data.image_size, config.model.channels * config.model.channel_mults[0]
