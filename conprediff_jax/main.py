@@ -55,7 +55,7 @@ def is_startup_error(e: Exception) -> bool:
   reading_inputs = (registry.make_source, sample_requests.request, sample_requests.cond, inpaint_run.load_images,
                     inpaint_run.load_known, export.import_weights, export.export)
   refusing = (families.restore_ema_weights, checkpointing.restore_latest, checkpointing.restore_ema,
-              families.Family.inpainter, text_encoder.TextEncoder.__call__)
+              text_encoder.TextEncoder.__call__, *(cls.inpainter for cls in families.FAMILIES.values()))
   return (any(f.__code__ in frames for f in reading_inputs) or frames[-1] in [f.__code__ for f in refusing])
 
 

@@ -6,7 +6,9 @@ and samples it through the trainer."""
 import json
 import os
 
-import jax
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is imported: nothing may be downloaded
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -142,6 +144,33 @@ def test_an_unconditional_dit_exports_to_a_folder_diffusers_loads_and_comes_back
   assert not os.path.exists(tmp_path / "export" / "model_index.json")  # no diffusers pipeline runs a pixel DiT
   again = export.import_weights(family, str(tmp_path / "export"))
   jax.tree.map(np.testing.assert_array_equal, again, jax.tree.map(np.asarray, params))
+
+
+def test_a_class_conditional_latent_dit_exports_a_dit_pipeline_that_diffusers_runs(tmp_path):
+  """transformer/, vae/ (our AutoencoderKL), scheduler/ and model_index.json: DiTPipeline loads it with no code of
+  ours and draws images (guidance off: the pipeline's null class is 1000); a text- or mask-conditioned DiT is
+  refused in one line before anything is written."""
+  from configs import digits_kl  # pylint: disable=g-import-not-at-top
+  from tests.conftest import make_random_workdir  # pylint: disable=g-import-not-at-top
+  kl = digits_kl.get_config()
+  kl.data.update(image_size=16, channels=3)
+  kl.model.update(channels=8, channel_mults=(1, 2), num_groups=4)  # 16x16x3 -> 8x8x2 latents
+  config = _config(class_conditional=True)
+  config.data.image_size = 16
+  config.first_stage.update(workdir=make_random_workdir(str(tmp_path / "kl"), kl), config="", scaling_factor=0.5)
+  family = families.get(config)
+  params = _randomise(family.build(nnx.Rngs(0)), seed=4)
+  out = str(tmp_path / "export")
+  export.export(family, params, out)
+  assert json.load(open(os.path.join(out, "model_index.json"), encoding="utf-8"))["_class_name"] == "DiTPipeline"
+  pipe = diffusers.DiTPipeline.from_pretrained(out)
+  images = pipe(class_labels=[0, 3], guidance_scale=1.0, num_inference_steps=2, output_type="np").images
+  assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
+  for key in ("text_conditional", "mask_conditional"):
+    refused = _config(**{key: True})
+    with pytest.raises(ValueError, match="text- or mask-conditioned DiT") as error:
+      export.export(families.get(refused), {}, str(tmp_path / key))
+    assert "\n" not in str(error.value) and not os.path.exists(tmp_path / key)
 
 
 def test_import_refuses_blocks_whose_embedders_differ_and_a_mismatched_config(tmp_path):

@@ -8,13 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from flax import nnx
 
-from conprediff_jax import families
+from conprediff_jax import families, main
 from conprediff_jax.diffusion import gaussian
 from conprediff_jax.families.masked_process import _decode_step, maskgit_decode
 from conprediff_jax.inpainting import masks, repaint
 from conprediff_jax.inpainting import run as inpaint_run
-from tests.conftest import tiny_config
+from tests.conftest import make_random_workdir, tiny_config
 from tests.test_masked import GRID, VOCAB, context_logits_fn
 
 
@@ -179,3 +180,44 @@ def test_training_masks_are_rectangles_their_complements_or_nothing_known():
   assert abs(complement.mean() - 0.25) < 0.03
   sides = np.concatenate([rows[rectangle].sum(1), cols[rectangle].sum(1)])
   assert sides.min() >= 3 and sides.max() <= 14  # 20-80% of 16 pixels, by pixel centres
+
+
+def test_a_mask_conditioned_latent_model_reads_ldms_condition_trains_and_inpaints(tmp_path):
+  """LDM's form: the condition is the scaled latents (posterior means) of the image with its unknown pixels at 0,
+  and the mask at the latent grid, known where all of a position's pixels are (recomputed here); one train step,
+  then inpainting keeps the known pixels exactly and fills the rest. An unconditioned latent model is refused."""
+  from configs import digits_kl  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import train  # pylint: disable=g-import-not-at-top
+  kl = digits_kl.get_config()
+  kl.data.image_size = 8
+  kl.model.update(channels=8, channel_mults=(1, 2), num_groups=4)  # 8x8 pixels -> 4x4 latents
+  config = tiny_config()
+  config.first_stage.update(workdir=make_random_workdir(str(tmp_path), kl), config="")
+  config.model.mask_conditional = True
+  families.validate(config, num_devices=1)
+  exp = train.make_experiment(config)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.uniform(-1, 1, (4, 8, 8, 1)), jnp.float32)
+  known = jnp.asarray(masks.generate("box", 4, 8, seed=1)[..., None])
+  stage = nnx.merge(exp.first_stage_def, exp.first_stage.weights)
+  cond = exp.family.latent.mask_cond(stage, images, known)
+  mean, _ = stage.encode(jnp.where(known, images, 0.0))
+  np.testing.assert_allclose(cond["known_image"], mean * exp.family.latent.scaling_factor, rtol=1e-6)
+  blocks = np.asarray(known).reshape(4, 4, 2, 4, 2, 1).transpose(0, 1, 3, 5, 2, 4).reshape(4, 4, 4, 1, 4)
+  np.testing.assert_array_equal(cond["known_mask"], blocks.all(-1))
+  assert 0 < np.asarray(cond["known_mask"]).mean() < 1
+
+  state = jax.jit(functools.partial(train.init_state, exp))(jax.random.key(0))
+  batch = {"image": np.asarray(rng.uniform(-1, 1, (8, 8, 8, 1)), np.float32)}
+  state, metrics = jax.jit(functools.partial(train.train_step, exp))(state, batch, jax.random.key(1),
+                                                                    exp.first_stage.weights)
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["loss_context"]) > 0
+  inpaint = jax.jit(exp.family.inpainter(exp.model_def, exp.first_stage_def, 4))
+  out = np.asarray(inpaint(state["ema"], exp.first_stage.weights, jax.random.key(2), images, known))
+  keep = np.broadcast_to(np.asarray(known), out.shape)
+  np.testing.assert_array_equal(out[keep], np.asarray(images)[keep])
+  assert out.shape == images.shape and np.all(np.abs(out) <= 1) and np.abs(out[~keep] - images[~keep]).max() > 0.1
+  config.model.mask_conditional = False
+  with pytest.raises(ValueError, match="a latent model inpaints when it is mask-conditioned") as error:
+    families.get(config).inpainter(None, None, 4)
+  assert main.is_startup_error(error.value)

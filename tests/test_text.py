@@ -12,6 +12,7 @@ from flax import nnx
 from conprediff_jax import conditioning, main
 from conprediff_jax.data import digits
 from conprediff_jax.models import attention
+from conprediff_jax.models.dit import DiT
 from conprediff_jax.models.text_encoder import TextEncoder
 from conprediff_jax.models.transformer import MaskedTokenTransformer
 from conprediff_jax.models.unet import UNet
@@ -104,7 +105,12 @@ def _text_models():
               attention_resolutions=(4,), num_heads=2, num_groups=4, text_encoder=encoder(), rngs=nnx.Rngs(0))
   tokens = MaskedTokenTransformer(vocab_size=7, grid=4, width=16, depth=1, num_heads=2, mlp_ratio=2,
                                   num_classes=3, text_encoder=encoder(), rngs=nnx.Rngs(0))
-  return unet, tokens
+  dit = DiT(image_size=8, in_channels=1, patch_size=2, width=16, depth=1, num_heads=2, mlp_ratio=2,
+            text_encoder=encoder(), rngs=nnx.Rngs(0))
+  # adaLN-Zero starts every block and the output at zero: moved off it, so the prompt's path shows.
+  params = nnx.state(dit, nnx.Param)
+  nnx.update(dit, jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(2), x.shape), params))
+  return {"unet": unet, "tokens": tokens, "dit": dit}
 
 
 @nnx.jit
@@ -112,10 +118,12 @@ def _forward(model, x, cond):
   return model(x, cond)[0] if isinstance(model, MaskedTokenTransformer) else model(x, jnp.array([10, 900]), cond)[0]
 
 
-@pytest.mark.parametrize("which", ["unet", "tokens"])
+@pytest.mark.parametrize("which", ["unet", "tokens", "dit"])
 def test_networks_read_the_prompt_through_attention_and_none_as_the_empty_prompt(which):
-  model = _text_models()[which == "tokens"]
-  if which == "unet":
+  model = _text_models()[which]
+  if which == "dit":
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+  elif which == "unet":
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
     # every attention is the diffusers Transformer2DModel layout, with cross-attention keys from the text width
     assert nnx.state(model.mid_block.attentions[0].transformer_blocks[0].attn2.to_k, nnx.Param)["kernel"].shape == (

@@ -76,9 +76,6 @@ class GaussianFamily(Family):
     self.diffusion = GaussianDiffusion.from_config(config)
     workdir = config.first_stage.workdir if "first_stage" in config else ""
     self.latent = LatentSpace(config, abstract_first_stage) if workdir else None
-    if self.latent is not None and self.mask_conditional:
-      raise ValueError("config.model.mask_conditional: a mask-conditioned UNet reads pixels; in latent space "
-                       "(config.first_stage.workdir) it is not built")
     # What the denoiser sees: the config itself, or its latent grid.
     self.denoiser_config = config if self.latent is None else self.latent.denoiser_config(config)
 
@@ -92,14 +89,14 @@ class GaussianFamily(Family):
     return self.latent.stage
 
   def loss(self, model, first_stage, batch, key) -> LossOutput:
-    if self.latent is not None:
-      batch = {**batch, "image": self.latent.encode(first_stage, batch["image"], key)}
     batch = self.drop_condition(batch, key)
     if self.mask_conditional:  # the known pixels of a random training mask join the condition
       x0 = batch["image"]
       known = mask_conditioning.random_known(jax.random.fold_in(key, MASK_STREAM), x0.shape[0], x0.shape[1],
                                              self.config.train.cond_dropout)
-      batch = {**batch, **mask_conditioning.cond(x0, known)}
+      batch = {**batch, **self._mask_cond(first_stage, x0, known)}
+    if self.latent is not None:
+      batch = {**batch, "image": self.latent.encode(first_stage, batch["image"], key)}
     out = self.diffusion.loss(model, batch, key, dropout=self.config.model.dropout > 0)
     # The context head's targets on the features' grid: a DiT's patch of pixels (or latents) per token.
     on_grid = lambda x: layers.space_to_depth(x, x.shape[1] // out.features.shape[1])
@@ -109,6 +106,13 @@ class GaussianFamily(Family):
   @property
   def mask_conditional(self) -> bool:
     return bool(self.config.model.get("mask_conditional", False))
+
+  def _mask_cond(self, first_stage, images, known) -> dict:
+    """The condition of filling `images` where not `known`: the known pixels and the mask, or, in latent space,
+    LDM's inpainting condition: the latents of the masked image and the mask at the latent grid (latent.py)."""
+    if self.latent is None:
+      return mask_conditioning.cond(images, known)
+    return self.latent.mask_cond(first_stage, images, known)
 
   def _apply(self, denoiser, cond, guidance_scale: float = 1.0):
     """`apply(x_t, t)` for the samplers: the denoiser's output given `cond`, guided at `guidance_scale`."""
@@ -141,18 +145,20 @@ class GaussianFamily(Family):
     return sample
 
   def inpainter(self, model_def, first_stage_def, num_images):
-    del first_stage_def, num_images
-    if self.latent is not None:
-      raise ValueError("--mode=inpaint: inpainting in latent space (config.first_stage.workdir) is not built; "
-                       "inpaint with a pixel-space model")
-    p = self.config.inpaint
+    del num_images
+    if self.latent is not None and not self.mask_conditional:
+      raise ValueError("--mode=inpaint: a latent model inpaints when it is mask-conditioned "
+                       "(config.model.mask_conditional=True, configs/digits_latent_inpaint.py); RePaint runs in "
+                       "pixel space only")
+    p, d = self.config.inpaint, self.denoiser_config.data
 
     def inpaint(weights, first_stage_weights, key, images, known):
-      del first_stage_weights
       denoiser = inference_model(model_def, weights)
-      if self.mask_conditional:  # the UNet reads the known pixels; they are pasted back over its output
-        apply = self._apply(denoiser, mask_conditioning.cond(images, known))
-        return jnp.where(known, images, self._sample(apply, key, images.shape))
+      if self.mask_conditional:  # the denoiser reads what is known; the known pixels are pasted back over its output
+        stage = None if self.latent is None else nnx.merge(first_stage_def, first_stage_weights)
+        apply = self._apply(denoiser, self._mask_cond(stage, images, known))
+        out = self._sample(apply, key, (images.shape[0], d.image_size, d.image_size, d.channels))
+        return jnp.where(known, images, out if stage is None else self.latent.decode(stage, out))
       return repaint.inpaint(self._apply(denoiser, None), self.diffusion, key, images, known, steps=p.steps,
                              jump_length=p.jump_length, resamples=p.resamples)
 

@@ -67,6 +67,16 @@ class LatentSpace:
     z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(jax.random.fold_in(key, ENCODE_STREAM), mean.shape)
     return jax.lax.stop_gradient(z * self.scaling_factor)
 
+  def mask_cond(self, autoencoder: nnx.Module, images: jax.Array, known: jax.Array) -> dict:
+    """LDM's inpainting condition, what a mask-conditioned latent denoiser reads beside its noisy latents: the scaled
+    latents (posterior means) of `images` [B, H, W, C] with the unknown pixels set to 0, and `known` [B, H, W, 1]
+    at the latent grid, where a latent position is known when every pixel it covers is."""
+    mean, _ = autoencoder.encode(jnp.where(known, images, 0.0))
+    b, h, w, _ = known.shape
+    f = h // mean.shape[1]
+    latent_known = jnp.all(known.reshape(b, h // f, f, w // f, f, 1), axis=(2, 4))
+    return {"known_image": jax.lax.stop_gradient(mean * self.scaling_factor), "known_mask": latent_known}
+
   def decode(self, autoencoder: nnx.Module, latents: jax.Array) -> jax.Array:
     """Images in [-1, 1] from scaled latents."""
     return jnp.clip(autoencoder.decode(latents / self.scaling_factor), -1.0, 1.0)
