@@ -195,6 +195,9 @@ def text_settings() -> ml_collections.ConfigDict:
   text.depth = 2                     # bytes: transformer layers
   text.num_heads = 4                 # bytes: attention heads
   text.embedding_dim = 0             # precomputed: the stored embeddings' width (768 for CLIP ViT-L/14, ...)
+  # precomputed: False attends to the embeddings alone, the null prompt a learned [max_length, D] in their place
+  # (Stable Diffusion's form; an imported UNet2DConditionModel's). True: a learned position ahead of every prompt.
+  text.null_position = True
   return text
 
 

@@ -120,6 +120,9 @@ def check_text(config) -> None:
   written after training, too late to learn that there are no prompts)."""
   t, d, s = config.text, config.data, config.sample
   if t.encoder == "bytes":
+    if not t.get("null_position", True):
+      raise ConfigError("text.null_position", "is False with config.text.encoder='bytes', whose context always "
+                        "opens with its BOS position", "set it True, or use config.text.encoder='precomputed'")
     if t.width % t.num_heads:
       raise ConfigError("text.num_heads", f"{t.num_heads} does not divide config.text.width={t.width}",
                         "use a divisor of the width")

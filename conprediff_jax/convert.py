@@ -15,7 +15,7 @@ from absl import logging
 
 from conprediff_jax import cli
 
-_CONFIG = cli.define_config("The config to fine-tune with")
+_CONFIG = None  # the --config flag, defined when run as a program: importing this module defines no flags
 
 
 def import_command(path: str, config) -> str:
@@ -64,4 +64,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _CONFIG = cli.define_config("The config to fine-tune with")
   app.run(main, flags_parser=lambda argv: cli.parse(argv, _CONFIG, positional=2))

@@ -144,3 +144,64 @@ def test_torch_text_imports_nothing_of_ours():
               for alias in node.names}
   imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
   assert imported <= {"json", "os", "numpy", "torch", "diffusers", "safetensors"}, imported
+
+
+@pytest.mark.parametrize("linear", [False, True])  # SD-1.x's 1x1-conv projections, SD-2.x's linear ones
+def test_a_stable_diffusion_style_unet_imports_and_computes_what_diffusers_does(tmp_path, linear):
+  """A UNet2DConditionModel shaped like Stable Diffusion's (cross-attention at every level but the last, two
+  resnets per level, one head count), torch-made random weights: `convert import` gives the overrides, ours then
+  equals diffusers' forward pass on prompts' embeddings (every position valid, as SD's CLIP tokens are), the null
+  prompt reads the learned null_prompt (zeros at import), and exported again the UNet's tensors are bitwise its
+  own (linear projections; the 1x1-conv ones are exported linear)."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import convert  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  theirs = diffusers.UNet2DConditionModel(
+      sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16, 16), layers_per_block=2,
+      down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=12,
+      attention_head_dim=2, norm_num_groups=4, use_linear_projection=linear).eval()
+  with torch.no_grad():
+    for p in theirs.parameters():
+      p.copy_(0.2 * torch.randn_like(p))
+  theirs.save_pretrained(tmp_path / "unet")
+  config = default.get_config()
+  for key in ("data.text_embeddings_file", "sample.prompt_embeddings_file"):  # the user's CLIP embeddings
+    np.savez(tmp_path / f"{key}.npz", embedding=np.zeros((1, 5, 12), np.float32))
+    config[key.split(".")[0]][key.split(".")[1]] = str(tmp_path / f"{key}.npz")
+  command = convert.import_command(str(tmp_path), config)
+  assert "--config.text.null_position=False" in command and "--config.text.embedding_dim=12" in command
+  overrides = exporting.import_overrides(str(tmp_path))[1]
+  for key, value in overrides.items():
+    config[key.split(".")[0]][key.split(".")[1]] = value
+  config.text.max_length = 5
+  params = exporting.import_weights(families.get(config), str(tmp_path))
+  ours = _model(config, jax.tree.map(jnp.asarray, params))
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(3, 8, 8, 3)).astype(np.float32)
+  t = np.array([3, 400, 990])
+  embedding = rng.normal(size=(3, 5, 12)).astype(np.float32)
+  out, _ = ours(jnp.asarray(x), jnp.asarray(t), {"text_embedding": jnp.asarray(embedding),
+                                                 "text_mask": jnp.ones((3, 5), bool)})
+  with torch.no_grad():
+    expected = theirs(_nchw(x), torch.from_numpy(t), encoder_hidden_states=torch.from_numpy(
+        embedding)).sample.numpy().transpose(0, 2, 3, 1)
+  np.testing.assert_allclose(np.asarray(out), expected, atol=1e-4, rtol=1e-4)
+  null, _ = ours(jnp.asarray(x), jnp.asarray(t), None)  # the null prompt: zeros, every position valid
+  with torch.no_grad():
+    zeros = theirs(_nchw(x), torch.from_numpy(t),
+                   encoder_hidden_states=torch.zeros(3, 5, 12)).sample.numpy().transpose(0, 2, 3, 1)
+  np.testing.assert_allclose(np.asarray(null), zeros, atol=1e-4, rtol=1e-4)
+  export.export_text_to_image(config, params, str(tmp_path / "export"))  # and torch_text reads the same context
+  encoder = torch_text.TextEncoder.from_folder(str(tmp_path / "export" / "text_encoder"))
+  context, mask = encoder(torch.from_numpy(embedding), torch.ones(3, 5, dtype=torch.bool))
+  np.testing.assert_array_equal(context.detach().numpy(), embedding)
+  null_context, null_mask = encoder(torch.zeros(3, 5, 12), torch.zeros(3, 5, dtype=torch.bool))
+  assert not null_context.detach().numpy().any() and bool(null_mask.all()) and bool(mask.all())
+  if linear:
+    unet = export.unet2d_condition_config(config)
+    back = export.to_diffusers_state_dict({k: v for k, v in params.items() if k != "text_encoder"}, unet)
+    state = theirs.state_dict()
+    assert back.keys() == state.keys()
+    for name, value in back.items():
+      np.testing.assert_array_equal(value, state[name].numpy(), err_msg=name)

@@ -36,9 +36,9 @@ def _export_unet(family, weights, out_dir: str) -> str:
 
 
 def _import_unet(family, path: str) -> dict:
-  if family.mask_conditional or family.config.model.text_conditional:
-    raise ValueError("config.model.init_from: a diffusers UNet2DModel imports as an unconditional or "
-                     "class-conditional UNet; this config's UNet also reads a mask or a prompt")
+  if family.mask_conditional:
+    raise ValueError("config.model.init_from: a diffusers UNet imports as an unconditional, class- or "
+                     "text-conditional UNet; this config's UNet also reads a mask")
   return diffusers_import.load_unet_params(path, family.denoiser_config)
 
 

@@ -144,6 +144,7 @@ def text_encoder_config(config) -> dict[str, Any]:
   t = config.text
   return {"encoder": t.encoder, "max_length": t.max_length, "width": t.width, "depth": t.depth,
           "num_heads": t.num_heads, "embedding_dim": t.embedding_dim, "layer_norm_eps": LN_EPS,
+          "null_position": bool(t.get("null_position", True)),
           "pad": conditioning.PAD, "bos": conditioning.BOS, "vocab": conditioning.TEXT_VOCAB}
 
 

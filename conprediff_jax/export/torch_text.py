@@ -55,8 +55,10 @@ class TextEncoder(nn.Module):
       self.blocks = nn.ModuleList([_Block(width, config["num_heads"], config["layer_norm_eps"])
                                    for _ in range(config["depth"])])
       self.norm_out = nn.LayerNorm(width, eps=config["layer_norm_eps"])
-    else:
+    elif config.get("null_position", True):
       self.null_embedding = nn.Parameter(torch.zeros(1, config["embedding_dim"]))
+    else:  # Stable Diffusion's form: the embeddings alone; the null prompt a learned [max_length, D]
+      self.null_prompt = nn.Parameter(torch.zeros(config["max_length"], config["embedding_dim"]))
 
   @classmethod
   def from_folder(cls, folder: str) -> "TextEncoder":
@@ -91,6 +93,9 @@ class TextEncoder(nn.Module):
     embedding, mask = embedding[:, :length], mask[:, :length].bool()
     pad = length - embedding.shape[1]
     embedding, mask = F.pad(embedding, (0, 0, 0, pad)), F.pad(mask, (0, pad), value=False)
+    if not self.config.get("null_position", True):
+      empty = ~mask.any(dim=1)
+      return (torch.where(empty[:, None, None], self.null_prompt[None], embedding), mask | empty[:, None])
     null = self.null_embedding.expand(embedding.shape[0], 1, -1)
     return (torch.cat([null, embedding], dim=1),
             torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1))

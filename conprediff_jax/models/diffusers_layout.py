@@ -26,7 +26,7 @@ def torch_layout(leaf_name: str, ndim: int) -> tuple[str, tuple[int, ...] | None
     return "weight", None
   if leaf_name == "bias":
     return "bias", None
-  if leaf_name in ("position_embedding", "null_embedding"):  # the text encoder's bare parameters keep their names
+  if leaf_name in ("position_embedding", "null_embedding", "null_prompt"):  # the text encoder's: kept as named
     return leaf_name, None
   raise ValueError(f"no diffusers equivalent for a {ndim}-d parameter named {leaf_name!r}")
 

@@ -8,6 +8,10 @@ Two encoders, by config.text.encoder:
 
 Either way position 0 of the context is a learned vector that is always valid: the whole context of the null
 (empty) prompt, which classifier-free guidance needs, and somewhere for attention to go when a prompt says little.
+Stable Diffusion's UNets have no such position: they attend to the frozen encoder's tokens alone, and the null prompt
+is that encoder's embedding of "". With config.text.null_position=False (precomputed embeddings only; what an
+imported UNet2DConditionModel uses) the context is the embeddings alone, and a prompt with no valid position (the
+null prompt, as conditioning.drop makes it) reads a learned `null_prompt` [max_length, D] in their place.
 """
 
 import jax.numpy as jnp
@@ -30,10 +34,11 @@ class TextEncoder(nnx.Module):
   no text keys) reads as the null prompt."""
 
   def __init__(self, *, encoder: str, max_length: int, width: int, depth: int, num_heads: int,
-               embedding_dim: int, dtype=jnp.float32, rngs: nnx.Rngs):
+               embedding_dim: int, null_position: bool = True, dtype=jnp.float32, rngs: nnx.Rngs):
     if encoder not in ENCODERS:
       raise ValueError(f"config.text.encoder must be one of {ENCODERS}, got {encoder!r}")
     self.encoder, self.max_length, self.dtype = encoder, max_length, dtype
+    self.null_position = null_position
     self.dim = context_dim(encoder, width, embedding_dim)
     if encoder == "bytes":
       self.token_embedding = nnx.Embed(conditioning.TEXT_VOCAB, width, dtype=dtype, embedding_init=_embedding_init,
@@ -42,8 +47,10 @@ class TextEncoder(nnx.Module):
       self.blocks = nnx.List([attention.Block(width, heads=num_heads, mlp_ratio=4, dropout=0.0, rngs=rngs,
                                               dtype=dtype) for _ in range(depth)])
       self.norm_out = nnx.LayerNorm(width, epsilon=attention.LN_EPS, dtype=dtype, rngs=rngs)
-    else:
+    elif null_position:
       self.null_embedding = nnx.Param(_embedding_init(rngs.params(), (1, embedding_dim)))
+    else:
+      self.null_prompt = nnx.Param(jnp.zeros((max_length, embedding_dim), jnp.float32))
 
   def __call__(self, cond: dict | None, batch: int):
     cond = cond or {}
@@ -60,6 +67,10 @@ class TextEncoder(nnx.Module):
     if embedding.shape[-1] != self.dim:
       raise ValueError(f"the text embeddings are {embedding.shape[-1]} wide but config.text.embedding_dim="
                        f"{self.dim}; set it to the width of the stored embeddings")
+    if not self.null_position:  # the null prompt, where a row has no valid position: the learned null_prompt
+      empty = ~jnp.any(mask.astype(bool), axis=1)
+      context = jnp.where(empty[:, None, None], self.null_prompt[...][None], embedding)
+      return context.astype(self.dtype), mask.astype(bool) | empty[:, None]
     null = jnp.broadcast_to(self.null_embedding[...], (batch, 1, self.dim))
     return (jnp.concatenate([null, embedding], axis=1).astype(self.dtype),
             jnp.concatenate([jnp.ones((batch, 1), bool), mask.astype(bool)], axis=1))
@@ -79,5 +90,5 @@ def text_encoder_from_config(config, *, rngs: nnx.Rngs) -> TextEncoder | None:
     return None
   t = config.text
   return TextEncoder(encoder=t.encoder, max_length=t.max_length, width=t.width, depth=t.depth,
-                     num_heads=t.num_heads, embedding_dim=t.embedding_dim, dtype=jnp.dtype(config.model.dtype),
-                     rngs=rngs)
+                     num_heads=t.num_heads, embedding_dim=t.embedding_dim,
+                     null_position=t.get("null_position", True), dtype=jnp.dtype(config.model.dtype), rngs=rngs)
