@@ -317,3 +317,34 @@ def test_fine_tuning_starts_at_the_imported_models_loss_computed_in_torch(tmp_pa
   snr = abar / (1 - abar)
   torch_loss = np.mean(np.minimum(snr, 5.0) / (snr + 1) * (out - v) ** 2)
   np.testing.assert_allclose(ours, torch_loss, rtol=1e-4)
+
+
+@pytest.mark.slow  # trains 100 steps and samples in diffusers: `python -m pytest -q -m slow tests`
+def test_the_worked_example_runs_as_written(tmp_path):
+  """docs/pytorch.md's worked example, its files and commands read from the page and run in order in a fresh
+  directory: a diffusers folder made with torch, imported, fine-tuned with the context loss, exported, sampled by
+  DDIMPipeline."""
+  import re  # pylint: disable=g-import-not-at-top
+  page = open(os.path.join(REPO, "docs", "pytorch.md"), encoding="utf-8").read()
+  section = page.split("## A worked example")[1].split("\n## ")[0]
+  blocks = re.findall(r"```(python|bash)\n(.*?)```", section, re.S)
+  for kind, body in blocks:
+    if kind == "python":  # a file, named by its first line's comment
+      (tmp_path / body.split(":")[0].removeprefix("# ").strip()).write_text(body)
+  commands = [line.split("   #")[0] for line in blocks[1][1].replace("\\\n", " ").splitlines() if line.strip()]
+  assert len(commands) == 5
+  env = dict(os.environ, PYTHONPATH=REPO, HF_HUB_OFFLINE="1")
+  outputs = []
+  for command in commands:
+    done = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+                          check=False)
+    assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
+    outputs.append(done.stdout)
+  assert "701,345 parameters, every tensor matched" in outputs[1]
+  printed = outputs[1].splitlines()[-1].split()  # the model flags the page passes are those convert printed
+  assert all(flag.replace("'", "") in commands[2].replace("'", "") for flag in printed
+             if flag.startswith("--config.") and "init_from" not in flag)
+  assert outputs[4].startswith("(4, 16, 16, 1)")
+  from diffusers import UNet2DModel  # pylint: disable=g-import-not-at-top
+  exported = UNet2DModel.from_pretrained(tmp_path / "workdirs" / "finetune" / "export" / "unet")
+  assert sum(p.numel() for p in exported.parameters()) == 701_345
