@@ -10,8 +10,10 @@ input channels, as LDM's and Stable Diffusion's inpainting models do.
 Trained like configs/digits_inpaint.py (the first 1,600 digits, a random rectangular hole or its complement per
 example, 10% with nothing known), on the autoencoder's 8x8x2 latents; a latent position counts as known when all
 its 2x2 pixels are. `--mode=inpaint` fills the held-out digits with 50 DDIM steps in latent space, decodes, and
-pastes the known pixels back; `--mode=eval` adds the masked error under four generated masks. Results to expect:
-docs/inpainting.md ("In latent space").
+pastes the known pixels back; `--mode=eval` adds the masked error under four generated masks. On a 2-core CPU the
+autoencoder trains in about 10 minutes and this model in about 5 (2026-12-07, under load). What to expect: masked
+MSE 0.266 (box), 0.236 (half), 0.129 (border) on 128 held-out digits, worse than the pixel mask-conditioned UNet's
+(docs/benchmarks.md, "Inpainting", with the reason).
 """
 
 from configs import digits_inpaint, digits_latent
