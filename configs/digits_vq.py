@@ -33,6 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.commitment_cost = 0.25
   config.model.codebook_decay = 0.99
   config.model.dead_code_threshold = 0.03  # a code used < 3% as often as under uniform use is restarted
+  # "vqvae": the encoder and decoder of models/vq.py | "diffusers": diffusers' VQModel module for module (mid-block
+  # attention, quant convs), exported by --mode=export and read back as a tokenizer (docs/pytorch.md)
+  config.model.layout = "vqvae"
   config.model.dtype = "float32"
 
   config.context.weight = 0.0  # a tokenizer has no context loss (see DESIGN.md); the keys stay for one schema

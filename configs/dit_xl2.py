@@ -14,9 +14,10 @@ for stage 1 (`--config.first_stage.workdir=<its folder>`, docs/pytorch.md), and 
 `--config.model.init_from=<its folder>`. DiT-XL/2: width 1152, 28 blocks, 16 heads, 2x2 patches of the 32x32x4
 latents, 675M parameters (the paper's count, tests/test_dit.py); linear schedule, eps, AdamW at a constant 1e-4,
 batch 256, EMA 0.9999, 10% of labels dropped; sampled with 250 DDPM steps at guidance 1.5, as the paper's FID 2.27
-(7M steps) was. Sized for a TPU v4-32 (bf16): the TPU compiler's verdict and step time are in docs/scaling.md
-(`--mode=compile --topology=v4-32`). Target: FID 2.27. Not run at this size here; tests/test_paper_configs.py builds
-it and trains one step at reduced size.
+(7M steps) was. Sized for a TPU v4-32 (bf16, the batch over 16 chips): the TPU compiler fits its train step in 16.9
+GiB of a v4 chip's 30.75 (`--mode=compile --topology=v4-32`, docs/scaling.md), 0.149 s a step by the roofline, at
+most 39% of the chips' bf16 peak: at least 12 days to 7M steps. Target: FID 2.27. Not run at this size here;
+tests/test_paper_configs.py builds it and trains one step at reduced size.
 """
 
 from configs import paper

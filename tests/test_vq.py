@@ -208,3 +208,59 @@ def test_from_config():
   model = vq_from_config(config, rngs=nnx.Rngs(0))
   assert model.commitment_cost == 0.5 and model.downsample == 2
   assert model.encoder.conv_in.dtype == jnp.bfloat16
+
+
+def test_a_diffusers_vqmodel_is_read_as_a_tokenizer_computes_what_diffusers_does_and_exports_back(tmp_path):
+  """model.layout="diffusers": a torch-made VQModel (random weights) in config.first_stage.workdir is the token
+  model's tokenizer; its latents, tokens and decoded images equal diffusers' (encode, quantize, decode), and
+  --mode=export's VQModel folder holds every tensor bitwise; the vqvae layout is refused by export in one line."""
+  import os  # pylint: disable=g-import-not-at-top
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  import pytest  # pylint: disable=g-import-not-at-top
+  torch = pytest.importorskip("torch")
+  diffusers = pytest.importorskip("diffusers")
+  from conprediff_jax import export, families  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.export import diffusers_export  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.families import first_stage  # pylint: disable=g-import-not-at-top
+  from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  theirs = diffusers.VQModel(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                             up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                             latent_channels=4, num_vq_embeddings=16, norm_num_groups=4, sample_size=8).eval()
+  with torch.no_grad():
+    for p in theirs.parameters():
+      p.copy_(0.3 * torch.randn_like(p))
+  theirs.save_pretrained(tmp_path / "vq")
+  config = tiny_config("masked", str(tmp_path / "vq"))
+  families.validate(config, num_devices=1)
+  stage = families.get(config).first_stage()
+  ours = nnx.merge(stage.graphdef, stage.weights)
+  x = np.random.default_rng(0).uniform(-1, 1, (3, 8, 8, 1)).astype(np.float32)
+  with torch.no_grad():
+    h = theirs.encode(torch.from_numpy(x.transpose(0, 3, 1, 2))).latents
+    quantized, _, (_, _, indices) = theirs.quantize(h)
+    decoded = theirs.decode(h).sample.numpy().transpose(0, 2, 3, 1)
+  np.testing.assert_allclose(ours.encode(jnp.asarray(x)), h.numpy().transpose(0, 2, 3, 1), atol=1e-5, rtol=1e-5)
+  tokens = ours.tokenize(jnp.asarray(x))
+  np.testing.assert_array_equal(np.asarray(tokens).reshape(-1), indices.numpy().reshape(-1))
+  np.testing.assert_allclose(ours.decode_tokens(tokens), decoded, atol=1e-4, rtol=1e-4)
+  saved = first_stage.config_of_workdir(str(tmp_path / "vq"))
+  export.export(families.get(saved), stage.weights, str(tmp_path / "back"))
+  back = diffusers.VQModel.from_pretrained(tmp_path / "back").state_dict()
+  original = theirs.state_dict()
+  assert back.keys() == original.keys()
+  for name, value in back.items():
+    np.testing.assert_array_equal(value.numpy(), original[name].numpy(), err_msg=name)
+  plain = tiny_config("autoencoder")
+  with pytest.raises(ValueError, match="config.model.layout='diffusers'") as error:
+    diffusers_export.vqmodel_config(plain)
+  assert "\n" not in str(error.value)
+
+  import functools  # pylint: disable=g-import-not-at-top
+  from conprediff_jax import train  # pylint: disable=g-import-not-at-top
+  plain.model.layout = "diffusers"  # and the tokenizer family trains in that layout
+  exp = train.make_experiment(plain)
+  state = jax.jit(functools.partial(train.init_state, exp))(jax.random.key(0))
+  batch = {"image": np.random.default_rng(1).uniform(-1, 1, (8, 8, 8, 1)).astype(np.float32)}
+  _, metrics = jax.jit(functools.partial(train.train_step, exp))(state, batch, jax.random.key(1), None)
+  assert np.isfinite(float(metrics["loss"]))

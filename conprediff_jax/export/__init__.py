@@ -47,6 +47,8 @@ EXPORTERS: dict[str, Callable] = {
     "diffusers_dit": diffusers_dit.export,
     "diffusers_autoencoder_kl": lambda family, weights, out_dir: diffusers_export.export_autoencoder(
         family.config, weights, out_dir),
+    "diffusers_vqmodel": lambda family, weights, out_dir: diffusers_export.export_vqmodel(
+        family.config, weights, out_dir),
 }
 IMPORTERS: dict[str, Callable] = {"diffusers_unet": _import_unet,
                                   "diffusers_dit": lambda family, path: diffusers_dit.load_params(path, family)}

@@ -91,6 +91,7 @@ def export(family, weights: Mapping, out_dir: str) -> str:
 # ------------------------------------------------------------------------------------------------------------------
 def folder(path: str) -> str:
   """The folder holding the DiT's config.json and weights: `path` itself or its `transformer/`."""
+  path = os.path.expanduser(path)
   for candidate in (os.path.join(path, "transformer"), path):
     if os.path.isfile(os.path.join(candidate, "config.json")):
       return candidate

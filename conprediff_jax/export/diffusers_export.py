@@ -394,3 +394,33 @@ def export_autoencoder(config, weights: Mapping, out_dir: str, scaling_factor: f
   write_model(out_dir, "AutoencoderKL", autoencoder_kl_config(config, scaling_factor),
                to_diffusers_state_dict(weights))
   return out_dir
+
+
+def vqmodel_config(config) -> dict[str, Any]:
+  """`VQModel(**vqmodel_config(config))` builds the VQ tokenizer of a config with model.layout="diffusers"."""
+  m, d = config.model, config.data
+  if m.get("layout", "vqvae") != "diffusers":
+    raise ValueError(f"--mode=export: a VQ tokenizer exports as a diffusers VQModel with config.model.layout="
+                     f"'diffusers' (this one's is {m.get('layout', 'vqvae')!r}: models/vq.py's own layout, which "
+                     "diffusers has no class for); train it with that layout to export it")
+  levels = len(m.channel_mults)
+  return {
+      "in_channels": d.channels, "out_channels": d.channels,
+      "down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
+      "block_out_channels": [m.channels * k for k in m.channel_mults], "layers_per_block": m.num_res_blocks,
+      "act_fn": "silu", "latent_channels": m.code_dim, "sample_size": d.image_size,
+      "num_vq_embeddings": m.codebook_size, "norm_num_groups": m.num_groups, "vq_embed_dim": m.code_dim,
+      "scaling_factor": 1.0, "norm_type": "group", "mid_block_add_attention": True, "lookup_from_codebook": False,
+      "force_upcast": False,
+  }
+
+
+def export_vqmodel(config, weights: Mapping, out_dir: str) -> str:
+  """Writes a `VQModel.from_pretrained`-loadable folder: the network's parameters and the codebook as
+  `quantize.embedding.weight`; the codebook's EMA statistics stay behind (training state)."""
+  vq = vqmodel_config(config)
+  params = {k: v for k, v in weights.items() if k not in ("codebook", "ema_cluster_size", "ema_embed_sum", "ema_usage")}
+  state = to_diffusers_state_dict(params)
+  state["quantize.embedding.weight"] = np.array(jax.device_get(weights["codebook"]), np.float32)
+  write_model(out_dir, "VQModel", vq, state)
+  return out_dir

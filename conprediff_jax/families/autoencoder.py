@@ -16,7 +16,7 @@ from conprediff_jax import data as data_lib
 from conprediff_jax.config_validation import FRACTION, NON_NEGATIVE, POSITIVE, ConfigError
 from conprediff_jax.families import adversarial, checks
 from conprediff_jax.families.base import Family, LossOutput
-from conprediff_jax.models.vq import vq_from_config
+from conprediff_jax.models.vq import LAYOUTS, vq_from_config
 
 
 class AutoencoderFamily(Family):
@@ -24,10 +24,11 @@ class AutoencoderFamily(Family):
   the codebook follows its encodings by EMA (buffers)."""
 
   SCHEMA = "digits_vq.py"
-  CHOICES = {"model.name": ("vq",), **adversarial.CHOICES}
+  CHOICES = {"model.name": ("vq",), "model.layout": LAYOUTS, **adversarial.CHOICES}
   BOUNDS = {**checks.CONV_BOUNDS, "model.codebook_size": POSITIVE, "model.code_dim": POSITIVE,
             "model.commitment_cost": NON_NEGATIVE, "model.codebook_decay": FRACTION,
             "model.dead_code_threshold": NON_NEGATIVE, **adversarial.BOUNDS}
+  EXPORT_FORMAT = "diffusers_vqmodel"  # with config.model.layout="diffusers"
 
   @classmethod
   def check_config(cls, config, files: bool) -> None:

@@ -9,11 +9,12 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 
 from conprediff_jax import cli, parallel
 from conprediff_jax.config_validation import ConfigError
 from conprediff_jax.families.base import FirstStage, abstract_model, restore_ema_weights, union
-from conprediff_jax.models import diffusers_layout
+from conprediff_jax.models import diffusers_layout, vq
 
 
 def read_config(workdir: str) -> dict | None:
@@ -27,6 +28,9 @@ def read_config(workdir: str) -> dict | None:
   if saved.get("_class_name") == "AutoencoderKL":
     base = cli.load_config_file(os.path.join(cli.REPO, "configs", "digits_kl.py"))
     return diffusers_layout.autoencoder_config(saved, base.to_dict())
+  if saved.get("_class_name") == "VQModel":
+    base = cli.load_config_file(os.path.join(cli.REPO, "configs", "digits_vq.py"))
+    return diffusers_layout.vq_config(saved, base.to_dict())
   return saved
 
 
@@ -63,9 +67,9 @@ def config_of(config, abstract: bool) -> ml_collections.ConfigDict:
 
 
 def from_diffusers(saved) -> bool:
-  """Whether a first stage's config (read_config) is a diffusers AutoencoderKL's: only those carry the diffusers
-  scaling factor."""
-  return "scaling_factor" in saved
+  """Whether a first stage's config (read_config) is a diffusers folder's: an AutoencoderKL's carries the diffusers
+  scaling factor, a VQModel's says so."""
+  return "scaling_factor" in saved or "diffusers" in saved
 
 
 def has_weights(workdir: str) -> bool:
@@ -80,16 +84,16 @@ def token_grid(saved: dict) -> int:
   return saved["data"]["image_size"] // 2 ** (len(saved["model"]["channel_mults"]) - 1)
 
 
-def check(config, *, family: str, kind: str, make: str, files: bool, diffusers_ok: bool = False) -> dict:
-  """config.first_stage.workdir holds a trained `family` run (`kind` in messages) of the config's image shape, or,
-  with `diffusers_ok`, a diffusers folder that reads as one; `make` says how to train it. Without `files`
+def check(config, *, family: str, kind: str, make: str, files: bool, diffusers: str = "") -> dict:
+  """config.first_stage.workdir holds a trained `family` run (`kind` in messages) of the config's image shape, or a
+  folder of the diffusers class `diffusers` (AutoencoderKL, VQModel) that reads as one; `make` says how to train it. Without `files`
   (--mode=compile), the config that would train it (config.first_stage.config) stands in for the run. Returns the
   first stage's config."""
   workdir = config.first_stage.workdir
-  what = f"{kind} (nor a diffusers AutoencoderKL folder)" if diffusers_ok else kind
+  what = f"{kind} (nor a diffusers {diffusers} folder)" if diffusers else kind
   if files:
     saved = read_config(workdir) if workdir else None
-    trained = has_weights if diffusers_ok else lambda w: os.path.isdir(os.path.join(os.path.expanduser(w), "checkpoints"))
+    trained = has_weights if diffusers else lambda w: os.path.isdir(os.path.join(os.path.expanduser(w), "checkpoints"))
     if saved is None or not trained(workdir):
       raise ConfigError("first_stage.workdir", f"{workdir!r} holds no trained {what}", make)
   else:
@@ -140,5 +144,15 @@ def _restore(workdir: str, family: type):
 
 @functools.lru_cache(maxsize=4)
 def _import(folder: str, family: type):
-  graphdef, abstract_params, _ = abstract_model(family(config_of_workdir(folder)))
-  return graphdef, diffusers_layout.read_params(folder, abstract_params)
+  """A diffusers AutoencoderKL's parameters, or a VQModel's and its codebook (`quantize.embedding.weight`, our
+  buffer, with fresh EMA statistics)."""
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  graphdef, abstract_params, abstract_buffers = abstract_model(family(config_of_workdir(folder)))
+  tensors = dict(load_file(os.path.join(folder, diffusers_layout.WEIGHTS_NAME)))
+  codebook = tensors.pop("quantize.embedding.weight", None)
+  params = diffusers_layout.read_params(folder, abstract_params, tensors)
+  if not abstract_buffers:
+    return graphdef, params
+  if codebook is None:
+    raise ValueError(f"{folder}: no quantize.embedding.weight (the VQModel's codebook) in its weights")
+  return graphdef, union(params, vq.codebook_buffers(np.asarray(codebook, np.float32)))

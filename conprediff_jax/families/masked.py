@@ -34,7 +34,7 @@ class MaskedFamily(Family):
   def check_config(cls, config, files: bool) -> None:
     workdir = config.first_stage.workdir
     tokenizer = first_stage_lib.check(
-        config, family="autoencoder", kind="tokenizer", files=files,
+        config, family="autoencoder", kind="tokenizer", files=files, diffusers="VQModel",
         make=f"train the tokenizer first: python -m conprediff_jax.main --config=configs/digits_vq.py "
         f"--workdir={workdir or 'workdirs/digits_vq'}")
     m, grid = config.model, first_stage_lib.token_grid(tokenizer)

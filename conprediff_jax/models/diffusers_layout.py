@@ -60,6 +60,36 @@ def autoencoder_config(vae: dict[str, Any], base: dict[str, Any]) -> dict[str, A
   return config
 
 
+def vq_config(vq: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+  """The config (as a dict, like a run's config.json) of the VQ tokenizer (model.layout="diffusers") that reads the
+  diffusers `VQModel(**vq)` weights, from `base` (configs/digits_vq.py's). Settings ours cannot express are refused
+  by name."""
+  fixed = {"act_fn": "silu", "norm_type": "group", "mid_block_add_attention": True, "lookup_from_codebook": False}
+  for key, value in fixed.items():
+    if vq.get(key, value) != value:
+      raise ValueError(f"VQModel {key}={vq[key]!r} has no equivalent here (ours: {value!r})")
+  widths = list(vq["block_out_channels"])
+  levels = len(widths)
+  if (list(vq["down_block_types"]) != ["DownEncoderBlock2D"] * levels
+      or list(vq["up_block_types"]) != ["UpDecoderBlock2D"] * levels):
+    raise ValueError(f"VQModel blocks {vq['down_block_types']} / {vq['up_block_types']}: only DownEncoderBlock2D / "
+                     "UpDecoderBlock2D import")
+  code_dim = vq.get("vq_embed_dim") or vq["latent_channels"]
+  if code_dim != vq["latent_channels"] or vq["in_channels"] != vq["out_channels"] or any(w % widths[0] for w in widths):
+    raise ValueError(f"VQModel latent_channels={vq['latent_channels']}, vq_embed_dim={vq.get('vq_embed_dim')}, in/out "
+                     f"channels {vq['in_channels']}/{vq['out_channels']}, widths {widths}: ours quantise the "
+                     "latents as they are, reconstruct their input and widen by integer multiples")
+  size = vq.get("sample_size", 0)
+  config = json.loads(json.dumps(base))
+  config["data"].update(image_size=int(size[0] if isinstance(size, (list, tuple)) else size),
+                        channels=int(vq["in_channels"]))
+  config["model"].update(channels=widths[0], channel_mults=[w // widths[0] for w in widths], layout="diffusers",
+                         num_res_blocks=int(vq["layers_per_block"]), code_dim=int(code_dim),
+                         codebook_size=int(vq["num_vq_embeddings"]), num_groups=int(vq["norm_num_groups"]))
+  config["diffusers"] = "VQModel"  # not a run of ours: first_stage.from_diffusers
+  return config
+
+
 def read_params(folder: str, abstract: dict, tensors: dict[str, np.ndarray] | None = None) -> dict:
   """The parameters of our model with Param shapes `abstract` from the diffusers weights in `folder` (or `tensors`
   read from there and renamed): the exporter's names and layouts (torch_layout) run backwards; every tensor must

@@ -64,8 +64,10 @@ class CoderBlock(nnx.Module):
 
 
 class Encoder(nnx.Module):
+  """diffusers' VAE Encoder: 2 x latent_channels out (mean and log-variance), or `out_channels` (VQModel's)."""
 
-  def __init__(self, *, in_channels, widths: Sequence[int], layers_per_block, latent_channels, groups, rngs, dtype):
+  def __init__(self, *, in_channels, widths: Sequence[int], layers_per_block, latent_channels, groups, rngs, dtype,
+               out_channels: int | None = None):
     self.conv_in = layers.conv(in_channels, widths[0], rngs, dtype)
     cins = [widths[0]] + list(widths[:-1])
     self.down_blocks = nnx.List([
@@ -73,7 +75,7 @@ class Encoder(nnx.Module):
                    downsample=i < len(widths) - 1) for i, (cin, cout) in enumerate(zip(cins, widths))])
     self.mid_block = MidBlock(widths[-1], groups=groups, rngs=rngs, dtype=dtype)
     self.conv_norm_out = layers.group_norm(widths[-1], groups, rngs, dtype, epsilon=EPS)
-    self.conv_out = layers.conv(widths[-1], 2 * latent_channels, rngs, dtype)
+    self.conv_out = layers.conv(widths[-1], out_channels or 2 * latent_channels, rngs, dtype)
 
   def __call__(self, x):
     h = self.conv_in(x)

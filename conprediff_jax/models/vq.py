@@ -17,9 +17,10 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from conprediff_jax.models import layers
+from conprediff_jax.models import kl, layers
 
 NORM_EPS = 1e-6  # taming-transformers' VQGAN GroupNorm epsilon
 LAPLACE_EPS = 1e-5  # Sonnet VectorQuantizerEMA's smoothing of the cluster sizes, so no code divides by zero
@@ -124,24 +125,43 @@ def nearest_codes(z: jax.Array, codebook: jax.Array) -> jax.Array:
   return jnp.argmin(distances, axis=-1).astype(jnp.int32)
 
 
+LAYOUTS = ("vqvae", "diffusers")  # config.model.layout
+
+
 class VQVAE(nnx.Module):
-  """Convolutional VQ-VAE: `images [B,H,W,C] -> (reconstruction, tokens [B,H/d,W/d], aux)`, d = `downsample`."""
+  """Convolutional VQ-VAE: `images [B,H,W,C] -> (reconstruction, tokens [B,H/d,W/d], aux)`, d = `downsample`.
+
+  `layout="diffusers"` builds diffusers' `VQModel` instead of the encoder and decoder above, module for module:
+  its VAE Encoder (down blocks, a mid block with attention) to code_dim channels, quant_conv, the codebook,
+  post_quant_conv and its Decoder (models/kl.py's), so that a VQModel's weights come in and go out by renaming
+  (export/diffusers_export.py); the codebook and its EMA statistics are the same."""
 
   def __init__(self, *, image_channels: int, channels: int, channel_mults: tuple[int, ...], num_res_blocks: int,
                codebook_size: int, code_dim: int, num_groups: int = 8, commitment_cost: float = 0.25,
-               codebook_decay: float = 0.99, dead_code_threshold: float = 0.03, dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               codebook_decay: float = 0.99, dead_code_threshold: float = 0.03, layout: str = "vqvae",
+               dtype=jnp.float32, rngs: nnx.Rngs):
     widths = [channels * m for m in channel_mults]
     common = dict(image_channels=image_channels, widths=widths, num_res_blocks=num_res_blocks, code_dim=code_dim,
                   groups=num_groups, rngs=rngs, dtype=dtype)
+    if layout not in LAYOUTS:
+      raise ValueError(f"config.model.layout must be one of {LAYOUTS}, got {layout!r}")
+    self.layout = layout
     self.num_levels = len(channel_mults)
     self.codebook_size = codebook_size
     self.code_dim = code_dim
     self.commitment_cost = commitment_cost
     self.codebook_decay = codebook_decay
     self.dead_code_threshold = dead_code_threshold
-    self.encoder = Encoder(**common)
-    self.decoder = Decoder(**common)
+    if layout == "vqvae":
+      self.encoder, self.decoder = Encoder(**common), Decoder(**common)
+      self.quant_conv = self.post_quant_conv = None
+    else:
+      coder = dict(widths=widths, layers_per_block=num_res_blocks, latent_channels=code_dim, groups=num_groups,
+                   rngs=rngs, dtype=dtype)
+      self.encoder = kl.Encoder(in_channels=image_channels, out_channels=code_dim, **coder)
+      self.decoder = kl.Decoder(out_channels=image_channels, **coder)
+      self.quant_conv = _conv(code_dim, code_dim, rngs, dtype, kernel=1)
+      self.post_quant_conv = _conv(code_dim, code_dim, rngs, dtype, kernel=1)
 
     codebook = jax.random.normal(rngs.params(), (codebook_size, code_dim), jnp.float32)
     self.codebook = nnx.BatchStat(codebook)
@@ -156,11 +176,12 @@ class VQVAE(nnx.Module):
     return 2 ** (self.num_levels - 1)
 
   def encode(self, images):
-    return self.encoder(images).astype(jnp.float32)
+    z_e = self.encoder(images)
+    return (z_e if self.quant_conv is None else self.quant_conv(z_e)).astype(jnp.float32)
 
   def decode(self, z_q, head_input: bool = False):
     """Images; with `head_input`, (images, what the decoder's last layer reads)."""
-    out = self.decoder(z_q, head_input)
+    out = self.decoder(z_q if self.post_quant_conv is None else self.post_quant_conv(z_q), head_input)
     return (out[0].astype(jnp.float32), out[1]) if head_input else out.astype(jnp.float32)
 
   def embed(self, tokens):
@@ -234,4 +255,13 @@ def vq_from_config(config, *, rngs: nnx.Rngs) -> VQVAE:
   return VQVAE(image_channels=d.channels, channels=m.channels, channel_mults=tuple(m.channel_mults),
                num_res_blocks=m.num_res_blocks, codebook_size=m.codebook_size, code_dim=m.code_dim,
                num_groups=m.num_groups, commitment_cost=m.commitment_cost, codebook_decay=m.codebook_decay,
-               dead_code_threshold=m.dead_code_threshold, dtype=jnp.dtype(m.dtype), rngs=rngs)
+               dead_code_threshold=m.dead_code_threshold, layout=m.get("layout", "vqvae"), dtype=jnp.dtype(m.dtype),
+               rngs=rngs)
+
+
+def codebook_buffers(codebook) -> dict:
+  """The VQ model's buffers for a codebook that comes without its EMA statistics (an imported VQModel's): each code
+  one pseudo-observation at itself and uniform usage, as a fresh codebook starts."""
+  k = codebook.shape[0]
+  return {"codebook": codebook, "ema_embed_sum": codebook, "ema_cluster_size": np.ones((k,), np.float32),
+          "ema_usage": np.full((k,), 1.0 / k, np.float32)}
