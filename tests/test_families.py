@@ -153,9 +153,12 @@ def test_the_sampler_takes_the_inference_weights_alone(family, tokenizer_workdir
                                       exp.config.data.channels)
 
 
-def test_export_without_an_exporter_is_a_one_line_user_error(tmp_path):
+def test_export_without_an_exporter_is_a_one_line_user_error(tmp_path, tokenizer_workdir):
   from conprediff_jax import main  # pylint: disable=g-import-not-at-top
-  with pytest.raises(ValueError, match="'autoencoder' family has no exporter") as error:
+  with pytest.raises(ValueError, match="'masked' family has no exporter") as error:
+    export.export(families.get(tiny_config("masked", tokenizer_workdir)), {}, str(tmp_path))
+  assert main.is_startup_error(error.value) and "\n" not in str(error.value)
+  with pytest.raises(ValueError, match="config.model.layout='diffusers'") as error:  # a tokenizer of our own layout
     export.export(families.get(tiny_config("autoencoder")), {}, str(tmp_path))
   assert main.is_startup_error(error.value) and "\n" not in str(error.value)
   mask_conditional = tiny_config()
