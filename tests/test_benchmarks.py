@@ -63,5 +63,5 @@ def test_step_time_variants_parse_into_config_overrides():
   assert overrides == {"model.channels": 16, "model.channel_mults": (1, 2, 4), "train.lr_schedule": "cosine"}
   config = step_time.make_config(overrides)
   assert config.model.channel_mults == (1, 2, 4) and config.model.channels == 16
-  with pytest.raises(SystemExit, match="'model.width' is not a config key"):
-    step_time.make_config({"model.width": 3})
+  with pytest.raises(SystemExit, match="'model.colour' is not a config key"):
+    step_time.make_config({"model.colour": 3})

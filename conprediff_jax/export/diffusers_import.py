@@ -39,7 +39,7 @@ CONDITION_FIXED = {"mid_block_type": "UNetMidBlock2DCrossAttn", "transformer_lay
                    "encoder_hid_dim": None, "time_cond_proj_dim": None, "conv_in_kernel": 3, "conv_out_kernel": 3,
                    "timestep_post_act": None, "cross_attention_norm": None, "resnet_skip_time_act": False,
                    "attention_type": "default", "num_attention_heads": None}
-DIFFUSERS_DEFAULTS = {**FIXED, **CONDITION_FIXED, "norm_eps": 1e-5, "dropout": 0.0}
+DIFFUSERS_DEFAULTS = {**FIXED, "norm_eps": 1e-5, "dropout": 0.0}
 CLASSES = ("UNet2DModel", "UNet2DConditionModel")
 REQUIRED = ("sample_size", "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
             "layers_per_block", "attention_head_dim", "norm_num_groups")
@@ -75,8 +75,9 @@ def config_overrides(unet: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"the UNet's config.json lacks {missing}")
   name = unet.get("_class_name", "UNet2DModel")
   text = name == "UNet2DConditionModel"
-  get = lambda k: unet.get(k, DIFFUSERS_DEFAULTS[k])
-  for key, value in {**FIXED, **(CONDITION_FIXED if text else {})}.items():
+  fixed = {**FIXED, **(CONDITION_FIXED if text else {})}
+  get = lambda k: unet.get(k, {**DIFFUSERS_DEFAULTS, **fixed}[k])
+  for key, value in fixed.items():
     if get(key) != value:
       raise ValueError(f"{name} {key}={get(key)!r} has no equivalent here (ours: {value!r})")
   if abs(get("norm_eps") - NORM_EPS) > 1e-12:
