@@ -2,11 +2,11 @@ r"""Conversions between this project's models and PyTorch's (diffusers), from th
 
     python -m conprediff_jax.convert import DIR [--config=configs/default.py]
 
-`import` reads a diffusers UNet2DModel or DiTTransformer2DModel folder (safetensors), checks every tensor against
+`import` reads a diffusers UNet2DModel, UNet2DConditionModel or DiTTransformer2DModel folder (safetensors), checks every tensor against
 the network that the config with the printed overrides builds, and prints the command that fine-tunes it here (with
 the context loss on, as the config has it): `--config.model.init_from=DIR` and the model settings that match DIR.
 Given an AutoencoderKL folder, it prints the command that trains a latent model on it
-(`--config.first_stage.workdir=DIR`). Export runs through the trainer:
+(`--config.first_stage.workdir=DIR`), and given a VQModel folder the token model's. Export runs through the trainer:
 `python -m conprediff_jax.main --workdir=W --mode=export` (docs/pytorch.md).
 """
 
@@ -26,6 +26,16 @@ def import_command(path: str, config) -> str:
   from conprediff_jax import export  # pylint: disable=g-import-not-at-top
   from conprediff_jax.families import first_stage  # pylint: disable=g-import-not-at-top
   vae = first_stage.read_config(path)
+  if vae is not None and first_stage.from_diffusers(vae) and vae["family"] == "autoencoder":  # a VQModel: a tokenizer
+    config = cli.load_config_file("configs/digits_tokens.py")
+    config = cli.override(config, {"first_stage.workdir": path, "data.image_size": vae["data"]["image_size"],
+                                   "data.channels": vae["data"]["channels"]}, path)
+    stage = families.get(config).first_stage()
+    count = sum(v.size for v in jax.tree.leaves(stage.weights))
+    return (f"# {path}: VQModel, {count:,} parameters and codes, every tensor matched\npython -m conprediff_jax.main "
+            f"--config=configs/digits_tokens.py --config.first_stage.workdir={path} "
+            f"--config.data.image_size={vae['data']['image_size']} --config.data.channels={vae['data']['channels']} "
+            "--workdir=workdirs/tokens")
   if vae is not None and first_stage.from_diffusers(vae):  # an AutoencoderKL: a latent model's first stage
     config = cli.override(config, {"first_stage.workdir": path, "data.image_size": vae["data"]["image_size"],
                                    "data.channels": vae["data"]["channels"]}, path)

@@ -182,6 +182,12 @@ def test_import_refuses_blocks_whose_embedders_differ_and_a_mismatched_config(tm
   with pytest.raises(ValueError, match="is a DiT with model.depth=2") as error:
     export.import_weights(families.get(_config(class_conditional=True, depth=3)), str(tmp_path))
   assert "\n" not in str(error.value)
+  other = tmp_path / "other"  # a folder of a class that imports as no denoiser here
+  other.mkdir()
+  (other / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel"}))
+  with pytest.raises(ValueError, match="a ControlNetModel; only UNet2DModel and UNet2DConditionModel") as error:
+    export.import_overrides(str(other))
+  assert "\n" not in str(error.value)
 
 
 def test_the_context_head_reads_the_patch_grid_and_its_targets_are_the_patches():

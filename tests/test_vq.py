@@ -244,6 +244,9 @@ def test_a_diffusers_vqmodel_is_read_as_a_tokenizer_computes_what_diffusers_does
   tokens = ours.tokenize(jnp.asarray(x))
   np.testing.assert_array_equal(np.asarray(tokens).reshape(-1), indices.numpy().reshape(-1))
   np.testing.assert_allclose(ours.decode_tokens(tokens), decoded, atol=1e-4, rtol=1e-4)
+  from conprediff_jax import convert  # pylint: disable=g-import-not-at-top
+  command = convert.import_command(str(tmp_path / "vq"), None)  # what a user runs first
+  assert "VQModel" in command and "--config=configs/digits_tokens.py" in command
   saved = first_stage.config_of_workdir(str(tmp_path / "vq"))
   export.export(families.get(saved), stage.weights, str(tmp_path / "back"))
   back = diffusers.VQModel.from_pretrained(tmp_path / "back").state_dict()
