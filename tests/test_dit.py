@@ -185,6 +185,7 @@ def test_import_refuses_blocks_whose_embedders_differ_and_a_mismatched_config(tm
   other = tmp_path / "other"  # a folder of a class that imports as no denoiser here
   other.mkdir()
   (other / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel"}))
+  (other / "diffusion_pytorch_model.safetensors").write_bytes(b"")
   with pytest.raises(ValueError, match="a ControlNetModel; only UNet2DModel and UNet2DConditionModel") as error:
     export.import_overrides(str(other))
   assert "\n" not in str(error.value)
