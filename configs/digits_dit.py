@@ -5,8 +5,10 @@ context head predicts each token's neighbourhood of patches.
     python -m conprediff_jax.main --config=configs/digits_dit.py --workdir=workdirs/digits_dit
     python -m conprediff_jax.main --config=configs/digits_dit.py --workdir=workdirs/digits_dit --mode=eval
 
-Sized for a 2-core CPU: width 128, 6 blocks, 4 heads (a DiT-S/2 cut to a third of its width and half its depth).
-Time and FD-digits to expect, beside the UNet's at equal training time: docs/families.md, "The DiT".
+Sized for a 2-core CPU: width 128, 6 blocks, 4 heads (a DiT-S/2 cut to a third of its width and half its depth);
+about 6 minutes of training on a 2-core AMD EPYC. What to expect (2026-12-07, three seeds, 2,048 samples): FD-digits
+39.3 +- 2.9, far behind the default UNet's 10.9 trained as long, and 44.7 with the context loss off
+(docs/ablation.md, "The DiT", with the command).
 """
 
 from configs import default
