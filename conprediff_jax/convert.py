@@ -26,25 +26,19 @@ def import_command(path: str, config) -> str:
   from conprediff_jax import export  # pylint: disable=g-import-not-at-top
   from conprediff_jax.families import first_stage  # pylint: disable=g-import-not-at-top
   vae = first_stage.read_config(path)
-  if vae is not None and first_stage.from_diffusers(vae) and vae["family"] == "autoencoder":  # a VQModel: a tokenizer
-    config = cli.load_config_file("configs/digits_tokens.py")
-    config = cli.override(config, {"first_stage.workdir": path, "data.image_size": vae["data"]["image_size"],
-                                   "data.channels": vae["data"]["channels"]}, path)
+  if vae is not None and first_stage.from_diffusers(vae):  # a first stage: a VQModel's tokens, AutoencoderKL's latents
+    tokens = vae["family"] == "autoencoder"
+    kind, stage_config, workdir = (("VQModel", "configs/digits_tokens.py", "tokens") if tokens else
+                                   ("AutoencoderKL", "configs/digits_latent.py", "latent"))
+    shape = {"data.image_size": vae["data"]["image_size"], "data.channels": vae["data"]["channels"]}
+    config = cli.override(cli.load_config_file(stage_config) if tokens else config,
+                          {"first_stage.workdir": path, **shape}, path)
     stage = families.get(config).first_stage()
     count = sum(v.size for v in jax.tree.leaves(stage.weights))
-    return (f"# {path}: VQModel, {count:,} parameters and codes, every tensor matched\npython -m conprediff_jax.main "
-            f"--config=configs/digits_tokens.py --config.first_stage.workdir={path} "
-            f"--config.data.image_size={vae['data']['image_size']} --config.data.channels={vae['data']['channels']} "
-            "--workdir=workdirs/tokens")
-  if vae is not None and first_stage.from_diffusers(vae):  # an AutoencoderKL: a latent model's first stage
-    config = cli.override(config, {"first_stage.workdir": path, "data.image_size": vae["data"]["image_size"],
-                                   "data.channels": vae["data"]["channels"]}, path)
-    stage = families.get(config).first_stage()
-    count = sum(v.size for v in jax.tree.leaves(stage.weights))
-    return (f"# {path}: AutoencoderKL, {count:,} parameters, every tensor matched, scaling factor "
-            f"{vae['scaling_factor']}\npython -m conprediff_jax.main --config=configs/digits_latent.py "
-            f"--config.first_stage.workdir={path} --config.data.image_size={vae['data']['image_size']} "
-            f"--config.data.channels={vae['data']['channels']} --workdir=workdirs/latent")
+    scaling = "" if tokens else f", scaling factor {vae['scaling_factor']}"
+    return (f"# {path}: {kind}, {count:,} parameters, every tensor matched{scaling}\npython -m conprediff_jax.main "
+            f"--config={stage_config} --config.first_stage.workdir={path} "
+            + " ".join(f"--config.{k}={v}" for k, v in shape.items()) + f" --workdir=workdirs/{workdir}")
   folder, overrides = export.import_overrides(path)
   overrides["model.init_from"] = path
   config = cli.override(config, overrides, path)

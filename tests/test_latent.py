@@ -154,6 +154,9 @@ def test_a_diffusers_autoencoder_kl_folder_serves_as_the_first_stage(tmp_path):
   family = families.get(config)
   stage = family.first_stage()
   assert family.latent.scaling_factor == pytest.approx(0.37) and stage.source.endswith("(diffusers)")
+  from conprediff_jax import convert  # pylint: disable=g-import-not-at-top
+  command = convert.import_command(str(tmp_path), config)  # what a user runs first: the latent model's command
+  assert "AutoencoderKL" in command and "scaling factor 0.37" in command and "configs/digits_latent.py" in command
   latents = np.random.default_rng(0).normal(size=(2, 4, 4, 2)).astype(np.float32)
   ours = np.asarray(family.latent.decode(nnx.merge(stage.graphdef, stage.weights), jnp.asarray(latents)))
   with torch.no_grad():
