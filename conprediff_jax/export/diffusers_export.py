@@ -371,18 +371,25 @@ def export_latent_pipeline(denoiser_config, ema_params: Mapping, autoencoder_con
   return out_dir
 
 
-def autoencoder_kl_config(config, scaling_factor: float) -> dict[str, Any]:
-  """`AutoencoderKL(**autoencoder_kl_config(config, s))` builds the network configs/digits_kl.py describes."""
+def _coder_config(config) -> dict[str, Any]:
+  """The settings of diffusers' VAE encoder and decoder that AutoencoderKL and VQModel share, from our config."""
   m, d = config.model, config.data
   levels = len(m.channel_mults)
   return {
       "in_channels": d.channels, "out_channels": d.channels,
       "down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
       "block_out_channels": [m.channels * k for k in m.channel_mults], "layers_per_block": m.num_res_blocks,
-      "act_fn": "silu", "latent_channels": m.latent_channels, "norm_num_groups": m.num_groups,
-      "sample_size": d.image_size, "scaling_factor": float(scaling_factor), "shift_factor": None,
+      "act_fn": "silu", "norm_num_groups": m.num_groups, "sample_size": d.image_size, "mid_block_add_attention": True,
+  }
+
+
+def autoencoder_kl_config(config, scaling_factor: float) -> dict[str, Any]:
+  """`AutoencoderKL(**autoencoder_kl_config(config, s))` builds the network configs/digits_kl.py describes."""
+  return {
+      **_coder_config(config), "latent_channels": config.model.latent_channels,
+      "scaling_factor": float(scaling_factor), "shift_factor": None,
       "latents_mean": None, "latents_std": None, "force_upcast": True, "use_quant_conv": True,
-      "use_post_quant_conv": True, "mid_block_add_attention": True,
+      "use_post_quant_conv": True,
   }
 
 
@@ -398,19 +405,14 @@ def export_autoencoder(config, weights: Mapping, out_dir: str, scaling_factor: f
 
 def vqmodel_config(config) -> dict[str, Any]:
   """`VQModel(**vqmodel_config(config))` builds the VQ tokenizer of a config with model.layout="diffusers"."""
-  m, d = config.model, config.data
+  m = config.model
   if m.get("layout", "vqvae") != "diffusers":
     raise ValueError(f"--mode=export: a VQ tokenizer exports as a diffusers VQModel with config.model.layout="
                      f"'diffusers' (this one's is {m.get('layout', 'vqvae')!r}: models/vq.py's own layout, which "
                      "diffusers has no class for); train it with that layout to export it")
-  levels = len(m.channel_mults)
   return {
-      "in_channels": d.channels, "out_channels": d.channels,
-      "down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
-      "block_out_channels": [m.channels * k for k in m.channel_mults], "layers_per_block": m.num_res_blocks,
-      "act_fn": "silu", "latent_channels": m.code_dim, "sample_size": d.image_size,
-      "num_vq_embeddings": m.codebook_size, "norm_num_groups": m.num_groups, "vq_embed_dim": m.code_dim,
-      "scaling_factor": 1.0, "norm_type": "group", "mid_block_add_attention": True, "lookup_from_codebook": False,
+      **_coder_config(config), "latent_channels": m.code_dim, "num_vq_embeddings": m.codebook_size,
+      "vq_embed_dim": m.code_dim, "scaling_factor": 1.0, "norm_type": "group", "lookup_from_codebook": False,
       "force_upcast": False,
   }
 
