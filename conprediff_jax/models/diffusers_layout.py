@@ -31,31 +31,38 @@ def torch_layout(leaf_name: str, ndim: int) -> tuple[str, tuple[int, ...] | None
   raise ValueError(f"no diffusers equivalent for a {ndim}-d parameter named {leaf_name!r}")
 
 
+def _coder_config(found: dict[str, Any], base: dict[str, Any], name: str, fixed: dict[str, Any]) -> dict[str, Any]:
+  """`base` with the data shape and network widths of the diffusers VAE coder (`name`: AutoencoderKL, VQModel)
+  configured by `found`; the settings ours has one value of (`fixed`, beside the coder's own) are checked first."""
+  for key, value in {"act_fn": "silu", "mid_block_add_attention": True, **fixed}.items():
+    if found.get(key, value) != value:
+      raise ValueError(f"{name} {key}={found[key]!r} has no equivalent here (ours: {value!r})")
+  widths = list(found["block_out_channels"])
+  levels = len(widths)
+  if (list(found["down_block_types"]) != ["DownEncoderBlock2D"] * levels
+      or list(found["up_block_types"]) != ["UpDecoderBlock2D"] * levels):
+    raise ValueError(f"{name} blocks {found['down_block_types']} / {found['up_block_types']}: only "
+                     "DownEncoderBlock2D / UpDecoderBlock2D import")
+  if found["in_channels"] != found["out_channels"] or any(w % widths[0] for w in widths):
+    raise ValueError(f"{name} in/out channels {found['in_channels']}/{found['out_channels']} and widths {widths}: "
+                     "ours reconstruct their input and widen by integer multiples")
+  size = found.get("sample_size", 0)
+  config = json.loads(json.dumps(base))
+  config["data"].update(image_size=int(size[0] if isinstance(size, (list, tuple)) else size),
+                        channels=int(found["in_channels"]))
+  config["model"].update(channels=widths[0], channel_mults=[w // widths[0] for w in widths],
+                         num_res_blocks=int(found["layers_per_block"]), num_groups=int(found["norm_num_groups"]))
+  return config
+
+
 def autoencoder_config(vae: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
   """The config (as a dict, like a run's config.json) of the KL autoencoder that reads the diffusers
   `AutoencoderKL(**vae)` weights, from `base` (configs/digits_kl.py's); its `scaling_factor` is diffusers'. Settings
   ours cannot express are refused by name."""
-  fixed = {"act_fn": "silu", "use_quant_conv": True, "use_post_quant_conv": True, "mid_block_add_attention": True,
-           "shift_factor": None, "latents_mean": None, "latents_std": None}
-  for key, value in fixed.items():
-    if vae.get(key, value) != value:
-      raise ValueError(f"AutoencoderKL {key}={vae[key]!r} has no equivalent here (ours: {value!r})")
-  widths = list(vae["block_out_channels"])
-  levels = len(widths)
-  if (list(vae["down_block_types"]) != ["DownEncoderBlock2D"] * levels
-      or list(vae["up_block_types"]) != ["UpDecoderBlock2D"] * levels):
-    raise ValueError(f"AutoencoderKL blocks {vae['down_block_types']} / {vae['up_block_types']}: only "
-                     "DownEncoderBlock2D / UpDecoderBlock2D import")
-  if vae["in_channels"] != vae["out_channels"] or any(w % widths[0] for w in widths):
-    raise ValueError(f"AutoencoderKL in/out channels {vae['in_channels']}/{vae['out_channels']} and widths {widths}: "
-                     "ours reconstruct their input and widen by integer multiples")
-  size = vae.get("sample_size", 0)
-  config = json.loads(json.dumps(base))
-  config["data"].update(image_size=int(size[0] if isinstance(size, (list, tuple)) else size),
-                        channels=int(vae["in_channels"]))
-  config["model"].update(channels=widths[0], channel_mults=[w // widths[0] for w in widths],
-                         num_res_blocks=int(vae["layers_per_block"]), latent_channels=int(vae["latent_channels"]),
-                         num_groups=int(vae["norm_num_groups"]))
+  config = _coder_config(vae, base, "AutoencoderKL", {
+      "use_quant_conv": True, "use_post_quant_conv": True, "shift_factor": None, "latents_mean": None,
+      "latents_std": None})
+  config["model"]["latent_channels"] = int(vae["latent_channels"])
   config["scaling_factor"] = float(vae.get("scaling_factor", 0.18215))
   return config
 
@@ -64,28 +71,12 @@ def vq_config(vq: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
   """The config (as a dict, like a run's config.json) of the VQ tokenizer (model.layout="diffusers") that reads the
   diffusers `VQModel(**vq)` weights, from `base` (configs/digits_vq.py's). Settings ours cannot express are refused
   by name."""
-  fixed = {"act_fn": "silu", "norm_type": "group", "mid_block_add_attention": True, "lookup_from_codebook": False}
-  for key, value in fixed.items():
-    if vq.get(key, value) != value:
-      raise ValueError(f"VQModel {key}={vq[key]!r} has no equivalent here (ours: {value!r})")
-  widths = list(vq["block_out_channels"])
-  levels = len(widths)
-  if (list(vq["down_block_types"]) != ["DownEncoderBlock2D"] * levels
-      or list(vq["up_block_types"]) != ["UpDecoderBlock2D"] * levels):
-    raise ValueError(f"VQModel blocks {vq['down_block_types']} / {vq['up_block_types']}: only DownEncoderBlock2D / "
-                     "UpDecoderBlock2D import")
+  config = _coder_config(vq, base, "VQModel", {"norm_type": "group", "lookup_from_codebook": False})
   code_dim = vq.get("vq_embed_dim") or vq["latent_channels"]
-  if code_dim != vq["latent_channels"] or vq["in_channels"] != vq["out_channels"] or any(w % widths[0] for w in widths):
-    raise ValueError(f"VQModel latent_channels={vq['latent_channels']}, vq_embed_dim={vq.get('vq_embed_dim')}, in/out "
-                     f"channels {vq['in_channels']}/{vq['out_channels']}, widths {widths}: ours quantise the "
-                     "latents as they are, reconstruct their input and widen by integer multiples")
-  size = vq.get("sample_size", 0)
-  config = json.loads(json.dumps(base))
-  config["data"].update(image_size=int(size[0] if isinstance(size, (list, tuple)) else size),
-                        channels=int(vq["in_channels"]))
-  config["model"].update(channels=widths[0], channel_mults=[w // widths[0] for w in widths], layout="diffusers",
-                         num_res_blocks=int(vq["layers_per_block"]), code_dim=int(code_dim),
-                         codebook_size=int(vq["num_vq_embeddings"]), num_groups=int(vq["norm_num_groups"]))
+  if code_dim != vq["latent_channels"]:
+    raise ValueError(f"VQModel vq_embed_dim={code_dim} with latent_channels={vq['latent_channels']}: ours quantise "
+                     "the latents as they are")
+  config["model"].update(layout="diffusers", code_dim=int(code_dim), codebook_size=int(vq["num_vq_embeddings"]))
   config["diffusers"] = "VQModel"  # not a run of ours: first_stage.from_diffusers
   return config
 
