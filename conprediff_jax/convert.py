@@ -2,12 +2,12 @@ r"""Conversions between this project's models and PyTorch's (diffusers), from th
 
     python -m conprediff_jax.convert import DIR [--config=configs/default.py]
 
-`import` reads a diffusers UNet2DModel, UNet2DConditionModel or DiTTransformer2DModel folder (safetensors), checks every tensor against
-the network that the config with the printed overrides builds, and prints the command that fine-tunes it here (with
-the context loss on, as the config has it): `--config.model.init_from=DIR` and the model settings that match DIR.
-Given an AutoencoderKL folder, it prints the command that trains a latent model on it
-(`--config.first_stage.workdir=DIR`), and given a VQModel folder the token model's. Export runs through the trainer:
-`python -m conprediff_jax.main --workdir=W --mode=export` (docs/pytorch.md).
+`import` reads a diffusers UNet2DModel, UNet2DConditionModel or DiTTransformer2DModel folder (safetensors), checks
+every tensor against the network that the config with the printed overrides builds, and prints the command that
+fine-tunes it here (with the context loss on, as the config has it): `--config.model.init_from=DIR` and the model
+settings that match DIR. Given an AutoencoderKL folder, it prints the command that trains a latent model on it
+(`--config.first_stage.workdir=DIR`), and given a VQModel folder the token model's. Export runs through the
+trainer: `python -m conprediff_jax.main --workdir=W --mode=export` (docs/pytorch.md).
 """
 
 from absl import app

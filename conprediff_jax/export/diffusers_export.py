@@ -39,7 +39,7 @@ import numpy as np
 
 from conprediff_jax import conditioning, families
 from conprediff_jax.diffusion import gaussian
-from conprediff_jax.models import text_encoder
+from conprediff_jax.models import text_encoder, vq
 from conprediff_jax.models.attention import LN_EPS
 from conprediff_jax.models.diffusers_layout import WEIGHTS_NAME, torch_layout
 from conprediff_jax.models.unet import NORM_EPS
@@ -420,9 +420,9 @@ def vqmodel_config(config) -> dict[str, Any]:
 def export_vqmodel(config, weights: Mapping, out_dir: str) -> str:
   """Writes a `VQModel.from_pretrained`-loadable folder: the network's parameters and the codebook as
   `quantize.embedding.weight`; the codebook's EMA statistics stay behind (training state)."""
-  vq = vqmodel_config(config)
-  params = {k: v for k, v in weights.items() if k not in ("codebook", "ema_cluster_size", "ema_embed_sum", "ema_usage")}
+  model_config = vqmodel_config(config)
+  params = {k: v for k, v in weights.items() if k not in vq.BUFFERS}
   state = to_diffusers_state_dict(params)
   state["quantize.embedding.weight"] = np.array(jax.device_get(weights["codebook"]), np.float32)
-  write_model(out_dir, "VQModel", vq, state)
+  write_model(out_dir, "VQModel", model_config, state)
   return out_dir

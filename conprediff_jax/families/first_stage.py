@@ -86,9 +86,9 @@ def token_grid(saved: dict) -> int:
 
 def check(config, *, family: str, kind: str, make: str, files: bool, diffusers: str = "") -> dict:
   """config.first_stage.workdir holds a trained `family` run (`kind` in messages) of the config's image shape, or a
-  folder of the diffusers class `diffusers` (AutoencoderKL, VQModel) that reads as one; `make` says how to train it. Without `files`
-  (--mode=compile), the config that would train it (config.first_stage.config) stands in for the run. Returns the
-  first stage's config."""
+  folder of the diffusers class `diffusers` (AutoencoderKL, VQModel) that reads as one; `make` says how to train it.
+  Without `files` (--mode=compile), the config that would train it (config.first_stage.config) stands in for the
+  run. Returns the first stage's config."""
   workdir = config.first_stage.workdir
   what = f"{kind} (nor a diffusers {diffusers} folder)" if diffusers else kind
   if files:

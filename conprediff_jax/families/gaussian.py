@@ -48,7 +48,8 @@ class GaussianFamily(Family):
     workdir = config.first_stage.workdir
     if workdir:  # latent diffusion reads a trained KL autoencoder of the same images
       first_stage_lib.check(config, family="kl_autoencoder", kind="KL autoencoder", files=files,
-                            diffusers="AutoencoderKL", make=f"train it first: python -m conprediff_jax.main --config=<its autoencoder config: "
+                            diffusers="AutoencoderKL",
+                            make=f"train it first: python -m conprediff_jax.main --config=<its autoencoder config: "
                             f"configs/digits_kl.py for the digits, configs/paper_kl.py:<task> for the paper's tasks> "
                             f"--workdir={workdir}")
     view = denoiser_view(config)

@@ -5,7 +5,7 @@ a GELU MLP, each gated by a scale the timestep and class regress, zero at initia
 and a linear layer to p x p x C per token, unpatchified. Names as diffusers' (pos_embed.proj,
 transformer_blocks.{i}.{norm1.linear, attn1.to_q, ..., ff.net.0.proj, ff.net.2}, proj_out_1, proj_out_2), except
 that the timestep and class embedders are held once (`emb`, as the DiT paper's network) where diffusers keeps a
-copy in every block's norm1: the exporter writes the copies, the importer checks they agree (export/dit.py).
+copy in every block's norm1: the exporter writes the copies, the importer checks they agree (export/diffusers_dit.py).
 
 A text-conditional DiT (config.model.text_conditional) adds cross-attention to the prompt after the
 self-attention of every block (`norm2`, `attn2`, as PixArt-alpha's); a mask-conditioned one reads the known

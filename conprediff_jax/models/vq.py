@@ -259,6 +259,9 @@ def vq_from_config(config, *, rngs: nnx.Rngs) -> VQVAE:
                rngs=rngs)
 
 
+BUFFERS = ("codebook", "ema_cluster_size", "ema_embed_sum", "ema_usage")  # the codebook and its EMA statistics
+
+
 def codebook_buffers(codebook) -> dict:
   """The VQ model's buffers for a codebook that comes without its EMA statistics (an imported VQModel's): each code
   one pseudo-observation at itself and uniform usage, as a fresh codebook starts."""
