@@ -99,14 +99,16 @@ def xla_categories(hlo_text: str) -> dict[str, str]:
   return names
 
 
-def profile_ours(step: workloads.TrainStep, steps: int) -> tuple[dict[str, float], float]:
+def profile_ours(step: workloads.TrainStep, steps: int,
+                 names: dict[str, str] | None = None) -> tuple[dict[str, float], float]:
   """(seconds per step in each category, summed over thunks; seconds per step when any thunk ran), from a trace.
 
   XLA:CPU parallelises inside a thunk (a convolution uses every thread), so the two are close when thunks ran one
-  at a time, and the category times are then wall times like torch's self times.
+  at a time, and the category times are then wall times like torch's self times. `names` maps each instruction to
+  its category (default: xla_categories; hlo_profile.sources files them by the line of code instead).
   """
   from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
-  names = xla_categories(step.compiled.as_text())
+  names = names or xla_categories(step.compiled.as_text())
   with tempfile.TemporaryDirectory() as trace_dir:
     jax.profiler.start_trace(trace_dir)
     for _ in range(steps):

@@ -3,11 +3,14 @@ decoding throughput.
 
     python -m conprediff_jax.main --config=configs/digits_vq.py --workdir=workdirs/digits_vq   # the tokenizer, once
     python -m benchmarks.token_model                      # --tokenizer=workdirs/digits_vq
+    python -m benchmarks.token_model --profile            # also: each step's thread time by line of code
 
 Both train steps are built by `train.make_experiment` from configs/digits_tokens.py (config.context.weight 0 vs
 its 0.1) and compiled as the trainer compiles them, the frozen tokenizer passed as its own argument, on real
 digits batches. Decoding: the jitted sampler (MaskGIT steps, then the tokenizer's decoder) for
-config.sample.num_images images, fetched to the host. Target: context on / off <= 1.10.
+config.sample.num_images images, fetched to the host. Target: context on / off <= 1.10. --profile traces 20 of each
+step with jax.profiler and sums the time of the executed instructions (thunks, on every thread) by the line of code
+that made them (hlo_profile.sources): where the context step's extra time goes.
 """
 
 import os
@@ -18,6 +21,7 @@ import numpy as np
 from benchmarks import harness
 from benchmarks import workloads
 from configs import digits_tokens
+from conprediff_jax import hlo_profile
 from conprediff_jax import sampling
 
 TARGET = 1.10
@@ -55,6 +59,7 @@ def main():
   p.add_argument("--tokenizer", default="workdirs/digits_vq", help="a trained tokenizer's workdir")
   p.add_argument("--position-fraction", type=float, default=None,
                  help="context.position_fraction of the 'on' step (unset: the config's)")
+  p.add_argument("--profile", action="store_true", help="also each step's thread time by line of code")
   args = p.parse_args()
   if not os.path.isdir(os.path.join(args.tokenizer, "checkpoints")):
     raise SystemExit(f"no tokenizer in {args.tokenizer}: train it first with "
@@ -87,6 +92,22 @@ def main():
   print(f"\nMaskGIT decoding, {decoder.num_images} images x {config.sample.steps} steps + tokenizer decoder: "
         f"{harness.seconds(harness.median(decode_times))} per batch, {images_per_s:.0f} images/s "
         f"(compile {decode_compile_s:.1f} s)")
+  if args.profile:
+    print_profile(steps)
+
+
+def print_profile(steps: dict[str, workloads.TrainStep], count: int = 20, top: int = 15):
+  """The lines of code whose thunks took the most extra thread time per step with the context loss on."""
+  from benchmarks import profile_step  # pylint: disable=g-import-not-at-top  # it imports torch, for its peer
+  ms = {name: {line: 1e3 * t for line, t in profile_step.profile_ours(
+      step, count, hlo_profile.sources(step.compiled.as_text()))[0].items()} for name, step in steps.items()}
+  extra = lambda line: ms["on"].get(line, 0.0) - ms["off"].get(line, 0.0)
+  print()
+  harness.table(["line of code", "context off (ms)", "context on (ms)", "on - off (ms)"])
+  for line in sorted(set(ms["on"]) | set(ms["off"]), key=extra, reverse=True)[:top]:
+    harness.row([line, f"{ms['off'].get(line, 0.0):.2f}", f"{ms['on'].get(line, 0.0):.2f}", f"{extra(line):+.2f}"])
+  harness.row(["every line (thread time per step)", f"{sum(ms['off'].values()):.2f}", f"{sum(ms['on'].values()):.2f}",
+               f"{sum(ms['on'].values()) - sum(ms['off'].values()):+.2f}"])
 
 
 if __name__ == "__main__":

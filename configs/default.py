@@ -99,8 +99,8 @@ def get_config() -> ml_collections.ConfigDict:
   # ones, at 40% of the time (measurements in context/sinkhorn_solver.py).
   config.context.sinkhorn_iterations = 20
   config.context.num_projections = 0  # sorted: 0 = per coordinate, K > 0 = sliced over K random directions
-  # Score this fraction of the batch's positions each step (drawn afresh, without replacement): an unbiased
-  # estimate of the same loss at a fraction of the decoder's cost. 1.0 scores every position.
+  # 1/g: score one position of every run of g consecutive positions of each example, drawn afresh each step: an
+  # unbiased estimate of the same loss at 1/g of the decoder's cost. 1.0 scores every position.
   config.context.position_fraction = 0.125
   config.context.latent_dim = 16     # size of z (the decoder's Gaussian); 0: the feature width
   config.context.hidden_dim = 32     # width of each stride's MLP g_s

@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.masking.schedule = "cosine"  # masked fraction gamma(r), r ~ U(0, 1): "cosine" | "linear" | "square"
 
   # Strides (1, 2, 3) on the 4x4 grid: at stride 3 only the border tokens have neighbours, and only they are scored.
-  config.context.position_fraction = 0.25  # 16 tokens per image: score a quarter of the batch's each step
+  config.context.position_fraction = 0.25  # 16 tokens per image: score 4 of each image's each step
 
   config.train.steps = 2000
   config.train.batch_size = 64

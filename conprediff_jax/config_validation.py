@@ -116,7 +116,8 @@ BOUNDS: dict[str, Bound] = {
                      "inpaint.jump_length", "inpaint.resamples", "eval.num_samples", "eval.batch_size",
                      "eval.reference_samples"), POSITIVE),
     **dict.fromkeys(("train.ema_decay", "train.cond_dropout"), FRACTION),
-    "context.position_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "context.position_fraction": (lambda v: 0 < v <= 1 and abs(round(1 / v) * v - 1) < 1e-6,
+                                  "1/g for an integer g >= 1 (1.0, 0.5, 0.25, ...)"),
     "context.min_signal": (lambda v: 0 <= v <= 1, "in [0, 1]"),
 }
 ABSENT = object()  # what `get` returns for a key the config lacks

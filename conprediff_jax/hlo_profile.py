@@ -17,6 +17,7 @@ _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
 _CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _FRAME = re.compile(r"stack_frame_id=(\d+)")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = ")
 _TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _CALLED = re.compile(r"(body|condition|to_apply)=%?([\w.\-]+)|(branch_computations)=\{([^}]*)\}")
 
@@ -49,6 +50,24 @@ def _where(frame: int, tables) -> str:
       return f"{path[path.rindex(PACKAGE):]}:{location['line']} ({function})"
     frame = int(fields["parent_frame_id"]) - 1  # printed one above the parent's id; 0: the outermost frame
   return ""
+
+
+def _source(line: str, tables) -> str:
+  """Where an instruction `line` came from: `file:line (function)` in the package, or "(outside conprediff_jax)"."""
+  frame = _FRAME.search(line)
+  return (frame and _where(int(frame.group(1)), tables)) or "(outside conprediff_jax)"
+
+
+def sources(hlo_text: str) -> dict[str, str]:
+  """Each instruction's name -> where it came from (as `profile` files it): on a CPU, whose modules carry no cycle
+  estimates, a `jax.profiler` trace names the instructions it ran, and this maps them to the code."""
+  tables, names = _tables(hlo_text), {}
+  for lines in _computations(hlo_text)[0].values():
+    for line in lines:
+      found = _INSTRUCTION.match(line)
+      if found:
+        names[found.group(1)] = _source(line, tables)
+  return names
 
 
 def _computations(text: str) -> tuple[dict[str, list[str]], str]:
@@ -103,8 +122,7 @@ def profile(hlo_text: str, top: int = 8) -> dict | None:
       op_name = op_name.group(1) if op_name else ""
       op = op_name.rsplit("/", 1)[-1] or "(unnamed)"
       by_op[op + (" (backward)" if "transpose(" in op_name else "")] += spent
-      frame = _FRAME.search(line)
-      by_line[(frame and _where(int(frame.group(1)), tables)) or "(outside conprediff_jax)"] += spent
+      by_line[_source(line, tables)] += spent
   if not total:
     return None
   share = lambda counter: [[k, round(v / total, 4)] for k, v in counter.most_common(top)]

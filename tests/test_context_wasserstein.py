@@ -166,10 +166,14 @@ def test_scipy_w1_sanity():
 def test_dropped_points_are_ignored_even_if_not_finite():
   x, y, keep = random_sets(6, (6,), 8, 8, 3)
   poisoned = np.where(keep[..., None], y, np.nan).astype(np.float32)
+  probabilities = keep * np.random.default_rng(6).uniform(0.5, 1.0, keep.shape)  # zero where dropped
   for solver in ("sorted", "sinkhorn", "exact"):
-    clean = wasserstein2(x, y, y_weights=keep, solver=solver)
-    dirty = wasserstein2(x, poisoned, y_weights=keep, solver=solver)
-    np.testing.assert_allclose(np.asarray(dirty), np.asarray(clean), rtol=1e-6)
+    for weights in (keep, probabilities):  # each solver sets dropped points aside on its own path (mask, weights)
+      clean = wasserstein2(x, y, y_weights=weights, solver=solver)
+      dirty = wasserstein2(x, poisoned, y_weights=weights, solver=solver)
+      np.testing.assert_allclose(np.asarray(dirty), np.asarray(clean), rtol=1e-6)
+  gradient = jax.grad(lambda x: jnp.sum(wasserstein2(x, poisoned, y_weights=keep)))(jnp.asarray(x))
+  assert np.all(np.isfinite(np.asarray(gradient)))
 
 
 def test_leading_dims_broadcast():

@@ -35,7 +35,11 @@ class ContextDecoder(nnx.Module):
     """features [..., F] -> predictions [..., S, Q, target_dim]; `key` draws the Q samples."""
     if features.shape[-1] != self.feature_dim:
       raise ValueError(f"ContextDecoder expects {self.feature_dim} features, got {features.shape[-1]}")
-    mu, log_sigma = jnp.split(self.moments(features), 2, axis=-1)
+    return self.sample(self.moments(features), key)
+
+  def sample(self, moments: jax.Array, key: jax.Array) -> jax.Array:
+    """moments [..., 2 * latent_dim] (`self.moments` of the features: mu, then log sigma) -> predictions."""
+    mu, log_sigma = jnp.split(moments, 2, axis=-1)
     log_sigma = jnp.clip(log_sigma, *LOG_SIGMA_RANGE)
     noise = jax.random.normal(key, mu.shape[:-1] + (self.num_samples, self.latent_dim), mu.dtype)
     z = mu[..., None, :] + jnp.exp(log_sigma)[..., None, :] * noise  # [..., Q, L]

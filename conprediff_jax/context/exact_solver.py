@@ -16,6 +16,7 @@ from conprediff_jax.context import weights as weights_lib
 
 def solve(x: jax.Array, y: jax.Array, a: jax.Array | None, b: jax.Array | None) -> jax.Array:
   """x [..., Q, C], y [..., N, C]; a, b None (uniform), bool masks or probabilities. Returns [...]."""
+  x, y = weights_lib.zero_dropped(x, a), weights_lib.zero_dropped(y, b)
   a = weights_lib.as_probabilities(a, x.shape[-2], x.dtype)
   b = weights_lib.as_probabilities(b, y.shape[-2], y.dtype)
   lead = jnp.broadcast_shapes(x.shape[:-2], y.shape[:-2], a.shape[:-1], b.shape[:-1])

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from conprediff_jax.context import decoder as decoder_lib
 from conprediff_jax.context import wasserstein
 # The package re-exports the function under the module's name, so import the function itself.
-from conprediff_jax.context.neighbourhoods import neighbourhoods
+from conprediff_jax.context.neighbourhoods import OFFSETS, neighbour_mask, neighbourhoods
 
 
 def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targets: jax.Array,
@@ -24,8 +24,11 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
     key: draws the decoder's samples, the scored positions, and the projections of a sliced sorted solver.
     strides: the neighbourhood strides.
     solver: a name in wasserstein.SOLVERS; solver_options go to it.
-    position_fraction: score this fraction of the B*H*W positions, drawn uniformly without replacement each
-      call: an unbiased estimate of the same mean at a fraction of the decoder's cost (1.0: every position).
+    position_fraction: 1/g for an integer g that divides H*W: score one position, drawn uniformly and afresh each
+      call, of every run of g consecutive positions (raster order) of every example. Each position is scored with
+      probability 1/g, so this is an unbiased estimate of the same mean at 1/g of the decoder's cost (1.0: every
+      position). The draw is a one-hot selection within each run: no gather, and a batch split over devices is
+      subsampled where it lies (a draw over all B*H*W positions gathered the whole batch onto every chip).
     example_weights: [B] non-negative weights of each example's terms (a noise-level weighting), or None. They
       scale the terms; the mean still divides by the number of terms, so weights below 1 also shrink the loss.
 
@@ -39,34 +42,50 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
     raise ValueError(f"decoder has {decoder.num_strides} strides, loss got strides={strides}")
   if decoder.target_dim != targets.shape[-1]:
     raise ValueError(f"decoder predicts {decoder.target_dim} channels, targets have {targets.shape[-1]}")
-  if not 0.0 < position_fraction <= 1.0:
-    raise ValueError(f"position_fraction must be in (0, 1], got {position_fraction}")
+  group = run_length(position_fraction)
   targets = jax.lax.stop_gradient(targets.astype(jnp.float32))
-  values, mask = neighbourhoods(targets, strides)  # [B,H,W,S,8,C], [B,H,W,S,8]
-  weights = None
-  if example_weights is not None:
-    if example_weights.shape != targets.shape[:1]:
-      raise ValueError(f"example_weights must be [{targets.shape[0]}], got shape {example_weights.shape}")
-    weights = jnp.broadcast_to(example_weights.astype(jnp.float32)[:, None, None, None], mask.shape[:4])
+  batch, height, width = targets.shape[:3]
+  if example_weights is not None and example_weights.shape != (batch,):
+    raise ValueError(f"example_weights must be [{batch}], got shape {example_weights.shape}")
+  if (height * width) % group:
+    raise ValueError(f"position_fraction 1/{group} needs a multiple of {group} grid positions, got {height}x{width}")
+  if features.shape[-1] != decoder.feature_dim:
+    raise ValueError(f"decoder reads {decoder.feature_dim} features, got {features.shape[-1]}")
+  # The head's first layer runs on every position, before the draw: on a (data, fsdp, model) mesh, XLA's
+  # partitioner (jax 0.10.2) gave that layer wrong gradients when it ran on the drawn positions (the DiT's step in
+  # tests/test_families.py). It is F x 2L per position, a small share of what the head costs.
+  moments = decoder.moments(features.astype(jnp.float32))
+  # Positions in runs of `group`; the mask is the same for every example, [runs, group, S, 8].
+  runs = (batch, height * width // group, group)
+  moments = moments.reshape(runs + moments.shape[-1:])
+  values = neighbourhoods(targets, strides)[0].reshape(runs + (len(strides), len(OFFSETS), targets.shape[-1]))
+  mask = jnp.asarray(neighbour_mask(height, width, strides).reshape(runs[1:] + (len(strides), len(OFFSETS))))
   sample_key, solver_key, position_key = jax.random.split(key, 3)
-  if position_fraction < 1.0:
-    features, values, mask, weights = _random_positions(position_key, position_fraction, features, values, mask,
-                                                        weights)
-  predictions = decoder(features.astype(jnp.float32), sample_key)  # [..., S, Q, C]
+  if group > 1:  # one position of each run, as a one-hot contraction over the run (exact; a where on the random
+    # one-hot gave wrong gradients on such a mesh as well)
+    pick = jax.random.randint(position_key, runs[:2], 0, group)[..., None] == jnp.arange(group)  # [B, runs, g]
+    take = lambda x: jnp.einsum("bng,bng...->bn...", pick.astype(x.dtype), x)
+    moments, values = take(moments), take(values)
+    mask = jnp.any(pick[..., None, None] & mask, axis=2)
+  else:
+    moments, values, mask = moments[:, :, 0], values[:, :, 0], mask[:, 0]
+  predictions = decoder.sample(moments, sample_key)  # [B, positions, S, Q, C]
   if solver_options.get("num_projections"):
     solver_options = {"key": solver_key, **solver_options}
   present = jnp.any(mask, axis=-1)  # [..., S]: has at least one neighbour
   # An empty set has no distance: give it one placeholder point (whose value is ignored), then drop its term.
   mask = mask | (~present[..., None] & (jnp.arange(mask.shape[-1]) == 0))
   distances = wasserstein.wasserstein2(predictions, values, y_weights=mask, solver=solver, **solver_options)
-  if weights is not None:
-    distances = weights * distances
+  if example_weights is not None:
+    distances = example_weights.astype(jnp.float32)[:, None, None] * distances
+  present = jnp.broadcast_to(present, distances.shape)
   return jnp.sum(jnp.where(present, distances, 0.0)) / jnp.maximum(jnp.sum(present), 1)
 
 
-def _random_positions(key, fraction, *arrays):
-  """The same random subset of the B*H*W positions from each array (None stays None), flattened to one axis."""
-  num = arrays[0].shape[0] * arrays[0].shape[1] * arrays[0].shape[2]
-  keep = jax.random.choice(key, num, (max(1, round(fraction * num)),), replace=False)
-  take = lambda x: None if x is None else x.reshape((num,) + x.shape[3:])[keep]
-  return tuple(take(x) for x in arrays)
+def run_length(position_fraction: float) -> int:
+  """g for position_fraction = 1/g; a one-line ValueError for any other fraction."""
+  group = round(1.0 / position_fraction) if 0.0 < position_fraction <= 1.0 else 0
+  if not group or abs(group * position_fraction - 1.0) > 1e-6:
+    raise ValueError(f"position_fraction must be 1/g for an integer g >= 1 (1.0, 0.5, 0.25, ...), got "
+                     f"{position_fraction}")
+  return group

@@ -72,6 +72,7 @@ def solve(x: jax.Array, y: jax.Array, a: jax.Array | None, b: jax.Array | None, 
   if not (0.0 < momentum < 2.0 and epsilon_init >= 1.0 and 0.0 < epsilon_decay <= 1.0):
     raise ValueError("sinkhorn needs 0 < momentum < 2, epsilon_init >= 1 and 0 < epsilon_decay <= 1, got "
                      f"{momentum}, {epsilon_init}, {epsilon_decay}")
+  x, y = weights_lib.zero_dropped(x, a), weights_lib.zero_dropped(y, b)
   a = weights_lib.as_probabilities(a, x.shape[-2], x.dtype)
   b = weights_lib.as_probabilities(b, y.shape[-2], y.dtype)
   lead = jnp.broadcast_shapes(x.shape[:-2], y.shape[:-2], a.shape[:-1], b.shape[:-1])

@@ -22,6 +22,7 @@ import numpy as np
 
 from conprediff_jax.context import sorting_network
 from conprediff_jax.context import unrolled
+from conprediff_jax.context import weights as weights_lib
 
 
 # Jitted so that eager calls do not dispatch the unrolled networks op by op; free inside an outer jit.
@@ -45,6 +46,8 @@ def solve(x: jax.Array, y: jax.Array, a: jax.Array | None, b: jax.Array | None, 
     directions = directions / jnp.linalg.norm(directions, axis=0, keepdims=True)
     scale = x.shape[-1] / num_projections
   lead = jnp.broadcast_shapes(x.shape[:-2], y.shape[:-2], *(w.shape[:-1] for w in (a, b) if w is not None))
+  if _is_float(a) or _is_float(b):  # the masked path sorts dropped points last and zeroes them itself
+    x, y = weights_lib.zero_dropped(x, a), weights_lib.zero_dropped(y, b)
   x, y = _points_major(x, lead, directions), _points_major(y, lead, directions)
   a = None if a is None else _flat_minor(a, lead)  # [P, 1, M]
   b = None if b is None else _flat_minor(b, lead)

@@ -46,5 +46,4 @@ def wasserstein2(x: jax.Array, y: jax.Array, x_weights: jax.Array | None = None,
   x, y = x.astype(dtype), y.astype(dtype)
   a = weights_lib.canonical(x_weights, x.shape[-2], dtype)
   b = weights_lib.canonical(y_weights, y.shape[-2], dtype)
-  x, y = weights_lib.zero_dropped(x, a), weights_lib.zero_dropped(y, b)
   return SOLVERS[solver](x, y, a, b, **options)
