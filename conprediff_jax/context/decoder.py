@@ -33,12 +33,16 @@ class ContextDecoder(nnx.Module):
 
   def __call__(self, features: jax.Array, key: jax.Array) -> jax.Array:
     """features [..., F] -> predictions [..., S, Q, target_dim]; `key` draws the Q samples."""
+    return self.sample(self.moments_of(features), key)
+
+  def moments_of(self, features: jax.Array) -> jax.Array:
+    """features [..., F] -> the first layer's output [..., 2 * latent_dim] (mu, then log sigma)."""
     if features.shape[-1] != self.feature_dim:
       raise ValueError(f"ContextDecoder expects {self.feature_dim} features, got {features.shape[-1]}")
-    return self.sample(self.moments(features), key)
+    return self.moments(features)
 
   def sample(self, moments: jax.Array, key: jax.Array) -> jax.Array:
-    """moments [..., 2 * latent_dim] (`self.moments` of the features: mu, then log sigma) -> predictions."""
+    """moments [..., 2 * latent_dim] (`moments_of` the features) -> predictions [..., S, Q, target_dim]."""
     mu, log_sigma = jnp.split(moments, 2, axis=-1)
     log_sigma = jnp.clip(log_sigma, *LOG_SIGMA_RANGE)
     noise = jax.random.normal(key, mu.shape[:-1] + (self.num_samples, self.latent_dim), mu.dtype)

@@ -49,12 +49,10 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
     raise ValueError(f"example_weights must be [{batch}], got shape {example_weights.shape}")
   if (height * width) % group:
     raise ValueError(f"position_fraction 1/{group} needs a multiple of {group} grid positions, got {height}x{width}")
-  if features.shape[-1] != decoder.feature_dim:
-    raise ValueError(f"decoder reads {decoder.feature_dim} features, got {features.shape[-1]}")
   # The head's first layer runs on every position, before the draw: on a (data, fsdp, model) mesh, XLA's
   # partitioner (jax 0.10.2) gave that layer wrong gradients when it ran on the drawn positions (the DiT's step in
   # tests/test_families.py). It is F x 2L per position, a small share of what the head costs.
-  moments = decoder.moments(features.astype(jnp.float32))
+  moments = decoder.moments_of(features.astype(jnp.float32))
   # Positions in runs of `group`; the mask is the same for every example, [runs, group, S, 8].
   runs = (batch, height * width // group, group)
   moments = moments.reshape(runs + moments.shape[-1:])
