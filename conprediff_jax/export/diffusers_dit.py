@@ -90,12 +90,7 @@ def export(family, weights: Mapping, out_dir: str) -> str:
 # Import.
 # ------------------------------------------------------------------------------------------------------------------
 def folder(path: str) -> str:
-  """The folder holding the DiT's config.json and weights: `path` itself or its `transformer/`."""
-  path = os.path.expanduser(path)
-  for candidate in (os.path.join(path, "transformer"), path):
-    if os.path.isfile(os.path.join(candidate, "config.json")):
-      return candidate
-  raise FileNotFoundError(f"{path!r} holds no diffusers DiT (no config.json there or in transformer/)")
+  return diffusers_import.model_folder(path, "transformer", "DiT")
 
 
 def read_config(path: str) -> dict[str, Any]:

@@ -45,10 +45,11 @@ REQUIRED = ("sample_size", "in_channels", "out_channels", "down_block_types", "u
             "layers_per_block", "attention_head_dim", "norm_num_groups")
 
 
-def unet_folder(path: str) -> str:
-  """The folder holding the UNet's config.json and weights: `path` itself or its `unet/`."""
+def model_folder(path: str, subfolder: str, what: str) -> str:
+  """The folder holding a diffusers model's config.json and safetensors weights: `path` itself or its
+  `subfolder/` (a pipeline's), `what` naming the model in the error."""
   path = os.path.expanduser(path)
-  for folder in (os.path.join(path, "unet"), path):
+  for folder in (os.path.join(path, subfolder), path):
     if os.path.exists(os.path.join(folder, "config.json")):
       weights = os.path.join(folder, WEIGHTS_NAME)
       if not os.path.exists(weights):
@@ -56,7 +57,11 @@ def unet_folder(path: str) -> str:
         raise ValueError(f"{folder} has no {WEIGHTS_NAME} (found {found or 'no weights'}); only safetensors are "
                          "read, never pickles: re-save it with save_pretrained(..., safe_serialization=True)")
       return folder
-  raise FileNotFoundError(f"{path!r} holds no diffusers UNet (no config.json there or in unet/)")
+  raise FileNotFoundError(f"{path!r} holds no diffusers {what} (no config.json there or in {subfolder}/)")
+
+
+def unet_folder(path: str) -> str:
+  return model_folder(path, "unet", "UNet")
 
 
 def read_unet_config(folder: str) -> dict[str, Any]:
