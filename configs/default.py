@@ -99,7 +99,7 @@ def get_config() -> ml_collections.ConfigDict:
   # ones, at 40% of the time (measurements in context/sinkhorn_solver.py).
   config.context.sinkhorn_iterations = 20
   config.context.num_projections = 0  # sorted: 0 = per coordinate, K > 0 = sliced over K random directions
-  # 1/g: score one position of every run of g consecutive positions of each example, drawn afresh each step: an
+  # 1/g: score one position of every set of g positions (H*W/g apart) of each example, drawn afresh each step: an
   # unbiased estimate of the same loss at 1/g of the decoder's cost. 1.0 scores every position.
   config.context.position_fraction = 0.125
   config.context.latent_dim = 16     # size of z (the decoder's Gaussian); 0: the feature width

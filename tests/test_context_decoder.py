@@ -170,7 +170,7 @@ def test_decoder_learns_a_fixed_target(solver, options):
 
 
 def test_position_fraction_is_an_unbiased_estimate_of_the_full_loss():
-  """Averaged over draws (of the decoder noise and of the positions), a subsample (one position of every run of 4)
+  """Averaged over draws (of the decoder noise and of the positions), a subsample (one position of every set of 4)
   scores the same mean; a fraction that is not 1/g, or a grid its runs do not tile, is one line."""
   decoder = ContextDecoder(6, 2, num_strides=2, num_samples=4, hidden_dim=8, rngs=nnx.Rngs(0))
   features = jax.random.normal(jax.random.key(1), (2, 4, 6, 6))
@@ -182,7 +182,7 @@ def test_position_fraction_is_an_unbiased_estimate_of_the_full_loss():
   assert float(jnp.std(quarter)) > 1.5 * float(jnp.std(full))  # it really is a different, noisier estimate
   stderr = float(jnp.std(quarter)) / 20.0
   assert abs(float(jnp.mean(quarter)) - float(jnp.mean(full))) < 4 * stderr
-  for fraction in (0.0, 0.3, 1 / 16):  # 1/16: runs of 16 do not tile 24 positions
+  for fraction in (0.0, 0.3, 1 / 16):  # 1/16: sets of 16 do not tile 24 positions
     with pytest.raises(ValueError, match="position_fraction") as error:
       context_loss(decoder, features, targets, keys[0], strides=(1, 2), position_fraction=fraction)
     assert "\n" not in str(error.value)

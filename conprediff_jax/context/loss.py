@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from conprediff_jax.context import decoder as decoder_lib
 from conprediff_jax.context import wasserstein
 # The package re-exports the function under the module's name, so import the function itself.
-from conprediff_jax.context.neighbourhoods import OFFSETS, neighbour_mask, neighbourhoods
+from conprediff_jax.context.neighbourhoods import OFFSETS, neighbour_mask, shifted
 
 
 def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targets: jax.Array,
@@ -25,9 +25,9 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
     strides: the neighbourhood strides.
     solver: a name in wasserstein.SOLVERS; solver_options go to it.
     position_fraction: 1/g for an integer g that divides H*W: score one position, drawn uniformly and afresh each
-      call, of every run of g consecutive positions (raster order) of every example. Each position is scored with
+      call, of every set of g positions H*W/g apart (raster order) of every example. Each position is scored with
       probability 1/g, so this is an unbiased estimate of the same mean at 1/g of the decoder's cost (1.0: every
-      position). The draw is a one-hot selection within each run: no gather, and a batch split over devices is
+      position). The draw is a one-hot selection within each set: no gather, and a batch split over devices is
       subsampled where it lies (a draw over all B*H*W positions gathered the whole batch onto every chip).
     example_weights: [B] non-negative weights of each example's terms (a noise-level weighting), or None. They
       scale the terms; the mean still divides by the number of terms, so weights below 1 also shrink the loss.
@@ -44,39 +44,42 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
     raise ValueError(f"decoder predicts {decoder.target_dim} channels, targets have {targets.shape[-1]}")
   group = run_length(position_fraction)
   targets = jax.lax.stop_gradient(targets.astype(jnp.float32))
-  batch, height, width = targets.shape[:3]
+  batch, height, width, channels = targets.shape
   if example_weights is not None and example_weights.shape != (batch,):
     raise ValueError(f"example_weights must be [{batch}], got shape {example_weights.shape}")
   if (height * width) % group:
     raise ValueError(f"position_fraction 1/{group} needs a multiple of {group} grid positions, got {height}x{width}")
+  # Every array the size of the grid keeps the positions as its minor axis, down to the solver's [points,
+  # coordinates, sets] layout: on a TPU a small minor axis (Q, the 8 neighbours, C) fills a whole tile.
   # The head's first layer runs on every position, before the draw: on a (data, fsdp, model) mesh, XLA's
   # partitioner (jax 0.10.2) gave that layer wrong gradients when it ran on the drawn positions (the DiT's step in
   # tests/test_families.py). It is F x 2L per position, a small share of what the head costs.
-  moments = decoder.moments_of(features.astype(jnp.float32))
-  # Positions in runs of `group`; the mask is the same for every example, [runs, group, S, 8].
-  runs = (batch, height * width // group, group)
-  moments = moments.reshape(runs + moments.shape[-1:])
-  values = neighbourhoods(targets, strides)[0].reshape(runs + (len(strides), len(OFFSETS), targets.shape[-1]))
-  mask = jnp.asarray(neighbour_mask(height, width, strides).reshape(runs[1:] + (len(strides), len(OFFSETS))))
+  runs = height * width // group  # set n of an example: its positions n, n + runs, n + 2 runs, ... (raster order)
+  moments = decoder.moments_of(features.astype(jnp.float32)).reshape(batch, group, runs, -1)
+  values = shifted(jnp.moveaxis(targets, -1, 0), strides, grid_axis=2)  # [S*8, C, B, H, W]
+  values = values.reshape(len(strides), len(OFFSETS), channels, batch, group, runs)
+  mask = jnp.asarray(neighbour_mask(height, width, strides).reshape(group, runs, len(strides), len(OFFSETS)))
   sample_key, solver_key, position_key = jax.random.split(key, 3)
-  if group > 1:  # one position of each run, as a one-hot contraction over the run (exact; a where on the random
-    # one-hot gave wrong gradients on such a mesh as well)
-    pick = jax.random.randint(position_key, runs[:2], 0, group)[..., None] == jnp.arange(group)  # [B, runs, g]
-    take = lambda x: jnp.einsum("bng,bng...->bn...", pick.astype(x.dtype), x)
-    moments, values = take(moments), take(values)
-    mask = jnp.any(pick[..., None, None] & mask, axis=2)
-  else:
-    moments, values, mask = moments[:, :, 0], values[:, :, 0], mask[:, 0]
-  predictions = decoder.sample(moments, sample_key)  # [B, positions, S, Q, C]
+  # One position of each set, as a one-hot contraction over the set (exact; a where on the random one-hot gave
+  # wrong gradients on such a mesh as well).
+  pick = jax.random.randint(position_key, (batch, 1, runs), 0, group) == jnp.arange(group)[:, None]  # [B, g, n]
+  moments = jnp.einsum("bgn,bgnl->lbn", pick.astype(moments.dtype), moments)  # [2L, B, n]
+  values = jnp.einsum("bgn,socbgn->ocbsn", pick.astype(values.dtype), values)  # [8, C, B, S, n]
+  mask = jnp.transpose(jnp.any(pick[..., None, None] & mask, axis=1), (3, 0, 2, 1))  # [8, B, S, n]
+  present = jnp.any(mask, axis=0)  # [B, S, n]: has at least one neighbour
+  # An empty set has no distance: give it one placeholder point (whose value is ignored), then drop its term.
+  mask = mask | (~present & (jnp.arange(len(OFFSETS)) == 0)[:, None, None, None])
+  predictions = jnp.moveaxis(decoder.sample_points_major(moments, sample_key), 2, 3)  # [Q, C, B, S, n]
   if solver_options.get("num_projections"):
     solver_options = {"key": solver_key, **solver_options}
-  present = jnp.any(mask, axis=-1)  # [..., S]: has at least one neighbour
-  # An empty set has no distance: give it one placeholder point (whose value is ignored), then drop its term.
-  mask = mask | (~present[..., None] & (jnp.arange(mask.shape[-1]) == 0))
-  distances = wasserstein.wasserstein2(predictions, values, y_weights=mask, solver=solver, **solver_options)
+  # The sets flattened example-major, as the batch is split: a split axis inside the flattened one would be
+  # gathered onto every chip.
+  sets = lambda x: x.reshape(x.shape[:2] + (-1,))  # [points, C, B * S * n]
+  distances = wasserstein.wasserstein2_points_major(
+      sets(predictions), sets(values), mask.reshape(len(OFFSETS), -1), solver=solver, **solver_options)
+  distances = distances.reshape(present.shape)
   if example_weights is not None:
     distances = example_weights.astype(jnp.float32)[:, None, None] * distances
-  present = jnp.broadcast_to(present, distances.shape)
   return jnp.sum(jnp.where(present, distances, 0.0)) / jnp.maximum(jnp.sum(present), 1)
 
 

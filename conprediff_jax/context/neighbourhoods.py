@@ -51,19 +51,25 @@ def neighbourhoods(y: jax.Array, strides: Sequence[int]) -> tuple[jax.Array, jax
   """
   if y.ndim < 3:
     raise ValueError(f"neighbourhoods expects [..., H, W, C], got shape {y.shape}")
-  height, width = y.shape[-3], y.shape[-2]
+  values = jnp.moveaxis(shifted(y, strides, grid_axis=y.ndim - 3), 0, -2)  # [..., H, W, S*8, C]
+  strides = tuple(strides)
+  values = values.reshape(*values.shape[:-2], len(strides), len(OFFSETS), values.shape[-1])
+  mask = jnp.broadcast_to(neighbour_mask(y.shape[-3], y.shape[-2], strides), values.shape[:-1])
+  return values, mask
+
+
+def shifted(y: jax.Array, strides: Sequence[int], grid_axis: int) -> jax.Array:
+  """The neighbour of every position at every stride and offset, as [S * 8, *y.shape] (stride-major, then
+  OFFSETS' order; 0 outside the grid, never wrapped): axes `grid_axis` and `grid_axis + 1` of y are the grid."""
+  height, width = y.shape[grid_axis], y.shape[grid_axis + 1]
   strides = validate_strides(strides, height, width)
   pad = max(strides)
-  lead = y.ndim - 3
   # Pad once by the largest stride, then every neighbour is a static window: XLA fuses it into one op.
-  padded = jnp.pad(y, [(0, 0)] * lead + [(pad, pad), (pad, pad), (0, 0)])
-  windows = [
+  padding = [(0, 0)] * y.ndim
+  padding[grid_axis] = padding[grid_axis + 1] = (pad, pad)
+  padded = jnp.pad(y, padding)
+  return jnp.stack([
       jax.lax.slice_in_dim(
-          jax.lax.slice_in_dim(padded, pad + s * dy, pad + s * dy + height, axis=lead),
-          pad + s * dx, pad + s * dx + width, axis=lead + 1)
-      for s in strides for dy, dx in OFFSETS
-  ]
-  values = jnp.stack(windows, axis=-2)  # [..., H, W, S*8, C]
-  values = values.reshape(*values.shape[:-2], len(strides), len(OFFSETS), values.shape[-1])
-  mask = jnp.broadcast_to(neighbour_mask(height, width, strides), values.shape[:-1])
-  return values, mask
+          jax.lax.slice_in_dim(padded, pad + s * dy, pad + s * dy + height, axis=grid_axis),
+          pad + s * dx, pad + s * dx + width, axis=grid_axis + 1)
+      for s in strides for dy, dx in OFFSETS])

@@ -36,28 +36,46 @@ def solve(x: jax.Array, y: jax.Array, a: jax.Array | None, b: jax.Array | None, 
   per-coordinate sum: a uniformly random unit direction keeps 1/C of a squared length on average, so for
   a translated set both forms give |t|^2.
   """
-  if num_projections < 0:
-    raise ValueError(f"num_projections must be >= 0, got {num_projections}")
-  directions, scale = jnp.eye(x.shape[-1], dtype=x.dtype), 1.0
-  if num_projections:
-    if key is None:
-      raise ValueError("the sliced sorted solver (num_projections > 0) needs a `key`")
-    directions = jax.random.normal(key, (x.shape[-1], num_projections), x.dtype)
-    directions = directions / jnp.linalg.norm(directions, axis=0, keepdims=True)
-    scale = x.shape[-1] / num_projections
+  directions, scale = _directions(x.shape[-1], num_projections, key, x.dtype)
   lead = jnp.broadcast_shapes(x.shape[:-2], y.shape[:-2], *(w.shape[:-1] for w in (a, b) if w is not None))
   if _is_float(a) or _is_float(b):  # the masked path sorts dropped points last and zeroes them itself
     x, y = weights_lib.zero_dropped(x, a), weights_lib.zero_dropped(y, b)
   x, y = _points_major(x, lead, directions), _points_major(y, lead, directions)
   a = None if a is None else _flat_minor(a, lead)  # [P, 1, M]
   b = None if b is None else _flat_minor(b, lead)
+  return scale * _solve(x, y, a, b).reshape(lead)
+
+
+def solve_points_major(x: jax.Array, y: jax.Array, b: jax.Array | None, *, num_projections: int = 0,
+                       key: jax.Array | None = None) -> jax.Array:
+  """`solve` on the solver's own layout, uniform over x: x [Q, C, M], y [N, C, M] (points, coordinates, the M
+  sets), b None or a bool mask [N, 1, M]; returns [M]. For a caller that can make its sets in this layout: on a
+  TPU, the [..., Q, C] layout's two small minor axes each fill a tile."""
+  directions, scale = _directions(x.shape[1], num_projections, key, x.dtype)
+  if num_projections:
+    x, y = (jnp.einsum("pcm,ck->pkm", v, directions, precision=jax.lax.Precision.HIGHEST) for v in (x, y))
+  return scale * _solve(x, y, None, b)
+
+
+def _solve(x: jax.Array, y: jax.Array, a: jax.Array | None, b: jax.Array | None) -> jax.Array:
+  """x [Q, C, M], y [N, C, M]; a, b None, bool masks or probabilities [Q or N, 1, M] -> [M]."""
   if _is_float(a) or _is_float(b):
-    cost = _weighted(x, y, a, b)
-  elif a is None and b is None and x.shape[0] == y.shape[0]:
-    cost = _uniform_equal(x, y)
-  else:
-    cost = _masked(x, y, a, b)
-  return scale * cost.reshape(lead)
+    return _weighted(x, y, a, b)
+  if a is None and b is None and x.shape[0] == y.shape[0]:
+    return _uniform_equal(x, y)
+  return _masked(x, y, a, b)
+
+
+def _directions(size: int, num_projections: int, key: jax.Array | None, dtype) -> tuple[jax.Array, float]:
+  """The directions [C, K] the coordinates are read along (the identity, or K random unit vectors) and the scale."""
+  if num_projections < 0:
+    raise ValueError(f"num_projections must be >= 0, got {num_projections}")
+  if not num_projections:
+    return jnp.eye(size, dtype=dtype), 1.0
+  if key is None:
+    raise ValueError("the sliced sorted solver (num_projections > 0) needs a `key`")
+  directions = jax.random.normal(key, (size, num_projections), dtype)
+  return directions / jnp.linalg.norm(directions, axis=0, keepdims=True), size / num_projections
 
 
 def _points_major(v: jax.Array, lead: tuple[int, ...], directions: jax.Array) -> jax.Array:

@@ -47,3 +47,13 @@ def wasserstein2(x: jax.Array, y: jax.Array, x_weights: jax.Array | None = None,
   a = weights_lib.canonical(x_weights, x.shape[-2], dtype)
   b = weights_lib.canonical(y_weights, y.shape[-2], dtype)
   return SOLVERS[solver](x, y, a, b, **options)
+
+
+def wasserstein2_points_major(x: jax.Array, y: jax.Array, y_mask: jax.Array, solver: str = "sorted",
+                              **options) -> jax.Array:
+  """`wasserstein2` of M sets laid out points-major, uniform over x: x [Q, C, M], y [N, C, M], y_mask bool
+  [N, M]; returns [M]. The sorted solver reads this layout as it is; the others get it transposed."""
+  if solver == "sorted":
+    return sorted_solver.solve_points_major(x.astype(jnp.float32), y.astype(jnp.float32), y_mask[:, None], **options)
+  return wasserstein2(jnp.transpose(x, (2, 0, 1)), jnp.transpose(y, (2, 0, 1)), y_weights=y_mask.T, solver=solver,
+                      **options)
