@@ -54,15 +54,15 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
   # The head's first layer runs on every position, before the draw: on a (data, fsdp, model) mesh, XLA's
   # partitioner (jax 0.10.2) gave that layer wrong gradients when it ran on the drawn positions (the DiT's step in
   # tests/test_families.py). It is F x 2L per position, a small share of what the head costs.
-  runs = height * width // group  # set n of an example: its positions n, n + runs, n + 2 runs, ... (raster order)
-  moments = decoder.moments_of(features.astype(jnp.float32)).reshape(batch, group, runs, -1)
+  sets = height * width // group  # set n of an example: its positions n, n + sets, n + 2 sets, ... (raster order)
+  moments = decoder.moments_of(features.astype(jnp.float32)).reshape(batch, group, sets, -1)
   values = shifted(jnp.moveaxis(targets, -1, 0), strides, grid_axis=2)  # [S*8, C, B, H, W]
-  values = values.reshape(len(strides), len(OFFSETS), channels, batch, group, runs)
-  mask = jnp.asarray(neighbour_mask(height, width, strides).reshape(group, runs, len(strides), len(OFFSETS)))
+  values = values.reshape(len(strides), len(OFFSETS), channels, batch, group, sets)
+  mask = jnp.asarray(neighbour_mask(height, width, strides).reshape(group, sets, len(strides), len(OFFSETS)))
   sample_key, solver_key, position_key = jax.random.split(key, 3)
   # One position of each set, as a one-hot contraction over the set (exact; a where on the random one-hot gave
   # wrong gradients on such a mesh as well).
-  pick = jax.random.randint(position_key, (batch, 1, runs), 0, group) == jnp.arange(group)[:, None]  # [B, g, n]
+  pick = jax.random.randint(position_key, (batch, 1, sets), 0, group) == jnp.arange(group)[:, None]  # [B, g, n]
   moments = jnp.einsum("bgn,bgnl->lbn", pick.astype(moments.dtype), moments)  # [2L, B, n]
   values = jnp.einsum("bgn,socbgn->ocbsn", pick.astype(values.dtype), values)  # [8, C, B, S, n]
   mask = jnp.transpose(jnp.any(pick[..., None, None] & mask, axis=1), (3, 0, 2, 1))  # [8, B, S, n]
@@ -74,9 +74,9 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
     solver_options = {"key": solver_key, **solver_options}
   # The sets flattened example-major, as the batch is split: a split axis inside the flattened one would be
   # gathered onto every chip.
-  sets = lambda x: x.reshape(x.shape[:2] + (-1,))  # [points, C, B * S * n]
+  flat = lambda x: x.reshape(x.shape[:2] + (-1,))  # [points, C, B * S * n]
   distances = wasserstein.wasserstein2_points_major(
-      sets(predictions), sets(values), mask.reshape(len(OFFSETS), -1), solver=solver, **solver_options)
+      flat(predictions), flat(values), mask.reshape(len(OFFSETS), -1), solver=solver, **solver_options)
   distances = distances.reshape(present.shape)
   if example_weights is not None:
     distances = example_weights.astype(jnp.float32)[:, None, None] * distances
