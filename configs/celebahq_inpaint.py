@@ -9,8 +9,9 @@
 
 The network follows guided-diffusion's 256x256 layout at half its width (128 channels, mults (1, 1, 2, 2, 4, 4), 2
 res blocks, attention at 32, 16 and 8) in diffusers' block form (no scale-shift norm, no learned variance). Sized
-for a TPU v4-32 (global batch 256 in four micro-batches, bf16): the TPU compiler fits its train step in 29.1 GiB of
-a v4 chip's 30.75 (in one pass it asks for 53 GiB; `--mode=compile --topology=v4-32`, docs/scaling.md). Target: the
+for a TPU v4-32 (global batch 256 in one pass, 16 images per chip, bf16): the TPU compiler fits its train step in
+15.1 GiB of a v4 chip's 30.75 and predicts at least 0.139 s a step (`--mode=compile --topology=v4-32`;
+docs/scaling.md: four micro-batches of 4 per chip cost 4.4 times as long). Target: the
 paper's CelebA-HQ inpainting LPIPS 0.022: `--mode=eval --config.eval.lpips_weights=lpips_vgg.safetensors` scores the
 held-out faces filled under five generated masks (docs/inpainting.md), beside FID with Inception weights. Not run
 at this size here (no accelerator); tests/test_paper_configs.py runs it at reduced size.
@@ -27,5 +28,4 @@ def get_config():
   config.inpaint.update(images="", split="train[27000:]", mask="box", num_images=100, steps=250)
   config.eval.inpaint_masks = ("strokes", "half", "lines", "super_resolve", "border")  # RePaint's, LaMa's aside
   config.data.split = "train[:27000]"  # the last 3,000 faces stay out of training, for inpainting
-  config.train.microbatches = 4  # the global batch of 256 in four passes: what fits a v4 chip (docs/scaling.md)
   return config

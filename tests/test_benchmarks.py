@@ -65,3 +65,14 @@ def test_step_time_variants_parse_into_config_overrides():
   assert config.model.channel_mults == (1, 2, 4) and config.model.channels == 16
   with pytest.raises(SystemExit, match="'model.colour' is not a config key"):
     step_time.make_config({"model.colour": 3})
+
+
+@pytest.mark.parametrize("part", ["resnet", "head"])
+def test_block_compile_splits_the_batch_over_the_chips(part):
+  """benchmarks/block_compile.py compiles a part for a TPU slice with `per_chip` images on each chip: the per-chip
+  program's work per image does not depend on how many chips share the batch."""
+  from benchmarks import block_compile  # pylint: disable=g-import-not-at-top
+  one = block_compile.compile_part(part, "v5e-1", 2, 16, 32)
+  four = block_compile.compile_part(part, "v5e-4", 2, 16, 32)
+  assert one.flops > 0 and four.memory["temp"] >= 0
+  assert four.flops == pytest.approx(one.flops, rel=0.05)
