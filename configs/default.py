@@ -6,8 +6,9 @@ Trains 1,300 steps at batch 24 (cosine learning-rate decay; v-prediction with Mi
 `samples.png` / `samples.npz` (64 samples from the EMA parameters: DPM-Solver++(2M), 15 steps on Karras sigmas
 capped at 80), most of them legible digits. From a fresh clone: 154-185 s on a 2-core AMD EPYC (fp32 matmul 360-430
 GFLOP/s, `python -m benchmarks.machine`; 2026-12-03; 167 s in an earlier run that day with the former DDIM-50
-sampler), an estimated ~8 minutes on a 2-core Intel Xeon of ~95 GFLOP/s. `--mode=eval` then gives FD-digits 18.3
-(seeds 1 and 2: 18.0, 18.3; 512 samples): level with the former long default (batch 64, 1,500 steps, constant rate,
+sampler), an estimated ~8 minutes on a 2-core Intel Xeon of ~95 GFLOP/s. `--mode=eval` then gave FD-digits 18.3
+(seeds 1 and 2: 18.0, 18.3; 512 samples; 18.0 on 2026-12-07 with the head's current form): level with the former
+long default (batch 64, 1,500 steps, constant rate,
 eps: `--config.train.batch_size=64 --config.train.steps=1500 --config.train.lr_schedule=constant
 --config.diffusion.prediction=eps --config.diffusion.min_snr_gamma=0 --config.sample.sampler=ddim
 --config.sample.steps=50 --config.sample.spacing=uniform`), which scored 18.0 +- 0.4 over 3 seeds but took 499 s on
