@@ -81,8 +81,9 @@ def main():
     harness.row([n, f"{prog.flops / n / 1e9:.3g}", f"{prog.bytes_accessed / n / 1e9:.3g}",
                  f"{prog.flops / prog.bytes_accessed:.0f}", f"{cycles / n / 1e6:.3g}M",
                  f"{prog.memory['temp'] / 2**20:.0f}", f"{op} ({share:.0%})"])
-    harness.record("block_compile", part=args.part, topology=args.topology, size=args.size, channels=args.channels, per_chip=n,
-                   flops=prog.flops, bytes_accessed=prog.bytes_accessed, cycles=cycles, temp=prog.memory["temp"])
+    harness.record("block_compile", part=args.part, topology=args.topology, size=args.size, channels=args.channels,
+                   per_chip=n, flops=prog.flops, bytes_accessed=prog.bytes_accessed, cycles=cycles,
+                   temp=prog.memory["temp"])
 
 
 if __name__ == "__main__":
