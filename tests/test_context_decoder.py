@@ -171,7 +171,7 @@ def test_decoder_learns_a_fixed_target(solver, options):
 
 def test_position_fraction_is_an_unbiased_estimate_of_the_full_loss():
   """Averaged over draws (of the decoder noise and of the positions), a subsample (one position of every set of 4)
-  scores the same mean; a fraction that is not 1/g, or a grid its runs do not tile, is one line."""
+  scores the same mean; a fraction that is not 1/g, or a grid its sets do not tile, is one line."""
   decoder = ContextDecoder(6, 2, num_strides=2, num_samples=4, hidden_dim=8, rngs=nnx.Rngs(0))
   features = jax.random.normal(jax.random.key(1), (2, 4, 6, 6))
   targets = jax.random.uniform(jax.random.key(2), (2, 4, 6, 2), minval=-1, maxval=1)
@@ -263,7 +263,8 @@ def test_position_draws_stay_on_the_chip_that_holds_the_example():
   """On a batch split over a TPU slice's chips, the subsampled loss's gradient compiles with no collective but the
   sums of the head's gradients and of the loss: each example's positions are drawn where it lies. A draw over all
   B*H*W positions summed every chip's picks onto every chip (here 14,336 values; for the head of cifar10.py's size
-  on a v4-8, 58 GB of memory traffic per chip and step by the compiler's count, against 1.7 GB after)."""
+  on a v4-8, 58 GB of memory traffic per chip and step by the compiler's count, against 1.7 GB once drawn per
+  example)."""
   from conprediff_jax import hardware, parallel  # pylint: disable=g-import-not-at-top
   devices = hardware.abstract_devices(hardware.parse_topology("v5e-4"))
   mesh = parallel.make_mesh((-1, 1), ("data", "fsdp"), devices=devices)

@@ -42,7 +42,7 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
     raise ValueError(f"decoder has {decoder.num_strides} strides, loss got strides={strides}")
   if decoder.target_dim != targets.shape[-1]:
     raise ValueError(f"decoder predicts {decoder.target_dim} channels, targets have {targets.shape[-1]}")
-  group = run_length(position_fraction)
+  group = set_size(position_fraction)
   targets = jax.lax.stop_gradient(targets.astype(jnp.float32))
   batch, height, width, channels = targets.shape
   if example_weights is not None and example_weights.shape != (batch,):
@@ -83,7 +83,7 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
   return jnp.sum(jnp.where(present, distances, 0.0)) / jnp.maximum(jnp.sum(present), 1)
 
 
-def run_length(position_fraction: float) -> int:
+def set_size(position_fraction: float) -> int:
   """g for position_fraction = 1/g; a one-line ValueError for any other fraction."""
   group = round(1.0 / position_fraction) if 0.0 < position_fraction <= 1.0 else 0
   if not group or abs(group * position_fraction - 1.0) > 1e-6:
