@@ -111,6 +111,7 @@ def _row(spec: str, r: dict, note: str = "") -> list[str]:
           "yes" if r["fits"] else "**no**", _time(r),
           f"{_at_most(r)}{100 * r['predicted_mfu']:.0f}%" if has_time else "-",
           f"{r['arithmetic_intensity']:.0f} / {r['ridge_point']:.0f}" if has_time else "-",
+          f"{sum(r['collective_bytes'].values()) / 1e9:.2g}" if "collective_bytes" in r else "-",
           f"{_at_most(r)}{r['images_per_second_per_chip']:.1f}" if has_time else "-",
           f"{'≥ ' if _at_most(r) else ''}{r['hours_to_train_steps'] / 24:.1f} d" if has_time else "-",
           f"{_gib(r['sampler']['hbm_peak_bytes'])} ({'fits' if r['sampler']['fits'] else '**no**'})"]
@@ -139,14 +140,15 @@ def main():
         continue
       report = compile_row(spec, topology, args.out, cached=args.cached)
       if report is None:
-        rows.append([f"`{spec}`", topology, "not compiled yet", *["-"] * 10])
+        rows.append([f"`{spec}`", topology, "not compiled yet", *["-"] * 11])
         continue
       seen[key, topology] = (spec, report)
       rows.append(_row(spec, report))
       harness.record("scaling", config=spec, **{k: v for k, v in report.items() if k != "config"})
   print()
   harness.table(["config", "slice", "params", "global batch", "mesh", "HBM / chip (GiB)", "fits",
-                 "step (s)", "MFU", "FLOP/B / ridge", "img/s/chip", "train.steps", "sampler (GiB)"])
+                 "step (s)", "MFU", "FLOP/B / ridge", "collectives (GB)", "img/s/chip", "train.steps",
+                 "sampler (GiB)"])
   for row in rows:
     harness.row(row)
 

@@ -22,10 +22,14 @@ What the numbers count (docs/scaling.md: the table, and how each was checked):
   so arguments take more than their shapes' bytes.
 - flops_per_step, bytes_accessed: the cost analysis of the compiled per-chip program. XLA counts a loop's body once,
   so with train.microbatches = k one part's forward and backward, compiled on its own, is added k - 1 more times.
+- collective_bytes: by kind (all-gather, all-reduce, reduce-scatter, ...), the bytes of the whole arrays each chip's
+  collectives gather, sum or receive per step (hlo_profile.collectives): traffic between chips that the roofline
+  does not count. Its time, and how much of it overlaps compute, is not predicted here.
 - predicted_step_seconds: the compiler's cost model (`optimal_seconds`) where it gives a time that the chip's peak
   FLOP/s allows; otherwise (it answers with negative times for v4 and v5e) the roofline, FLOPs at peak or bytes at
-  HBM bandwidth, the larger (`time_source` says which). Neither sees the host's input pipeline, dispatch, or
-  collectives over the data-centre network between slices.
+  HBM bandwidth, the larger (`time_source` says which). Neither sees the host's input pipeline or dispatch; the
+  roofline does not see collectives (collective_bytes), nor does either see those over the data-centre network
+  between slices.
 - predicted_mfu: flops_per_step / (predicted_step_seconds x the chip's dense bf16 peak). The FLOPs are the compiled
   program's, so recomputation (model.remat) counts as work: MaxText's "hardware FLOPs utilisation". From a roofline
   time it is an upper bound (`upper_bounds`), as are images/s and the time to train: a compute-bound roofline is
@@ -86,6 +90,7 @@ class Program:
   refusal: dict[str, Any] | None = None
   compile_seconds: float = 0.0
   profile: dict[str, Any] | None = None  # hlo_profile.profile of the optimised module (TPU programs)
+  collectives: dict[str, int] | None = None  # hlo_profile.collectives of the optimised module
 
   @property
   def peak_bytes(self) -> int:
@@ -118,11 +123,11 @@ def _compile(lowered) -> Program:
   stats = compiled.memory_analysis()
   memory = {k: int(getattr(stats, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp",
                                                                   "generated_code")}
-  cost = compiled.cost_analysis()
+  cost, text = compiled.cost_analysis(), compiled.as_text()
   cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else (cost or _hlo_cost(compiled))
   return Program(memory, float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)),
                  cost.get("optimal_seconds"), compile_seconds=time.perf_counter() - start,
-                 profile=hlo_profile.profile(compiled.as_text()))
+                 profile=hlo_profile.profile(text), collectives=hlo_profile.collectives(text))
 
 
 def _hlo_cost(compiled) -> dict:
@@ -271,13 +276,15 @@ def _train_figures(step: Program, part: Program | None, t, chip: hardware.Chip, 
   repeats = t.microbatches - 1 if part is not None else 0
   flops = step.flops + repeats * (part.flops if part else 0.0)
   traffic = step.bytes_accessed + repeats * (part.bytes_accessed if part else 0.0)
+  collective = {kind: moved + repeats * (part.collectives.get(kind, 0) if part else 0)
+                for kind, moved in {**(part.collectives if part else {}), **step.collectives}.items()}
   modelled = [p.optimal_seconds for p in (step, part) if p is not None]
   cost_model = None if None in modelled else modelled[0] + repeats * (modelled[1] if part else 0.0)
   roofline = hardware.roofline_seconds(chip, flops, traffic)
   usable = all(hardware.is_finite_positive(s) for s in modelled) and cost_model >= flops / chip.bf16_flops
   seconds = cost_model if usable else roofline
   out.update({
-      "flops_per_step": flops, "bytes_accessed": traffic,
+      "flops_per_step": flops, "bytes_accessed": traffic, "collective_bytes": collective,
       "arithmetic_intensity": flops / traffic if traffic else None,
       "ridge_point": chip.ridge_flops_per_byte,
       "cost_model_seconds": cost_model, "roofline_seconds": roofline, "predicted_step_seconds": seconds,
@@ -327,6 +334,8 @@ def table(r: dict) -> str:
     rows += [("FLOPs / chip / step", f"{r['flops_per_step'] / 1e12:.3f} T"),
              ("HBM traffic / chip / step", f"{r['bytes_accessed'] / 1e9:.1f} GB (intensity "
                                            f"{r['arithmetic_intensity']:.0f} FLOP/B, ridge {r['ridge_point']:.0f})"),
+             ("collectives / chip / step", ", ".join(f"{kind} {moved / 1e9:.3g} GB" for kind, moved in
+                                                     sorted(r["collective_bytes"].items())) or "none"),
              ("predicted step", f"{r['predicted_step_seconds']:.4g} s ({r['time_source']})"),
              ("predicted MFU", f"{at_most}{100 * r['predicted_mfu']:.1f}% of {r['chip']}'s bf16 peak"),
              ("images / s", f"{at_most}{r['images_per_second']:.1f} ({r['images_per_second_per_chip']:.2f} per chip)"),

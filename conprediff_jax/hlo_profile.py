@@ -6,10 +6,15 @@ body counted as often as the loop runs (`known_trip_count`).
 
 Read it as shares: the cycles are the compiler's per-instruction estimates before overlap, so their sum is not the
 step time (issue 27; docs/scaling.md). GPU and CPU programs carry no such estimate: `profile` returns None.
+
+`collectives` sums, by kind, the bytes of what each collective of the per-chip program delivers (its result: the
+gathered array, the reduced one, what a permute receives), loops counted as they run: the traffic between chips that
+a roofline of FLOPs and HBM bytes does not see.
 """
 
 import collections
 import json
+import math
 import re
 
 PACKAGE = "conprediff_jax/"
@@ -19,6 +24,10 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _FRAME = re.compile(r"stack_frame_id=(\d+)")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = ")
 _TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_SHAPE = re.compile(r"\b(pred|[subf]\d+|bf16|f8e\w+)\[([\d,]*)\]")
+_COLLECTIVE = re.compile(r"^\s*(?:ROOT )?%[\w.\-]+ = (.*?) (all-gather|all-reduce|reduce-scatter|all-to-all|"
+                         r"collective-permute|ragged-all-to-all)(-done)?\(")
+_REDUCE_SCATTER = re.compile(r"calls=%(all-reduce-scatter[\w.\-]*)")
 _CALLED = re.compile(r"(body|condition|to_apply)=%?([\w.\-]+)|(branch_computations)=\{([^}]*)\}")
 
 
@@ -127,3 +136,30 @@ def profile(hlo_text: str, top: int = 8) -> dict | None:
     return None
   share = lambda counter: [[k, round(v / total, 4)] for k, v in counter.most_common(top)]
   return {"total_cycles": total, "by_op": share(by_op), "by_line": share(by_line)}
+
+
+def _bytes(shapes: str) -> int:
+  """Bytes of the arrays in an HLO result type (one array, or a tuple of them; layouts ignored)."""
+  total = 0
+  for dtype, dims in _SHAPE.findall(shapes):
+    bits = 8 if dtype == "pred" else 16 if dtype == "bf16" else int(re.sub(r"\D", "", dtype.split("e")[0]) or 8)
+    total += math.prod(int(d) for d in dims.split(",") if d) * bits // 8
+  return total
+
+
+def collectives(hlo_text: str) -> dict[str, int]:
+  """{kind: bytes per program run} of the collectives of a per-chip module, times the runs of their computations:
+  each one's result (an asynchronous one's at its `-done`); a TPU's reduce-scatter, a fusion around an all-reduce of
+  the whole array (`calls=%all-reduce-scatter...`), as that array. {} where there are none."""
+  computations, entry = _computations(hlo_text)
+  moved = collections.Counter()
+  for name, times in _runs(computations, entry).items():
+    for line in computations[name]:
+      found, fused = _COLLECTIVE.match(line), _REDUCE_SCATTER.search(line)
+      if found:
+        moved[found.group(2)] += _bytes(found.group(1)) * times
+      elif fused and " fusion(" in line:
+        for inner in computations.get(fused.group(1), ()):
+          found = _COLLECTIVE.match(inner)
+          moved["reduce-scatter"] += _bytes(found.group(1)) * times if found else 0
+  return dict(moved)

@@ -119,6 +119,16 @@ def state_shardings(mesh, abstract_state):
   return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(tuple(x.shape), fsdp, model)), abstract_state)
 
 
+def compute_shardings(stored):
+  """Where the step computes with weights kept as `stored` (NamedShardings): whole along `fsdp`, split along `model`
+  as kept. The state stays split over `fsdp` at rest (parameters, EMA, Adam moments: ZeRO's memory); each step
+  gathers the weights once and reduce-scatters their gradients, where the partitioner left to itself may move
+  activations to the split kernels instead. None where nothing is split over `fsdp`."""
+  drop = lambda entry: None if entry == FSDP_AXIS else entry
+  compute = jax.tree.map(lambda s: NamedSharding(s.mesh, P(*map(drop, s.spec))), stored)
+  return None if compute == stored else compute
+
+
 def to_host(x) -> np.ndarray:
   """The whole of a global array on every host (an all-gather across processes where it spans several)."""
   if jax.process_count() == 1 or x.is_fully_addressable:

@@ -170,18 +170,24 @@ def loss_and_grad(exp: Experiment, first_stage, step, params, batch, buffers, k_
   return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
 
-def train_step(exp: Experiment, state, batch, base_key, first_stage_weights=None):
+def train_step(exp: Experiment, state, batch, base_key, first_stage_weights=None, weight_shardings=None):
+  """One update. `weight_shardings`, where the forward and backward hold the weights and where the state keeps
+  them (parallel.compute_shardings, and the state's), when the two differ."""
   config, step = exp.config, state["step"]
   k_loss, k_context = jax.random.split(jax.random.fold_in(base_key, step))
   first_stage = None if exp.first_stage is None else nnx.merge(exp.first_stage_def, first_stage_weights)
   grad_fn = functools.partial(loss_and_grad, exp, first_stage, step)
   buffers = families.restrict(state["ema"], exp.buffer_shapes)
   microbatches = config.train.get("microbatches", 1)
+  weights = state["params"]
+  if weight_shardings is not None:
+    weights = jax.lax.with_sharding_constraint(weights, weight_shardings[0])
   if microbatches == 1:
-    (loss, (metrics, buffers)), grads = grad_fn(state["params"], batch, buffers, k_loss, k_context)
+    (loss, (metrics, buffers)), grads = grad_fn(weights, batch, buffers, k_loss, k_context)
   else:
-    loss, metrics, buffers, grads = _accumulate(grad_fn, state["params"], batch, buffers, k_loss, k_context,
-                                                microbatches)
+    loss, metrics, buffers, grads = _accumulate(grad_fn, weights, batch, buffers, k_loss, k_context, microbatches)
+  if weight_shardings is not None:
+    grads = jax.lax.with_sharding_constraint(grads, weight_shardings[1])
   grad_norm = optax.global_norm(grads)
   updates, opt_state = exp.tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
@@ -203,11 +209,27 @@ def train_step(exp: Experiment, state, batch, base_key, first_stage_weights=None
   return new_state, {**metrics, "grad_norm": grad_norm, "nonfinite": new_state["nonfinite"]}
 
 
+def sharded_train_step(exp: Experiment, shardings, first_stage_shardings=None):
+  """train_step for a state sharded as `shardings` (and a first stage as `first_stage_shardings`): the model's
+  weights, and the frozen first stage's, whole along fsdp while they are used."""
+  compute = parallel.compute_shardings(shardings["params"])
+  if compute is None:
+    return functools.partial(train_step, exp)
+  stage = None if first_stage_shardings is None else parallel.compute_shardings(first_stage_shardings)
+
+  def step(state, batch, base_key, first_stage_weights=None):
+    if stage is not None:
+      first_stage_weights = jax.lax.with_sharding_constraint(first_stage_weights, stage)
+    return train_step(exp, state, batch, base_key, first_stage_weights, (compute, shardings["params"]))
+
+  return step
+
+
 def jit_train_step(exp: Experiment, mesh, shardings, first_stage_shardings):
   """The step as the trainer runs it (and --mode=compile compiles it): the state sharded as `shardings` and
   donated, the batch split over the batch axes, the key replicated, the first stage as it was put."""
   replicated = parallel.replicated(mesh)
-  return jax.jit(functools.partial(train_step, exp),
+  return jax.jit(sharded_train_step(exp, shardings, first_stage_shardings),
                  in_shardings=(shardings, parallel.batch_sharding(mesh), replicated, first_stage_shardings),
                  out_shardings=(shardings, replicated), donate_argnums=0)
 

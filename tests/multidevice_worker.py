@@ -70,9 +70,10 @@ def run_steps(exp, mesh, batch, state=None, steps=2):
   bsh = parallel.batch_sharding(mesh)
   batch = jax.device_put(batch, bsh)
   first_stage = sampling.put_first_stage(exp.first_stage, mesh)
+  stage_shardings = None if first_stage is None else jax.tree.map(lambda x: x.sharding, first_stage)
   with jax.set_mesh(mesh):
-    step_fn = jax.jit(functools.partial(train.train_step, exp), in_shardings=(shardings, bsh, None, None),
-                      out_shardings=(shardings, None))
+    step_fn = jax.jit(train.sharded_train_step(exp, shardings, stage_shardings),
+                      in_shardings=(shardings, bsh, None, None), out_shardings=(shardings, None))
     losses = []
     for _ in range(steps):
       state, metrics = step_fn(state, batch, jax.random.key(1), first_stage)

@@ -100,6 +100,7 @@ def test_compile_for_a_slice_reports_what_the_compiler_says(tmp_path):
   assert any("conv_general_dilated" in op for op, _ in profile["by_op"])
   assert any(line.startswith("conprediff_jax/models/unet.py:") for line, _ in profile["by_line"])
   assert "time by operation" in stdout
+  assert report["collective_bytes"]["all-reduce"] > 0 and "collectives / chip / step" in stdout  # the gradients
   # The inference graph is the model alone: what a config without the context head has.
   no_head = tiny_config()
   no_head.context.weight = 0.0
@@ -136,26 +137,32 @@ def test_bad_topologies_and_configs_are_one_line(tmp_path, flags, fragment):
   assert "Traceback" not in stderr
 
 
-def _argument_bytes(fsdp: int) -> tuple[int, int]:
-  """(the argument bytes per chip of a program that takes the train state as the trainer shards it, the state's
-  shards' own bytes) for a small UNet on a v5p-8 split `fsdp` ways."""
+def _train_step_on_v5p_8(fsdp: int) -> tuple[compile_report.Program, compile_report.Target]:
+  """A small UNet's train step compiled for a v5p-8 (4 chips) split `fsdp` ways, and its target."""
   config = tiny_config()
   config.model.channels = 48  # 3x3 kernels large enough to be split (parallel.MIN_SHARDED_SIZE)
   config.mesh.shape = (4 // fsdp, fsdp)
   target = compile_report.prepare(config, "v5p-8", hardware.abstract_devices(hardware.parse_topology("v5p-8")))
-  with jax.set_mesh(target.mesh):
-    lowered = jax.jit(lambda state: state["step"] + 1, in_shardings=(target.shardings,), keep_unused=True).lower(
-        target.state)
-  return compile_report.compile_program(lowered).memory["argument"], compile_report.shard_bytes(target.state)
+  return compile_report.compile_train_step(target), target
 
 
-def test_fsdp_splits_the_optimiser_state_over_chips():
-  (replicated, expected_replicated), (split, expected_split) = _argument_bytes(1), _argument_bytes(4)
-  # The compiled program takes its arguments as the shardings lay them out (a TPU pads each array to its tiles:
-  # more bytes, never fewer), and fsdp splits parameters, EMA and both Adam moments of every large kernel.
-  assert expected_split < 0.5 * expected_replicated
-  assert expected_replicated <= replicated and expected_split <= split
-  assert split < 0.5 * replicated
+def test_fsdp_splits_the_optimiser_state_and_gathers_the_kernels():
+  (whole, target), (split, split_target) = _train_step_on_v5p_8(1), _train_step_on_v5p_8(4)
+  expected_whole, expected_split = (compile_report.shard_bytes(t.state) for t in (target, split_target))
+  # The compiled step takes the state as the shardings lay it out (a TPU pads each array to its tiles: more bytes,
+  # never fewer; the batch and key come with it), and fsdp splits parameters, EMA and both Adam moments of every
+  # large kernel.
+  assert expected_split < 0.5 * expected_whole
+  assert expected_whole <= whole.memory["argument"] and expected_split <= split.memory["argument"]
+  assert split.memory["argument"] < 0.5 * whole.memory["argument"]
+  # The collectives the report counts: split over `data` alone every chip holds every kernel and only the gradients
+  # are summed across chips; split over `fsdp`, each kernel is gathered once a step (in bf16, as the UNet computes:
+  # parallel.compute_shardings), and its gradient summed (float32) across chips to its shards.
+  kernels = sum(x.size for x in jax.tree.leaves(target.abstract_state["params"])
+                if x.size >= parallel.MIN_SHARDED_SIZE)
+  assert "all-gather" not in whole.collectives and whole.collectives["all-reduce"] > 4 * kernels
+  assert 2 * kernels <= split.collectives["all-gather"] < 1.2 * 2 * kernels, split.collectives
+  assert split.collectives["reduce-scatter"] + split.collectives["all-reduce"] >= 4 * kernels, split.collectives
 
 
 def test_the_data_axis_of_a_multi_slice_job_spans_the_slices():

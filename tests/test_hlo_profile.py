@@ -62,3 +62,47 @@ def test_cycles_by_operation_and_line_with_loops_run_as_often_as_they_run():
       "conprediff_jax/train.py:181 (train_step)": round(35 / total, 4),
       "(outside conprediff_jax)": round(5 / total, 4)}
   assert hlo_profile.profile(MODULE.replace("estimated_cycles", "other")) is None  # a GPU or CPU module
+
+
+COLLECTIVES = """HloModule jit_step, is_scheduled=true
+
+%body.2 (t: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %t = (s32[], f32[8]) parameter(0)
+  %g = f32[8]{0} get-tuple-element(%t), index=1
+  %ar = f32[8]{0:T(128)S(3)} all-reduce(%g), channel_id=1, replica_groups={{0,1}}, to_apply=%add
+  ROOT %r = (s32[], f32[8]) tuple(%t, %ar)
+}
+
+%cond.3 (t: (s32[], f32[8])) -> pred[] {
+  %t = (s32[], f32[8]) parameter(0)
+  ROOT %c = pred[] compare(%t, %t), direction=LT
+}
+
+%all-reduce-scatter.7 (input: f32[8]) -> f32[2] {
+  %input = f32[8]{0} parameter(0)
+  %all-reduce.9 = f32[8]{0:T(128)} all-reduce(%input), channel_id=4, replica_groups={{0,1,2,3}}, to_apply=%add
+  ROOT %slice = f32[2]{0} dynamic-slice(%all-reduce.9, %i), dynamic_slice_sizes={2}
+}
+
+ENTRY %main.4 (a: bf16[2,16], b: f32[8]) -> f32[8] {
+  %a = bf16[2,16]{1,0} parameter(0)
+  %b = f32[8]{0} parameter(1)
+  %w = (s32[], f32[8]) while(%b), condition=%cond.3, body=%body.2, backend_config={"known_trip_count":{"n":"3"}}
+  %ags = (bf16[2,16]{1,0}, bf16[4,16]{1,0}) all-gather-start(%a), channel_id=2, dimensions={0}
+  %agd = bf16[4,16]{1,0:T(4,128)(2,1)} all-gather-done(%ags)
+  %cps = (f32[8]{0}, f32[8]{0}, u32[]{:S(2)}, u32[]{:S(2)}) collective-permute-start(%b), source_target_pairs={{0,1}}
+  %cpd = f32[8]{0} collective-permute-done(%cps)
+  %rs = (f32[4]{0}, s32[2]{0}) reduce-scatter(%b, %b), channel_id=3, dimensions={0}, to_apply=%add
+  %fusion = f32[2]{0:T(128)S(3)} fusion(%b), kind=kCustom, calls=%all-reduce-scatter.7
+  ROOT %o = f32[8]{0} add(%cpd, %b)
+}
+"""
+
+
+def test_collectives_count_what_each_delivers_as_often_as_it_runs():
+  assert hlo_profile.collectives(COLLECTIVES) == {
+      "all-reduce": 3 * 8 * 4,       # in the loop's body, run 3 times
+      "all-gather": 4 * 16 * 2,      # counted at its -done, the gathered bf16 array
+      "collective-permute": 8 * 4,   # what it receives, not its start's buffers
+      "reduce-scatter": 4 * 4 + 2 * 4 + 8 * 4}  # a TPU's (the fusion): the whole array it reduces
+  assert hlo_profile.collectives(MODULE) == {}
