@@ -13,10 +13,11 @@ autoencoder; a 6-layer byte-level text encoder (width 512, 77 positions) trained
 transformer; 10% of captions dropped for guidance (scale 4 at sampling). Precomputed CLIP or T5 embeddings plug in
 instead: `--config.text.encoder=precomputed --config.text.embedding_dim=768 --config.data.text_embeddings_file=...`
 (docs/datasets.md). Sized for a TPU v4-64 (global batch 512, bf16, 500k steps; weights, EMA and Adam moments split
-over groups of four chips): the TPU compiler fits its train step in 12.9 GiB of a v4 chip's 30.75, compiled in 16
-GiB of host memory (`--mode=compile --topology=v4-64`, docs/scaling.md). Target: the paper's COCO FID 6.21, which is
-zero-shot (trained on other image-text data); training on COCO itself, as this config does, is not that protocol.
-Not run at this size here; tests/test_paper_configs.py builds it and trains one step at reduced size.
+over groups of four chips): the TPU compiler fits its train step in 13.3 GiB of a v4 chip's 30.75 and predicts at
+least 0.123 s a step, compiled in 21.6 GiB of host memory (`--mode=compile --topology=v4-64`, docs/scaling.md).
+Target: the paper's COCO FID 6.21, which is zero-shot (trained on other image-text data); training on COCO itself,
+as this config does, is not that protocol. Not run at this size here; tests/test_paper_configs.py builds it and
+trains one step at reduced size.
 """
 
 from configs import paper

@@ -15,9 +15,10 @@ for stage 1 (`--config.first_stage.workdir=<its folder>`, docs/pytorch.md), and 
 latents, 675M parameters (the paper's count, tests/test_dit.py); linear schedule, eps, AdamW at a constant 1e-4,
 batch 256, EMA 0.9999, 10% of labels dropped; sampled with 250 DDPM steps at guidance 1.5, as the paper's FID 2.27
 (7M steps) was. Sized for a TPU v4-32 (bf16; the batch over 4 groups of 4 chips, the weights, EMA and Adam
-moments split within each group): the TPU compiler fits its train step in 9.7 GiB of a v4 chip's 30.75
-(`--mode=compile --topology=v4-32`, docs/scaling.md), 0.121 s a step by the roofline, at most 48% of the chips' bf16
-peak: at least 9.8 days to 7M steps (the batch over all 16 chips instead: 16.9 GiB, 0.149 s, 39%). Target: FID
+moments split within each group): the TPU compiler fits its train step in 10.4 GiB of a v4 chip's 30.75
+(`--mode=compile --topology=v4-32`, docs/scaling.md), 0.109 s a step by the roofline, at most 53% of the chips' bf16
+peak: at least 8.8 days to 7M steps (the batch over all 16 chips instead, before the points-major head: 16.9 GiB,
+0.149 s, 39%). Target: FID
 2.27. Not run at this size here; tests/test_paper_configs.py builds it and trains one step at reduced size.
 """
 

@@ -7,9 +7,9 @@ body counted as often as the loop runs (`known_trip_count`).
 Read it as shares: the cycles are the compiler's per-instruction estimates before overlap, so their sum is not the
 step time (issue 27; docs/scaling.md). GPU and CPU programs carry no such estimate: `profile` returns None.
 
-`collectives` sums, by kind, the bytes of what each collective of the per-chip program delivers (its result: the
-gathered array, the reduced one, what a permute receives), loops counted as they run: the traffic between chips that
-a roofline of FLOPs and HBM bytes does not see.
+`collectives` sums, by kind, the bytes of the whole array each collective of the per-chip program works on (the
+gathered array, the reduced one, what a permute receives, the array a reduce-scatter reduces), loops counted as they
+run: the traffic between chips that a roofline of FLOPs and HBM bytes does not see.
 """
 
 import collections
