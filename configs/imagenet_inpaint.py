@@ -8,9 +8,9 @@ guidance in place of guided-diffusion's classifier), filled in by RePaint (`--mo
         --mode=inpaint --config.inpaint.images=<validation images, 256x256> --config.inpaint.mask=half
 
 Same layout as configs/celebahq_inpaint.py at full guided-diffusion width (256 channels), 1,000 classes. Sized for a
-TPU v4-64 (global batch 256 in one pass, 8 images per chip, bf16): the TPU compiler fits its train step in 22.2 GiB of
-a v4 chip's 30.75 and predicts at least 0.178 s a step (2.1 days to train.steps) (`--mode=compile
---topology=v4-64`, 19 minutes and 19 GiB of host memory on a 2-core CPU; docs/scaling.md). Target: the paper's
+TPU v4-64 (global batch 256 in one pass, 8 images per chip, bf16): the TPU compiler fits its train step in 18.2 GiB of
+a v4 chip's 30.75 and predicts at least 0.174 s a step (2.0 days to train.steps) (`--mode=compile
+--topology=v4-64`, 13 minutes and 17.5 GiB of host memory on a 2-core CPU; docs/scaling.md). Target: the paper's
 ImageNet inpainting figures (LPIPS 0.057: `--mode=eval --config.eval.lpips_weights=lpips_vgg.safetensors` scores the
 images filled under five generated masks, docs/inpainting.md).
 Not run at this size here; tests/test_paper_configs.py runs it at reduced size.
