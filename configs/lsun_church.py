@@ -7,7 +7,7 @@
 
 An LDM-8-sized UNet (channels 192, mults (1, 2, 2, 4, 4), attention at 16, 8 and 4) on the 32x32x4 latents of the f8
 KL autoencoder; every latent position scored by the context head. Sized for a TPU v4-32 (global batch 256, bf16,
-500k steps): the TPU compiler fits its train step in 6.1 GiB of a v4 chip's 30.75 (`--mode=compile
+500k steps): the TPU compiler fits its train step in 5.7 GiB of a v4 chip's 30.75 (`--mode=compile
 --topology=v4-32`, docs/scaling.md). Target: the paper's LSUN-church FID (not restated here); LDM-8 reported 4.02.
 Not run at this size here; tests/test_paper_configs.py builds it and trains one step at reduced size.
 """
