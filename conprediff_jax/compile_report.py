@@ -23,8 +23,9 @@ What the numbers count (docs/scaling.md: the table, and how each was checked):
 - flops_per_step, bytes_accessed: the cost analysis of the compiled per-chip program. XLA counts a loop's body once,
   so with train.microbatches = k one part's forward and backward, compiled on its own, is added k - 1 more times.
 - collective_bytes: by kind (all-gather, all-reduce, reduce-scatter, ...), the bytes of the whole arrays each chip's
-  collectives gather, sum or receive per step (hlo_profile.collectives): traffic between chips that the roofline
-  does not count. Its time, and how much of it overlaps compute, is not predicted here.
+  collectives gather, sum or receive per step (hlo_profile.collectives, which counts the micro-batches' loop as it
+  runs): traffic between chips that the roofline does not count. Its time, and how much of it overlaps compute,
+  is not predicted here.
 - predicted_step_seconds: the compiler's cost model (`optimal_seconds`) where it gives a time that the chip's peak
   FLOP/s allows; otherwise (it answers with negative times for v4 and v5e) the roofline, FLOPs at peak or bytes at
   HBM bandwidth, the larger (`time_source` says which). Neither sees the host's input pipeline or dispatch; the
@@ -276,15 +277,14 @@ def _train_figures(step: Program, part: Program | None, t, chip: hardware.Chip, 
   repeats = t.microbatches - 1 if part is not None else 0
   flops = step.flops + repeats * (part.flops if part else 0.0)
   traffic = step.bytes_accessed + repeats * (part.bytes_accessed if part else 0.0)
-  collective = {kind: moved + repeats * (part.collectives.get(kind, 0) if part else 0)
-                for kind, moved in {**(part.collectives if part else {}), **step.collectives}.items()}
   modelled = [p.optimal_seconds for p in (step, part) if p is not None]
   cost_model = None if None in modelled else modelled[0] + repeats * (modelled[1] if part else 0.0)
   roofline = hardware.roofline_seconds(chip, flops, traffic)
   usable = all(hardware.is_finite_positive(s) for s in modelled) and cost_model >= flops / chip.bf16_flops
   seconds = cost_model if usable else roofline
   out.update({
-      "flops_per_step": flops, "bytes_accessed": traffic, "collective_bytes": collective,
+      # hlo_profile counts a loop's body as often as it runs: the step's own count holds every part's collectives.
+      "flops_per_step": flops, "bytes_accessed": traffic, "collective_bytes": step.collectives,
       "arithmetic_intensity": flops / traffic if traffic else None,
       "ridge_point": chip.ridge_flops_per_byte,
       "cost_model_seconds": cost_model, "roofline_seconds": roofline, "predicted_step_seconds": seconds,

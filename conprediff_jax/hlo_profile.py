@@ -24,7 +24,7 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _FRAME = re.compile(r"stack_frame_id=(\d+)")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = ")
 _TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
-_SHAPE = re.compile(r"\b(pred|[subf]\d+|bf16|f8e\w+)\[([\d,]*)\]")
+_SHAPE = re.compile(r"\b(pred|bf16|[subf]\d+)\w*\[([\d,]*)\]")  # f8e4m3fn: "f8"
 _COLLECTIVE = re.compile(r"^\s*(?:ROOT )?%[\w.\-]+ = (.*?) (all-gather|all-reduce|reduce-scatter|all-to-all|"
                          r"collective-permute|ragged-all-to-all)(-done)?\(")
 _REDUCE_SCATTER = re.compile(r"calls=%(all-reduce-scatter[\w.\-]*)")
@@ -142,7 +142,7 @@ def _bytes(shapes: str) -> int:
   """Bytes of the arrays in an HLO result type (one array, or a tuple of them; layouts ignored)."""
   total = 0
   for dtype, dims in _SHAPE.findall(shapes):
-    bits = 8 if dtype == "pred" else 16 if dtype == "bf16" else int(re.sub(r"\D", "", dtype.split("e")[0]) or 8)
+    bits = {"pred": 8, "bf16": 16}.get(dtype) or int(dtype[1:])
     total += math.prod(int(d) for d in dims.split(",") if d) * bits // 8
   return total
 
@@ -159,7 +159,6 @@ def collectives(hlo_text: str) -> dict[str, int]:
       if found:
         moved[found.group(2)] += _bytes(found.group(1)) * times
       elif fused and " fusion(" in line:
-        for inner in computations.get(fused.group(1), ()):
-          found = _COLLECTIVE.match(inner)
-          moved["reduce-scatter"] += _bytes(found.group(1)) * times if found else 0
+        for reduced in filter(None, map(_COLLECTIVE.match, computations.get(fused.group(1), ()))):
+          moved["reduce-scatter"] += _bytes(reduced.group(1)) * times
   return dict(moved)

@@ -165,6 +165,20 @@ def test_fsdp_splits_the_optimiser_state_and_gathers_the_kernels():
   assert split.collectives["reduce-scatter"] + split.collectives["all-reduce"] >= 4 * kernels, split.collectives
 
 
+def test_microbatches_add_the_parts_flops_but_not_their_collectives_twice():
+  """XLA's cost analysis counts the accumulation loop's body once, so k parts add the part's FLOPs and bytes k - 1
+  more times; hlo_profile counts the loop as it runs, so the step's collectives are already every part's."""
+  memory = {"argument": 1, "output": 1, "alias": 1, "temp": 1, "generated_code": 1}
+  step = compile_report.Program(memory, 10.0, 100.0, None, collectives={"all-reduce": 7})
+  part = compile_report.Program(memory, 4.0, 40.0, None, collectives={"all-reduce": 7, "all-gather": 3})
+  config = tiny_config()
+  config.train.microbatches = 3
+  figures = compile_report._train_figures  # pylint: disable=protected-access
+  out = figures(step, part, config.train, hardware.CHIPS["v5e"], {"chips": 4})
+  assert (out["flops_per_step"], out["bytes_accessed"]) == (10.0 + 2 * 4.0, 100.0 + 2 * 40.0)
+  assert out["collective_bytes"] == {"all-reduce": 7}
+
+
 def test_the_data_axis_of_a_multi_slice_job_spans_the_slices():
   devices = hardware.abstract_devices(hardware.parse_topology("v5p-8"), num_slices=2)
   assert len(devices) == 8 and hardware.hosts(devices) == 2 and parallel.num_slices(devices) == 2
