@@ -57,7 +57,8 @@ def compile_part(part: str, topology: str, per_chip: int, size: int, channels: i
     return jax.value_and_grad(lambda p, x: apply(nnx.merge(graph, p), x, extra), argnums=(0, 1))(params, x)
 
   args = (jax.tree.map(lambda p: spec(p.shape, p.dtype, ()), params), *inputs)
-  return compile_report.compile_program(jax.jit(step).lower(*args))
+  with jax.set_mesh(mesh):  # as the trainer does: the head's TPU kernel runs on each chip's own sets
+    return compile_report.compile_program(jax.jit(step).lower(*args))
 
 
 def main():

@@ -37,6 +37,7 @@ What the numbers count (docs/scaling.md: the table, and how each was checked):
   100% by construction.
 - where_the_time_goes: the TPU compiler's own cycle estimate of each instruction, as shares by JAX operation and by
   line of the project's code (hlo_profile.py): what a change to the step should move. Absent for GPU programs.
+  Pallas kernels (the context loss's sorted solver on a TPU) carry no estimate: they are counted, not shared.
 """
 
 import dataclasses
@@ -345,6 +346,9 @@ def table(r: dict) -> str:
       rows += [(f"time by {what}" if i == 0 else "", f"{100 * share:4.1f}%  {name}")
                for what, key in (("operation", "by_op"), ("line", "by_line"))
                for i, (name, share) in enumerate(profile[key][:5])]
+      if profile.get("kernels_not_estimated"):
+        rows.append(("", f"(not in the shares: {profile['kernels_not_estimated']} runs of Pallas kernels, which the "
+                         "compiler does not estimate)"))
   s = r["sampler"]
   rows.append((f"sampler memory / chip (batch {s['batch']})",
                f"{gib(s['hbm_peak_bytes'])}: " + ("fits" if s["fits"] else "DOES NOT FIT")))

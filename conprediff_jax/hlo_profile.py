@@ -117,13 +117,16 @@ def _runs(computations: dict[str, list[str]], entry: str) -> dict[str, int]:
 
 def profile(hlo_text: str, top: int = 8) -> dict | None:
   """{"total_cycles", "by_op": [[op, share], ...], "by_line": [[file:line (function), share], ...]} of the `top`
-  largest; None where the module carries no cycle estimates."""
+  largest, and "kernels_not_estimated": the runs of Pallas kernels (tpu_custom_call), which the compiler gives no
+  cycle estimate, so they are in neither the total nor the shares; None where the module carries no estimates."""
   computations, entry = _computations(hlo_text)
   tables, by_op, by_line, total = _tables(hlo_text), collections.Counter(), collections.Counter(), 0
+  kernels = 0
   for name, times in _runs(computations, entry).items():
     for line in computations[name]:
       cycles = _CYCLES.search(line)
       if not cycles:
+        kernels += times * ('custom_call_target="tpu_custom_call"' in line)
         continue
       spent = int(cycles.group(1)) * times
       total += spent
@@ -135,7 +138,7 @@ def profile(hlo_text: str, top: int = 8) -> dict | None:
   if not total:
     return None
   share = lambda counter: [[k, round(v / total, 4)] for k, v in counter.most_common(top)]
-  return {"total_cycles": total, "by_op": share(by_op), "by_line": share(by_line)}
+  return {"total_cycles": total, "by_op": share(by_op), "by_line": share(by_line), "kernels_not_estimated": kernels}
 
 
 def _bytes(shapes: str) -> int:

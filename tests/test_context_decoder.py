@@ -44,6 +44,20 @@ def test_output_shape_and_explicit_key():
   assert shape == (B, H, W, len(STRIDES), 5, C)
 
 
+def test_the_strides_mlps_compute_the_same_as_matmuls_and_as_einsums():
+  """The CPU's form of the decoder (plain matrix products) and every other backend's (einsums over the strides),
+  and their gradients, agree: each backend compiles only its own (jax.lax.platform_dependent)."""
+  decoder = make_decoder(num_samples=5, latent_dim=4)
+  z = jax.random.normal(jax.random.key(3), (5, 4, B, H * W))
+  weights = jax.random.normal(jax.random.key(4), (5, C, len(STRIDES), B, H * W))
+  graph, params = nnx.split(decoder)
+  value = lambda form: jax.value_and_grad(lambda p, z: jnp.sum(weights * getattr(nnx.merge(graph, p), form)(z)),
+                                          argnums=(0, 1))(params, z)
+  matmuls, einsums = value("_mlps_as_matmuls"), value("_mlps_as_einsums")
+  for got, want in zip(jax.tree.leaves(matmuls), jax.tree.leaves(einsums)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
 def test_state_is_parameters_only():
   decoder = make_decoder()
   _, params, rest = nnx.split(decoder, nnx.Param, ...)
@@ -278,9 +292,11 @@ def test_position_draws_stay_on_the_chip_that_holds_the_example():
   split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
   whole = parallel.replicated(mesh)
   abstract = lambda shape, sharding: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)
-  hlo = jax.jit(gradients).lower(jax.tree.map(lambda x: abstract(x.shape, whole), params),
-                                 abstract((16, 8, 8, 8), split), abstract((16, 8, 8, 3), split),
-                                 jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=whole)).compile().as_text()
+  with jax.set_mesh(mesh):  # as the trainer runs: the sorted solver is then its TPU kernel (sorted_kernel.py)
+    hlo = jax.jit(gradients).lower(jax.tree.map(lambda x: abstract(x.shape, whole), params),
+                                   abstract((16, 8, 8, 8), split), abstract((16, 8, 8, 3), split),
+                                   jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=whole)).compile().as_text()
+  assert 'custom_call_target="tpu_custom_call"' in hlo
   summed = [line.split(" all-reduce")[0] for line in hlo.splitlines() if re.search(r" all-reduce(-start)?\(", line)]
   values = sum(int(np.prod([int(d) for d in dims.split(",") if d]))
                for line in summed for dims in re.findall(r"\w+\[([\d,]*)\]", line))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conprediff_jax.context import neighbourhoods
-from conprediff_jax.context.neighbourhoods import OFFSETS
+from conprediff_jax.context.neighbourhoods import OFFSETS, neighbour_mask, shifted, shifted_flat
 
 # The documented order, spelled out independently of the module's constant.
 RASTER_ORDER = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
@@ -71,3 +71,14 @@ def test_rejects_bad_strides(strides):
   with pytest.raises(ValueError) as err:
     neighbourhoods(y, strides)
   assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("height,width,strides", [(5, 7, (1, 2, 3)), (4, 4, (1, 3))])
+def test_flat_shifts_agree_wherever_the_neighbour_is_inside(height, width, strides):
+  y = jax.random.normal(jax.random.key(0), (2, 3, height, width))  # [B, C, H, W]
+  want = shifted(y, strides, grid_axis=2)  # [S*8, B, C, H, W]
+  got = shifted_flat(y.reshape(2, 3, -1), strides, height, width).reshape(want.shape)
+  inside = neighbour_mask(height, width, strides)  # [H, W, S, 8]
+  inside = np.moveaxis(inside.reshape(height, width, -1), -1, 0)[:, None, None]  # [S*8, 1, 1, H, W]
+  np.testing.assert_array_equal(np.where(inside, np.asarray(got), 0.0), np.asarray(want))
+  assert not np.array_equal(np.asarray(got), np.asarray(want))  # outside the grid it wraps: masked by the caller

@@ -1,6 +1,7 @@
 """wasserstein2(): every solver against independent float64 references, plus gradients."""
 
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -140,6 +141,48 @@ def test_sorted_masked_and_weighted_match_reference(q, n, c):
   ref = np.array([per_coordinate_w2(x[i], y[i], wa[i], wb[i]) for i in range(6)])
   out = wasserstein2(x, y, wa.astype(np.float32), wb.astype(np.float32))
   np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("q,n,c,m", [(8, 8, 3, 256), (8, 8, 64, 130), (6, 5, 2, 1030)])
+def test_tpu_kernel_matches_the_reference_and_xla(q, n, c, m):
+  """The Pallas kernel (run by its interpreter here: the same code a TPU compiles) against the per-coordinate
+  reference, and its x-gradient against XLA's path (sorted_solver), on masked sets, with ties, with sets that are
+  not a multiple of the kernel's block (padded) and with a point count that has no sorting network."""
+  from conprediff_jax.context import sorted_kernel, sorted_solver  # pylint: disable=g-import-not-at-top
+  x, y, keep = random_sets(21, (m,), q, n, c)
+  x[:, 1] = x[:, 0]  # exact ties
+  keep[:7] = False
+  keep[:7, 3] = True  # sets with one point
+  points = lambda v: jnp.asarray(np.transpose(v, (1, 2, 0)))  # [sets, P, C] -> [P, C, sets]
+  mask = jnp.asarray(keep.T[:, None])
+  got = sorted_kernel.solve(points(x), points(y), mask, interpret=True)
+  ref = np.array([per_coordinate_w2(x[i], y[i], b=keep[i]) for i in range(m)])
+  np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5, atol=1e-5)
+  weights = jnp.asarray(np.random.default_rng(3).normal(size=m), jnp.float32)
+  gradient = lambda solve: jax.grad(lambda v: jnp.sum(weights * solve(v)))(points(x))
+  got = np.asarray(gradient(lambda v: sorted_kernel.solve(v, points(y), mask, interpret=True)))
+  want = np.asarray(gradient(lambda v: sorted_solver._solve(v, points(y), None, mask)))
+  # Tied points may meet their two targets either way round (both are subgradients): their sum is the same.
+  np.testing.assert_allclose(got[2:], want[2:], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got[0] + got[1], want[0] + want[1], rtol=1e-5, atol=1e-6)
+
+
+def test_tpu_kernel_runs_on_each_chips_sets():
+  """Compiled for a TPU under a mesh, the points-major solver is the kernel, once per chip on its own sets: no
+  collective moves them; without a mesh it is XLA's path."""
+  from conprediff_jax import hardware, parallel  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.context import sorted_solver  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh((-1, 1), ("data", "fsdp"), devices=hardware.abstract_devices(
+      hardware.parse_topology("v5e-4")))
+  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, None, ("data", "fsdp")))
+  sets = lambda coordinates, dtype=jnp.float32: jax.ShapeDtypeStruct((8, coordinates, 4 * 384), dtype, sharding=split)
+  loss = lambda x, y, b: jnp.sum(sorted_solver.solve_points_major(x, y, b))
+  compiled = lambda: jax.jit(jax.value_and_grad(loss)).lower(sets(3), sets(3), sets(1, jnp.bool_)).compile().as_text()
+  with jax.set_mesh(mesh):
+    hlo = compiled()
+  assert hlo.count('custom_call_target="tpu_custom_call"') == 1
+  assert not re.search("all-gather|all-to-all|collective-permute", hlo)
+  assert "tpu_custom_call" not in compiled()
 
 
 def test_sorted_is_true_w2_in_one_dimension():

@@ -61,6 +61,7 @@ def test_cycles_by_operation_and_line_with_loops_run_as_often_as_they_run():
       "conprediff_jax/models/unet.py:68 (ResnetBlock2D.__call__)": round(460 / total, 4),
       "conprediff_jax/train.py:181 (train_step)": round(35 / total, 4),
       "(outside conprediff_jax)": round(5 / total, 4)}
+  assert profile["kernels_not_estimated"] == 0
   assert hlo_profile.profile(MODULE.replace("estimated_cycles", "other")) is None  # a GPU or CPU module
 
 

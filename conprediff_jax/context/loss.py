@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from conprediff_jax.context import decoder as decoder_lib
 from conprediff_jax.context import wasserstein
 # The package re-exports the function under the module's name, so import the function itself.
-from conprediff_jax.context.neighbourhoods import OFFSETS, neighbour_mask, shifted
+from conprediff_jax.context.neighbourhoods import OFFSETS, neighbour_mask, shifted_flat
 
 
 def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targets: jax.Array,
@@ -56,7 +56,7 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
   # tests/test_families.py). It is F x 2L per position, a small share of what the head costs.
   sets = height * width // group  # set n of an example: its positions n, n + sets, n + 2 sets, ... (raster order)
   moments = decoder.moments_of(features.astype(jnp.float32)).reshape(batch, group, sets, -1)
-  values = shifted(jnp.moveaxis(targets, -1, 0), strides, grid_axis=2)  # [S*8, C, B, H, W]
+  values = shifted_flat(jnp.moveaxis(targets, -1, 0).reshape(channels, batch, -1), strides, height, width)
   values = values.reshape(len(strides), len(OFFSETS), channels, batch, group, sets)
   mask = jnp.asarray(neighbour_mask(height, width, strides).reshape(group, sets, len(strides), len(OFFSETS)))
   sample_key, solver_key, position_key = jax.random.split(key, 3)

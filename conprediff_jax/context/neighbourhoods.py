@@ -73,3 +73,17 @@ def shifted(y: jax.Array, strides: Sequence[int], grid_axis: int) -> jax.Array:
           jax.lax.slice_in_dim(padded, pad + s * dy, pad + s * dy + height, axis=grid_axis),
           pad + s * dx, pad + s * dx + width, axis=grid_axis + 1)
       for s in strides for dy, dx in OFFSETS])
+
+
+def shifted_flat(y: jax.Array, strides: Sequence[int], height: int, width: int) -> jax.Array:
+  """`shifted` for a grid flattened in raster order into y's last axis ([..., H * W] -> [S * 8, ..., H * W]): each
+  neighbour is one shift of the flat axis, so the positions stay the minor axis (on a TPU a W of 32 as the minor axis
+  fills a quarter of each tile). Where the neighbour lies outside the grid, the value is another position's (the
+  shift wraps across rows) or 0: only for use where neighbour_mask drops those."""
+  strides = validate_strides(strides, height, width)
+  pad = max(strides) * (width + 1)
+  padded = jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(pad, pad)])
+  size = height * width
+  return jnp.stack([jax.lax.slice_in_dim(padded, pad + s * (dy * width + dx), pad + s * (dy * width + dx) + size,
+                                         axis=y.ndim - 1)
+                    for s in strides for dy, dx in OFFSETS])

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from conprediff_jax.context import sorted_kernel
 from conprediff_jax.context import sorting_network
 from conprediff_jax.context import unrolled
 from conprediff_jax.context import weights as weights_lib
@@ -50,11 +51,25 @@ def solve_points_major(x: jax.Array, y: jax.Array, b: jax.Array | None, *, num_p
                        key: jax.Array | None = None) -> jax.Array:
   """`solve` on the solver's own layout, uniform over x: x [Q, C, M], y [N, C, M] (points, coordinates, the M
   sets), b None or a bool mask [N, 1, M]; returns [M]. For a caller that can make its sets in this layout: on a
-  TPU, the [..., Q, C] layout's two small minor axes each fill a tile."""
+  TPU, the [..., Q, C] layout's two small minor axes each fill a tile. Differentiable in x; y is a constant (the
+  context loss's targets are). Compiled for a TPU under a mesh it is one Pallas kernel (sorted_kernel.py)."""
   directions, scale = _directions(x.shape[1], num_projections, key, x.dtype)
+  y = jax.lax.stop_gradient(y)
   if num_projections:
     x, y = (jnp.einsum("pcm,ck->pkm", v, directions, precision=jax.lax.Precision.HIGHEST) for v in (x, y))
-  return scale * _solve(x, y, None, b)
+  xla = lambda x, y, b: _solve(x, y, None, b)
+  return scale * jax.lax.platform_dependent(x, y, b, tpu=_on_tpu(xla), default=xla)
+
+
+def _on_tpu(xla):
+  """The kernel where the sets split over the caller's mesh (a Pallas kernel is opaque to XLA's partitioner: it
+  needs the mesh named, as the trainer names it with `jax.set_mesh`), XLA's path otherwise."""
+  def solve(x, y, b):
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or x.shape[-1] % mesh.size:
+      return xla(x, y, b)
+    return sorted_kernel.solve(x, y, b)
+  return solve
 
 
 def _solve(x: jax.Array, y: jax.Array, a: jax.Array | None, b: jax.Array | None) -> jax.Array:

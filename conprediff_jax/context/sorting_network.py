@@ -51,16 +51,25 @@ def _run_network(values: jax.Array, extras: list[jax.Array], axis: int):
   size = values.shape[axis]
   take = lambda v: [jax.lax.index_in_dim(v, i, axis, keepdims=False) for i in range(size)]
   items, others = take(values), [take(e) for e in extras]
-  if not extras:  # min/max is cheaper than a compare and two selects
-    for i, j in NETWORKS[size]:
-      items[i], items[j] = jnp.minimum(items[i], items[j]), jnp.maximum(items[i], items[j])
-    return jnp.stack(items, axis=axis), []
+  if not extras:
+    return jnp.stack(network_sort_list(items), axis=axis), []
   for i, j in NETWORKS[size]:
     keep = items[i] <= items[j]
     for column in [items] + others:
       column[i], column[j] = (jnp.where(keep, column[i], column[j]),
                               jnp.where(keep, column[j], column[i]))
   return jnp.stack(items, axis=axis), [jnp.stack(o, axis=axis) for o in others]
+
+
+def network_sort_list(items: list[jax.Array]) -> list[jax.Array]:
+  """The items (equal shapes) sorted elementwise, smallest first: min/max compare-swaps (cheaper than a compare and
+  two selects), by the network for their count, or odd-even transposition where there is none. Not
+  differentiated through (see _network_sort)."""
+  items, size = list(items), len(items)
+  pairs = NETWORKS.get(size) or [(i, i + 1) for r in range(size) for i in range(r % 2, size - 1, 2)]
+  for i, j in pairs:
+    items[i], items[j] = jnp.minimum(items[i], items[j]), jnp.maximum(items[i], items[j])
+  return items
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
