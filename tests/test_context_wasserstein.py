@@ -167,17 +167,20 @@ def test_tpu_kernel_matches_the_reference_and_xla(q, n, c, m):
   np.testing.assert_allclose(got[0] + got[1], want[0] + want[1], rtol=1e-5, atol=1e-6)
 
 
-def test_tpu_kernel_runs_on_each_chips_sets():
+@pytest.mark.parametrize("coordinates", [3, 64])
+def test_tpu_kernel_runs_on_each_chips_sets(coordinates):
   """Compiled for a TPU under a mesh, the points-major solver is the kernel, once per chip on its own sets: no
-  collective moves them; without a mesh it is XLA's path."""
+  collective moves them; without a mesh it is XLA's path. 64 coordinates (a token model's codebook vectors) in blocks
+  of 1024 sets asked for more vector memory than a TPU core has: the compile fails unless the blocks shrink."""
   from conprediff_jax import hardware, parallel  # pylint: disable=g-import-not-at-top
   from conprediff_jax.context import sorted_solver  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh((-1, 1), ("data", "fsdp"), devices=hardware.abstract_devices(
       hardware.parse_topology("v5e-4")))
   split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, None, ("data", "fsdp")))
-  sets = lambda coordinates, dtype=jnp.float32: jax.ShapeDtypeStruct((8, coordinates, 4 * 384), dtype, sharding=split)
+  sets = lambda size, dtype=jnp.float32: jax.ShapeDtypeStruct((8, size, 4 * 2048), dtype, sharding=split)
   loss = lambda x, y, b: jnp.sum(sorted_solver.solve_points_major(x, y, b))
-  compiled = lambda: jax.jit(jax.value_and_grad(loss)).lower(sets(3), sets(3), sets(1, jnp.bool_)).compile().as_text()
+  compiled = lambda: jax.jit(jax.value_and_grad(loss)).lower(sets(coordinates), sets(coordinates), sets(1, jnp.bool_)
+                                                             ).compile().as_text()
   with jax.set_mesh(mesh):
     hlo = compiled()
   assert hlo.count('custom_call_target="tpu_custom_call"') == 1

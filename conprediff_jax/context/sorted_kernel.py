@@ -25,8 +25,11 @@ from jax.experimental import pallas as pl
 
 from conprediff_jax.context import sorting_network
 
-# Sets per kernel instance: a multiple of the TPU's 128 lanes; the largest of these that divides the sets.
+# Sets per kernel instance: a multiple of the TPU's 128 lanes; the largest of these that divides the sets and keeps
+# coordinates x sets within BLOCK_VALUES, so that a block's arrays fit the 16 MiB of a v4 core's scoped vector
+# memory (64 coordinates x 1024 sets, celebahq_tokens.py's codebook vectors, asked the compiler for 19.3 MiB).
 BLOCKS = (1024, 512, 256, 128)
+BLOCK_VALUES = 8192
 
 
 def solve(x: jax.Array, y: jax.Array, mask: jax.Array | None, *, interpret: bool = False) -> jax.Array:
@@ -72,7 +75,7 @@ def _call(x, y, mask, interpret):
     pad = padded - m
     x, y = (jnp.pad(v, ((0, 0), (0, 0), (0, pad))) for v in (x, y))
     weights = jnp.concatenate([weights, jnp.zeros((n, pad), jnp.float32).at[0].set(1.0)], axis=1)
-  block = next(b for b in BLOCKS if padded % b == 0)
+  block = next(b for b in BLOCKS if padded % b == 0 and (c * b <= BLOCK_VALUES or b == BLOCKS[-1]))
   points = lambda size: pl.BlockSpec((size, c, block), lambda i: (0, 0, i))
   distances, grad_x = pl.pallas_call(
       _kernel, grid=(padded // block,),
