@@ -20,10 +20,16 @@ from conprediff_jax import sample_requests
 
 def make_sample_fn(family: families.Family, model_def: nnx.GraphDef, num_images: int, *,
                    first_stage_def: nnx.GraphDef | None = None, mesh=None, weight_shardings=None):
-  """-> jitted `(weights, first_stage_weights, key, cond) -> images float32 [N, H, W, C] in [-1, 1]`."""
+  """-> jitted `(weights, first_stage_weights, key, cond) -> images float32 [N, H, W, C] in [-1, 1]`. Weights kept
+  split over `fsdp` (`weight_shardings`) are gathered whole once per call, as the train step gathers them
+  (parallel.compute_shardings): left to itself the partitioner kept some split and moved activations to them."""
   sample_fn = family.sampler(model_def, first_stage_def, num_images)
   if mesh is None:
     return jax.jit(sample_fn)
+  compute = None if weight_shardings is None else parallel.compute_shardings(weight_shardings)
+  if compute is not None:
+    sample_split = sample_fn
+    sample_fn = lambda weights, *rest: sample_split(jax.lax.with_sharding_constraint(weights, compute), *rest)
   divisible = num_images % parallel.data_parallel_size(mesh) == 0
   out = parallel.batch_sharding(mesh) if divisible else parallel.replicated(mesh)
   replicated = parallel.replicated(mesh)

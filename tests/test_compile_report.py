@@ -166,6 +166,21 @@ def test_fsdp_splits_the_optimiser_state_and_gathers_the_kernels():
   assert split.collectives["reduce-scatter"] + split.collectives["all-reduce"] >= 4 * kernels, split.collectives
 
 
+def test_the_sampler_gathers_weights_split_over_fsdp_once():
+  """The sampler takes the EMA weights as the state keeps them, split over fsdp, and gathers each kernel once per
+  call (in bf16, as the UNet computes): left to the partitioner it kept some kernels split and moved activations to
+  them (collective-permutes), as it did in the train step."""
+  config = tiny_config()
+  config.model.channels = 48
+  config.mesh.shape = (1, 4)
+  config.sample.steps = 16
+  target = compile_report.prepare(config, "v5p-8", hardware.abstract_devices(hardware.parse_topology("v5p-8")))
+  sampler = compile_report.compile_sampler(target, 8)
+  kernels = sum(x.size for x in jax.tree.leaves(target.abstract_state["ema"]) if x.size >= parallel.MIN_SHARDED_SIZE)
+  assert 2 * kernels <= sampler.collectives["all-gather"] < 1.2 * 2 * kernels, sampler.collectives
+  assert "collective-permute" not in sampler.collectives and "all-to-all" not in sampler.collectives
+
+
 def test_microbatches_add_the_parts_flops_but_not_their_collectives_twice():
   """XLA's cost analysis counts the accumulation loop's body once, so k parts add the part's FLOPs and bytes k - 1
   more times; hlo_profile counts the loop as it runs, so the step's collectives are already every part's."""

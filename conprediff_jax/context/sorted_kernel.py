@@ -2,7 +2,7 @@
 
 XLA compiles the solver's sorting network, quantile overlaps and sums (sorted_solver._masked) as some twenty
 fusions, each reading and writing whole [points, coordinates, sets] arrays: about 12 KB of HBM traffic per set
-for 0.3 KB of inputs and gradients (`python -m benchmarks.block_compile --part=head`, docs/scaling.md). This
+for 0.3 KB of inputs and gradients (the solver compiled alone for a v4 chip; docs/scaling.md). This
 kernel reads a block of sets once, keeps everything else in the chip's vector memory, and writes the distances
 and their gradient with respect to x.
 
