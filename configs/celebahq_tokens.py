@@ -8,7 +8,7 @@
 256 tokens per image, a 16-layer, 512-wide bidirectional transformer (about 50M parameters), cosine mask schedule,
 MaskGIT decoding in 12 steps; the context head reads the final token features and predicts the frozen codebook
 vectors of each token's neighbours at strides 1, 2, 3. Sized for a TPU v4-8 (global batch 256, bf16): the TPU
-compiler fits its train step in 7.2 GiB of a v4 chip's 30.75 (`--mode=compile --topology=v4-8`, docs/scaling.md).
+compiler fits its train step in 7.1 GiB of a v4 chip's 30.75 (`--mode=compile --topology=v4-8`, docs/scaling.md).
 Not run at this size here (no accelerator, no CelebA-HQ on the build machine); tests/test_paper_configs.py builds it
 and runs one train step and one decoding step at reduced size. FID needs `--config.eval.inception_weights` (README,
 "Evaluation").
