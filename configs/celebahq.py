@@ -10,7 +10,7 @@
 An LDM-4-sized UNet (channels 224, mults (1, 2, 3, 4), two resnets per level, attention at 32, 16 and 8; ~270M
 parameters) on the 64x64x3 latents of the f4 KL autoencoder, linear schedule, eps-prediction, context head on the
 latent grid (half of the positions scored per step). Sized for a TPU v4-32 (global batch 256, bf16, 500k steps): the
-TPU compiler fits its train step in 10.6 GiB of a v4 chip's 30.75 (`--mode=compile --topology=v4-32`,
+TPU compiler fits its train step in 10.5 GiB of a v4 chip's 30.75 (`--mode=compile --topology=v4-32`,
 docs/scaling.md). Target: the paper's CelebA-HQ FID (its unconditional-generation table; not restated here); LDM-4
 reported 5.11. Not run at this size here (no accelerator); tests/test_paper_configs.py builds it at full size and
 trains and samples one step at reduced size.

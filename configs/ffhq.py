@@ -8,7 +8,7 @@
         --config.eval.inception_weights=fid_inception.safetensors
 
 The CelebA-HQ layout (configs/celebahq.py: ~270M-parameter UNet on f4 latents) on FFHQ's 70,000 faces. Sized for a
-TPU v4-32 (global batch 256, bf16, 500k steps; the program of configs/celebahq.py, 10.6 GiB per v4 chip by the TPU
+TPU v4-32 (global batch 256, bf16, 500k steps; the program of configs/celebahq.py, 10.5 GiB per v4 chip by the TPU
 compiler, docs/scaling.md). Target: the paper's FFHQ-256 FID 2.24. Not run at this size here;
 tests/test_paper_configs.py builds it and trains one step at reduced size.
 """

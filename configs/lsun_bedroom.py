@@ -6,7 +6,7 @@
     python -m conprediff_jax.main --config=configs/lsun_bedroom.py --workdir=workdirs/lsun_bedroom
 
 The CelebA-HQ layout (configs/celebahq.py: ~270M-parameter UNet on f4 latents) on LSUN bedrooms. Sized for a TPU
-v4-32 (global batch 256, bf16, 500k steps; the program of configs/celebahq.py, 10.6 GiB per v4 chip by the TPU
+v4-32 (global batch 256, bf16, 500k steps; the program of configs/celebahq.py, 10.5 GiB per v4 chip by the TPU
 compiler, docs/scaling.md). Target: the paper's LSUN-bedroom FID (not restated here); LDM-4 reported 2.95. Not run
 at this size here; tests/test_paper_configs.py builds it and trains one step at reduced size.
 """
