@@ -138,12 +138,18 @@ def test_bad_topologies_and_configs_are_one_line(tmp_path, flags, fragment):
   assert "Traceback" not in stderr
 
 
-def _train_step_on_v5p_8(fsdp: int) -> tuple[compile_report.Program, compile_report.Target]:
-  """A small UNet's train step compiled for a v5p-8 (4 chips) split `fsdp` ways, and its target."""
+def _target_on_v5p_8(fsdp: int, **sample) -> compile_report.Target:
+  """A small UNet (with `sample` settings) on a v5p-8 (4 chips), its state split `fsdp` ways."""
   config = tiny_config()
   config.model.channels = 48  # 3x3 kernels large enough to be split (parallel.MIN_SHARDED_SIZE)
   config.mesh.shape = (4 // fsdp, fsdp)
-  target = compile_report.prepare(config, "v5p-8", hardware.abstract_devices(hardware.parse_topology("v5p-8")))
+  config.sample.update(sample)
+  return compile_report.prepare(config, "v5p-8", hardware.abstract_devices(hardware.parse_topology("v5p-8")))
+
+
+def _train_step_on_v5p_8(fsdp: int) -> tuple[compile_report.Program, compile_report.Target]:
+  """The small UNet's train step compiled for a v5p-8 split `fsdp` ways, and its target."""
+  target = _target_on_v5p_8(fsdp)
   return compile_report.compile_train_step(target), target
 
 
@@ -170,11 +176,7 @@ def test_the_sampler_gathers_weights_split_over_fsdp_once():
   """The sampler takes the EMA weights as the state keeps them, split over fsdp, and gathers each kernel once per
   call (in bf16, as the UNet computes): left to the partitioner it kept some kernels split and moved activations to
   them (collective-permutes), as it did in the train step."""
-  config = tiny_config()
-  config.model.channels = 48
-  config.mesh.shape = (1, 4)
-  config.sample.steps = 16
-  target = compile_report.prepare(config, "v5p-8", hardware.abstract_devices(hardware.parse_topology("v5p-8")))
+  target = _target_on_v5p_8(4, steps=16)
   sampler = compile_report.compile_sampler(target, 8)
   kernels = sum(x.size for x in jax.tree.leaves(target.abstract_state["ema"]) if x.size >= parallel.MIN_SHARDED_SIZE)
   assert 2 * kernels <= sampler.collectives["all-gather"] < 1.2 * 2 * kernels, sampler.collectives

@@ -53,12 +53,12 @@ def _solve(x, y, mask, interpret):
 
 def _solve_fwd(x, y, mask, interpret):
   distances, grad_x = _call(x, y, mask, interpret)
-  return distances, (grad_x, y, mask)
+  return distances, (grad_x, y)
 
 
 def _solve_bwd(interpret, residuals, cotangent):
   del interpret
-  grad_x, y, mask = residuals
+  grad_x, y = residuals
   return grad_x * cotangent[None, None, :], jnp.zeros_like(y), None
 
 

@@ -57,19 +57,20 @@ def solve_points_major(x: jax.Array, y: jax.Array, b: jax.Array | None, *, num_p
   y = jax.lax.stop_gradient(y)
   if num_projections:
     x, y = (jnp.einsum("pcm,ck->pkm", v, directions, precision=jax.lax.Precision.HIGHEST) for v in (x, y))
-  xla = lambda x, y, b: _solve(x, y, None, b)
-  return scale * jax.lax.platform_dependent(x, y, b, tpu=_on_tpu(xla), default=xla)
+  return scale * jax.lax.platform_dependent(x, y, b, tpu=_on_tpu, default=_on_xla)
 
 
-def _on_tpu(xla):
+def _on_xla(x: jax.Array, y: jax.Array, b: jax.Array | None) -> jax.Array:
+  return _solve(x, y, None, b)
+
+
+def _on_tpu(x: jax.Array, y: jax.Array, b: jax.Array | None) -> jax.Array:
   """The kernel where the sets split over the caller's mesh (a Pallas kernel is opaque to XLA's partitioner: it
   needs the mesh named, as the trainer names it with `jax.set_mesh`), XLA's path otherwise."""
-  def solve(x, y, b):
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or x.shape[-1] % mesh.size:
-      return xla(x, y, b)
-    return sorted_kernel.solve(x, y, b)
-  return solve
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or x.shape[-1] % mesh.size:
+    return _on_xla(x, y, b)
+  return sorted_kernel.solve(x, y, b)
 
 
 def _solve(x: jax.Array, y: jax.Array, a: jax.Array | None, b: jax.Array | None) -> jax.Array:
