@@ -30,9 +30,11 @@ from conprediff_jax.context import loss as loss_lib  # pylint: disable=g-import-
 from conprediff_jax.models import unet  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-def compile_part(part: str, topology: str, per_chip: int, size: int, channels: int) -> compile_report.Program:
+def compile_part(part: str, topology: str, per_chip: int, size: int, channels: int, targets: int = 3,
+                 fraction: float = 0.25) -> compile_report.Program:
   """`part`'s loss and gradients (parameters and input) on `per_chip` images per chip of `topology`: a
-  ResnetBlock2D of `channels`, or the context term on `channels` features (targets: 3 channels)."""
+  ResnetBlock2D of `channels`, or the context term on `channels` features (`targets` channels, a `fraction` of the
+  positions scored)."""
   _, devices = compile_report.target_devices(topology)
   mesh = jax.sharding.Mesh(np.array(devices), ("data",))
   spec = lambda shape, dtype, axes: jax.ShapeDtypeStruct(
@@ -45,12 +47,12 @@ def compile_part(part: str, topology: str, per_chip: int, size: int, channels: i
     inputs = (spec((batch, size, size, channels), jnp.bfloat16, ("data",)),
               spec((batch, 4 * channels), jnp.float32, ("data",)))
   else:
-    module = decoder_lib.ContextDecoder(channels, 3, num_strides=3, num_samples=8, latent_dim=16, hidden_dim=32,
+    module = decoder_lib.ContextDecoder(channels, targets, num_strides=3, num_samples=8, latent_dim=16, hidden_dim=32,
                                         rngs=nnx.Rngs(0))
     apply = lambda m, x, targets: loss_lib.context_loss(m, x, targets, jax.random.key(0), strides=(1, 2, 3),
-                                                        position_fraction=0.25)
+                                                        position_fraction=fraction)
     inputs = (spec((batch, size, size, channels), jnp.bfloat16, ("data",)),
-              spec((batch, size, size, 3), jnp.float32, ("data",)))
+              spec((batch, size, size, targets), jnp.float32, ("data",)))
   graph, params = nnx.split(module)
 
   def step(params, x, extra):
@@ -68,15 +70,17 @@ def main():
   p.add_argument("--size", type=int, default=256, help="the image's height and width")
   p.add_argument("--channels", type=int, default=128, help="the block's width, or the features the head reads")
   p.add_argument("--per_chip", default="2,4,8,16", help="batches per chip, comma-separated")
+  p.add_argument("--targets", type=int, default=3, help="the head's target channels")
+  p.add_argument("--fraction", type=float, default=0.25, help="the head's position_fraction")
   args = p.parse_args()
   harness.report_machine()
   what = (f"ResnetBlock2D {args.channels}->{args.channels}, bf16" if args.part == "resnet"
-          else f"the context term on {args.channels} bf16 features")
+          else f"the context term on {args.channels} bf16 features, {args.targets} targets, {args.fraction} scored")
   print(f"{what}, at {args.size}x{args.size}, on {args.topology}")
   harness.table(["images / chip", "GFLOP / image", "HBM GB / image", "FLOP/B", "cycles / image (compiler)",
                  "temporaries (MiB)", "largest share of cycles"])
   for n in (int(s) for s in args.per_chip.split(",")):
-    prog = compile_part(args.part, args.topology, n, args.size, args.channels)
+    prog = compile_part(args.part, args.topology, n, args.size, args.channels, args.targets, args.fraction)
     cycles = prog.profile["total_cycles"]
     op, share = prog.profile["by_op"][0]
     harness.row([n, f"{prog.flops / n / 1e9:.3g}", f"{prog.bytes_accessed / n / 1e9:.3g}",

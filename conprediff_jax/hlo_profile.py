@@ -10,6 +10,11 @@ step time (issue 27; docs/scaling.md). GPU and CPU programs carry no such estima
 `collectives` sums, by kind, the bytes of the whole array each collective of the per-chip program works on (the
 gathered array, the reduced one, what a permute receives, the array a reduce-scatter reduces), loops counted as they
 run: the traffic between chips that a roofline of FLOPs and HBM bytes does not see.
+
+`memory_space_copies` sums the arrays that memory-space assignment moves asynchronously (copy-start, slice-start)
+into and out of a memory other than HBM, by the memory space their layout names (`S(n)`): on a v4, S(3), its 128
+MiB of CMEM; on v5e, v5p and v6e chips, S(1). XLA's `bytes accessed` counts these copies, and the reads they serve, as traffic like any other, so a
+compiler's choice to stage more in CMEM reads as more HBM traffic (docs/scaling.md, "Trust").
 """
 
 import collections
@@ -28,6 +33,9 @@ _SHAPE = re.compile(r"\b(pred|bf16|[subf]\d+)\w*\[([\d,]*)\]")  # f8e4m3fn: "f8"
 _COLLECTIVE = re.compile(r"^\s*(?:ROOT )?%[\w.\-]+ = (.*?) (all-gather|all-reduce|reduce-scatter|all-to-all|"
                          r"collective-permute|ragged-all-to-all)(-done)?\(")
 _REDUCE_SCATTER = re.compile(r"calls=%(all-reduce-scatter[\w.\-]*)")
+_ASYNC_COPY = re.compile(r"^\s*(?:ROOT )?%[\w.\-]+ = \((.*)\) (copy-start|slice-start)\(")
+_ARRAY = re.compile(r"\b(?:pred|bf16|[subf]\d+)\w*\[[\d,]*\](?:\{[^}]*\})?")
+_SPACE = re.compile(r"S\((\d+)\)\}$")
 _CALLED = re.compile(r"(body|condition|to_apply)=%?([\w.\-]+)|(branch_computations)=\{([^}]*)\}")
 
 
@@ -164,4 +172,26 @@ def collectives(hlo_text: str) -> dict[str, int]:
       elif fused and " fusion(" in line:
         for reduced in filter(None, map(_COLLECTIVE.match, computations.get(fused.group(1), ()))):
           moved["reduce-scatter"] += _bytes(reduced.group(1)) * times
+  return dict(moved)
+
+
+def memory_space_copies(hlo_text: str) -> dict[str, int]:
+  """{"into S(n)" | "out of S(n)": bytes per program run} of the asynchronous copies and slices between HBM and
+  memory space n (a copy-start's result is (destination, source, context), a slice-start's ((source), destination,
+  context)), times the runs of their computations; the bytes are the destination's, as its shape has them. {} where
+  there are none."""
+  computations, entry = _computations(hlo_text)
+  moved = collections.Counter()
+  for name, times in _runs(computations, entry).items():
+    for line in computations[name]:
+      found = _ASYNC_COPY.match(line)
+      if not found:
+        continue
+      arrays = _ARRAY.findall(found.group(1))
+      destination, source = arrays[:2] if found.group(2) == "copy-start" else arrays[1::-1]
+      space = lambda a: (_SPACE.search(a) or [None, None])[1]
+      if space(destination):
+        moved[f"into S({space(destination)})"] += _bytes(destination) * times
+      elif space(source):
+        moved[f"out of S({space(source)})"] += _bytes(destination) * times
   return dict(moved)

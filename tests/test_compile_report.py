@@ -85,7 +85,8 @@ def test_compile_for_a_slice_reports_what_the_compiler_says(tmp_path):
   report, stdout, stderr = _compile(tmp_path, "--config=configs/smoke.py", "--topology=v5e-4")
   for key in ("topology", "chips", "hosts", "mesh", "params_trainable", "params_inference", "hbm_peak_bytes",
               "hbm_capacity_bytes", "fits", "flops_per_step", "bytes_accessed", "predicted_step_seconds",
-              "predicted_mfu", "images_per_second", "hours_to_train_steps", "sampler"):
+              "predicted_mfu", "images_per_second", "hours_to_train_steps", "sampler", "memory_space_copy_bytes",
+              "libtpu_init_args"):
     assert key in report, key
   assert (report["topology"], report["chips"], report["hosts"], report["mesh"]) == ("v5e-4", 4, 1,
                                                                                    {"data": 4, "fsdp": 1})
@@ -195,6 +196,21 @@ def test_microbatches_add_the_parts_flops_but_not_their_collectives_twice():
   out = figures(step, part, config.train, hardware.CHIPS["v5e"], {"chips": 4})
   assert (out["flops_per_step"], out["bytes_accessed"]) == (10.0 + 2 * 4.0, 100.0 + 2 * 40.0)
   assert out["collective_bytes"] == {"all-reduce": 7}
+
+
+def test_a_v4_program_staged_in_cmem_names_the_flag_that_lets_its_cost_model_answer():
+  memory = {"argument": 1, "output": 1, "alias": 1, "temp": 1, "generated_code": 1}
+  step = compile_report.Program(memory, 1e12, 1e10, -456.9, collectives={}, copies={"into S(3)": 5 * 10**8})
+  config = tiny_config()
+  r = {"topology": "v4-8", "chips": 4, "chip": "v4", "hosts": 1, "mesh": {"data": 4}, "params_trainable": 1,
+       "params_inference": 1, "batch_size": 8, "microbatches": 1, "hbm_capacity_bytes": 30 * 2**30,
+       "sampler": {"batch": 8, "hbm_peak_bytes": 4, "fits": True}}
+  figures = compile_report._train_figures  # pylint: disable=protected-access
+  r.update(figures(step, None, config.train, hardware.CHIPS["v4"], r))
+  text = compile_report.table(r)
+  assert r["upper_bounds"] and "into S(3) 0.5 GB" in text and compile_report.CMEM_OFF in text
+  r["memory_space_copy_bytes"] = {}  # no CMEM staging: no flag to name
+  assert compile_report.CMEM_OFF not in compile_report.table(r)
 
 
 def test_the_data_axis_of_a_multi_slice_job_spans_the_slices():

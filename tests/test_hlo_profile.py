@@ -107,3 +107,38 @@ def test_collectives_count_what_each_delivers_as_often_as_it_runs():
       "collective-permute": 8 * 4,   # what it receives, not its start's buffers
       "reduce-scatter": 4 * 4 + 2 * 4 + 8 * 4}  # a TPU's (the fusion): the whole array it reduces
   assert hlo_profile.collectives(MODULE) == {}
+
+
+COPIES = """HloModule jit_step, is_scheduled=true
+
+%body.2 (t: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %t = (s32[], f32[8]) parameter(0)
+  %g = f32[8]{0} get-tuple-element(%t), index=1
+  %copy-start.1 = (f32[8]{0:T(128)S(3)}, f32[8]{0:T(128)}, u32[]{:S(2)}) copy-start(%g)
+  %copy-done.1 = f32[8]{0:T(128)S(3)} copy-done(%copy-start.1)
+  ROOT %r = (s32[], f32[8]) tuple(%t, %copy-done.1)
+}
+
+%cond.3 (t: (s32[], f32[8])) -> pred[] {
+  %t = (s32[], f32[8]) parameter(0)
+  ROOT %c = pred[] compare(%t, %t), direction=LT
+}
+
+ENTRY %main.4 (a: bf16[16,64,512], b: f32[8]) -> f32[8] {
+  %a = bf16[16,64,512]{2,1,0:T(8,128)(2,1)} parameter(0)
+  %b = f32[8]{0} parameter(1)
+  %w = (s32[], f32[8]) while(%b), condition=%cond.3, body=%body.2, backend_config={"known_trip_count":{"n":"3"}}
+  %slice-start.4 = ((bf16[16,64,512]{2,1,0:T(8,128)(2,1)}), bf16[4,64,512]{2,1,0:T(8,128)(2,1)S(3)}, s32[]{:S(2)}) slice-start(%a), slice={[0:4], [0:64], [0:512]}
+  %evict = (bf16[2,16]{1,0:T(8,128)(2,1)}, bf16[2,16]{1,0:T(8,128)(2,1)S(3)}, u32[]{:S(2)}) copy-start(%x)
+  %plain = (f32[8]{0}, f32[8]{0}, u32[]{:S(2)}) copy-start(%b)
+  %cps = (f32[8]{0}, f32[8]{0}, u32[]{:S(2)}, u32[]{:S(2)}) collective-permute-start(%b), source_target_pairs={{0,1}}
+  ROOT %o = f32[8]{0} add(%b, %b)
+}
+"""
+
+
+def test_memory_space_copies_count_what_each_moves_into_or_out_of_another_memory():
+  assert hlo_profile.memory_space_copies(COPIES) == {
+      "into S(3)": 3 * 8 * 4 + 4 * 64 * 512 * 2,  # the loop's prefetch 3 times; a slice: the slice, not its source
+      "out of S(3)": 2 * 16 * 2}  # an eviction back to HBM; a copy within HBM and a collective are not counted
+  assert hlo_profile.memory_space_copies(MODULE) == {}
