@@ -13,8 +13,8 @@ run: the traffic between chips that a roofline of FLOPs and HBM bytes does not s
 
 `memory_space_copies` sums the arrays that memory-space assignment moves asynchronously (copy-start, slice-start)
 into and out of a memory other than HBM, by the memory space their layout names (`S(n)`): on a v4, S(3), its 128
-MiB of CMEM; on v5e, v5p and v6e chips, S(1). XLA's `bytes accessed` counts these copies, and the reads they serve, as traffic like any other, so a
-compiler's choice to stage more in CMEM reads as more HBM traffic (docs/scaling.md, "Trust").
+MiB of CMEM; on v5e, v5p and v6e chips, S(1). XLA's `bytes accessed` does not tell the memories apart: on a v4,
+a compiler's choice to stage more in CMEM reads as more traffic (docs/scaling.md, "What a v4's byte count holds").
 """
 
 import collections
