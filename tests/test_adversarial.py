@@ -40,6 +40,7 @@ def _parts(config, seed=0):
   return family, model, critic, images, perceptual
 
 
+@pytest.mark.slow  # heavy: the fast suite's 10 minutes cannot hold it (CI runs it second)
 @pytest.mark.parametrize("family_name", ["kl_autoencoder", "autoencoder"])
 def test_one_backward_pass_gives_each_network_the_gradient_of_its_own_loss(family_name):
   config = _config(family_name)
@@ -125,6 +126,7 @@ def test_the_discriminator_counts_from_its_start_step():
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads)) == on
 
 
+@pytest.mark.slow  # heavy: the fast suite's 10 minutes cannot hold it (CI runs it second)
 def test_the_perceptual_term_is_lpips_of_the_reconstruction(tmp_path):
   config = _config("kl_autoencoder", perceptual_weight=0.7,
                    lpips_weights=random_lpips_weights(tmp_path / "l.safetensors"))

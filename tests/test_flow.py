@@ -61,6 +61,7 @@ def test_logit_normal_timesteps_are_sigmoids_of_a_standard_normal():
       np.log(1 / T), np.log(T), loc=0, scale=1).cdf).pvalue > 0.01
 
 
+@pytest.mark.slow  # heavy: the fast suite's 10 minutes cannot hold it (CI runs it second)
 @pytest.mark.parametrize("backbone", ["gaussian", "gaussian_dit"])
 def test_the_flow_family_trains_samples_and_says_what_is_not_built(tmp_path, backbone):
   from configs import digits_flow  # pylint: disable=g-import-not-at-top

@@ -182,6 +182,7 @@ def test_training_masks_are_rectangles_their_complements_or_nothing_known():
   assert sides.min() >= 3 and sides.max() <= 14  # 20-80% of 16 pixels, by pixel centres
 
 
+@pytest.mark.slow  # heavy: the fast suite's 10 minutes cannot hold it (CI runs it second)
 def test_a_mask_conditioned_latent_model_reads_ldms_condition_trains_and_inpaints(tmp_path):
   """LDM's form: the condition is the scaled latents (posterior means) of the image with its unknown pixels at 0,
   and the mask at the latent grid, known where all of a position's pixels are (recomputed here); one train step,

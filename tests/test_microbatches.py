@@ -9,6 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from conprediff_jax import families, train
@@ -54,6 +55,7 @@ def test_accumulated_update_equals_the_whole_batch_update():
                                  err_msg=f"{parts} parts: {jax.tree_util.keystr(path)}")
 
 
+@pytest.mark.slow  # heavy: the fast suite's 10 minutes cannot hold it (CI runs it second)
 def test_parts_hold_less_memory_and_train_the_gaussian_family():
   """The real step (noise, context head) accumulated over 4 parts: finite, and its compiled temporaries smaller."""
   temps, batch = {}, None

@@ -210,6 +210,7 @@ def test_from_config():
   assert model.encoder.conv_in.dtype == jnp.bfloat16
 
 
+@pytest.mark.slow  # heavy: the fast suite's 10 minutes cannot hold it (CI runs it second)
 def test_a_diffusers_vqmodel_is_read_as_a_tokenizer_computes_what_diffusers_does_and_exports_back(tmp_path):
   """model.layout="diffusers": a torch-made VQModel (random weights) in config.first_stage.workdir is the token
   model's tokenizer; its latents, tokens and decoded images equal diffusers' (encode, quantize, decode), and
