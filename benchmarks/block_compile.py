@@ -49,8 +49,8 @@ def compile_part(part: str, topology: str, per_chip: int, size: int, channels: i
   else:
     module = decoder_lib.ContextDecoder(channels, targets, num_strides=3, num_samples=8, latent_dim=16, hidden_dim=32,
                                         rngs=nnx.Rngs(0))
-    apply = lambda m, x, targets: loss_lib.context_loss(m, x, targets, jax.random.key(0), strides=(1, 2, 3),
-                                                        position_fraction=fraction)
+    apply = lambda m, x, y: loss_lib.context_loss(m, x, y, jax.random.key(0), strides=(1, 2, 3),
+                                                  position_fraction=fraction)
     inputs = (spec((batch, size, size, channels), jnp.bfloat16, ("data",)),
               spec((batch, size, size, targets), jnp.float32, ("data",)))
   graph, params = nnx.split(module)

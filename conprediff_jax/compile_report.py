@@ -353,14 +353,13 @@ def table(r: dict) -> str:
              ("HBM traffic / chip / step", f"{r['bytes_accessed'] / 1e9:.1f} GB (intensity "
                                            f"{r['arithmetic_intensity']:.0f} FLOP/B, ridge {r['ridge_point']:.0f})"),
              ("collectives / chip / step", _by_kind(r["collective_bytes"]) or "none")]
-    if r.get("memory_space_copy_bytes"):
-      rows.append(("memory-space copies / chip / step",
-                   _by_kind(r["memory_space_copy_bytes"])))
+    copies = r.get("memory_space_copy_bytes") or {}
+    if copies:
+      rows.append(("memory-space copies / chip / step", _by_kind(copies)))
     rows.append(("predicted step", f"{r['predicted_step_seconds']:.4g} s ({r['time_source']})"))
-    if r["upper_bounds"] and "into S(3)" in (r.get("memory_space_copy_bytes") or {}):
+    if r["upper_bounds"] and "into S(3)" in copies:
       rows.append(("", f"(with {CMEM_OFF} the v4 cost model gives times: docs/scaling.md)"))
-    rows += [
-             ("predicted MFU", f"{at_most}{100 * r['predicted_mfu']:.1f}% of {r['chip']}'s bf16 peak"),
+    rows += [("predicted MFU", f"{at_most}{100 * r['predicted_mfu']:.1f}% of {r['chip']}'s bf16 peak"),
              ("images / s", f"{at_most}{r['images_per_second']:.1f} ({r['images_per_second_per_chip']:.2f} per chip)"),
              ("train.steps take", f"{'at least ' if r['upper_bounds'] else ''}{r['hours_to_train_steps']:.1f} h")]
     profile = r.get("where_the_time_goes")

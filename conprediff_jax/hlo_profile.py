@@ -34,7 +34,7 @@ _COLLECTIVE = re.compile(r"^\s*(?:ROOT )?%[\w.\-]+ = (.*?) (all-gather|all-reduc
                          r"collective-permute|ragged-all-to-all)(-done)?\(")
 _REDUCE_SCATTER = re.compile(r"calls=%(all-reduce-scatter[\w.\-]*)")
 _ASYNC_COPY = re.compile(r"^\s*(?:ROOT )?%[\w.\-]+ = \((.*)\) (copy-start|slice-start)\(")
-_ARRAY = re.compile(r"\b(?:pred|bf16|[subf]\d+)\w*\[[\d,]*\](?:\{[^}]*\})?")
+_ARRAY = re.compile(_SHAPE.pattern + r"(?:\{[^}]*\})?")  # an array with its layout, where a memory space is named
 _SPACE = re.compile(r"S\((\d+)\)\}$")
 _CALLED = re.compile(r"(body|condition|to_apply)=%?([\w.\-]+)|(branch_computations)=\{([^}]*)\}")
 
@@ -187,11 +187,11 @@ def memory_space_copies(hlo_text: str) -> dict[str, int]:
       found = _ASYNC_COPY.match(line)
       if not found:
         continue
-      arrays = _ARRAY.findall(found.group(1))
+      arrays = [a.group(0) for a in _ARRAY.finditer(found.group(1))]
       destination, source = arrays[:2] if found.group(2) == "copy-start" else arrays[1::-1]
-      space = lambda a: (_SPACE.search(a) or [None, None])[1]
-      if space(destination):
-        moved[f"into S({space(destination)})"] += _bytes(destination) * times
-      elif space(source):
-        moved[f"out of S({space(source)})"] += _bytes(destination) * times
+      into, out_of = _SPACE.search(destination), _SPACE.search(source)
+      if into:
+        moved[f"into S({into.group(1)})"] += _bytes(destination) * times
+      elif out_of:
+        moved[f"out of S({out_of.group(1)})"] += _bytes(destination) * times
   return dict(moved)
