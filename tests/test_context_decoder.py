@@ -292,14 +292,79 @@ def test_position_draws_stay_on_the_chip_that_holds_the_example():
   split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
   whole = parallel.replicated(mesh)
   abstract = lambda shape, sharding: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)
-  with jax.set_mesh(mesh):  # as the trainer runs: the sorted solver is then its TPU kernel (sorted_kernel.py)
+  with jax.set_mesh(mesh):  # as the trainer runs: the decoder and the solver are then TPU kernels (head_kernel.py)
     hlo = jax.jit(gradients).lower(jax.tree.map(lambda x: abstract(x.shape, whole), params),
                                    abstract((16, 8, 8, 8), split), abstract((16, 8, 8, 3), split),
                                    jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=whole)).compile().as_text()
-  assert 'custom_call_target="tpu_custom_call"' in hlo
+  # The head's backward kernel alone: it recomputes the forward, whose value nothing here asks for.
+  assert hlo.count('custom_call_target="tpu_custom_call"') == 1
   summed = [line.split(" all-reduce")[0] for line in hlo.splitlines() if re.search(r" all-reduce(-start)?\(", line)]
   values = sum(int(np.prod([int(d) for d in dims.split(",") if d]))
                for line in summed for dims in re.findall(r"\w+\[([\d,]*)\]", line))
   head = sum(x.size for x in jax.tree.leaves(params))
   assert head <= values < 2 * head, summed
   assert not re.search("all-gather|all-to-all|collective-permute", hlo)
+
+
+@pytest.mark.slow  # heavy: the fast suite's 10 minutes cannot hold it
+def test_tpu_head_kernels_match_the_decoder_and_the_sorted_solver(targets=3, positions=130):
+  """The head's kernels (head_kernel.py, run by the Pallas interpreter: the code a TPU compiles) against what they
+  replace on a TPU, the decoder's samples scored by XLA's sorted solver: distances, and gradients in the first layer's
+  output and in every decoder weight, with masked neighbours, log sigmas beyond the clip, and positions that are not a
+  multiple of the kernels' 128-wide blocks (padded)."""
+  from conprediff_jax.context import head_kernel, sorted_solver  # pylint: disable=g-import-not-at-top
+  strides, q, n, latent = 2, 4, len(OFFSETS), 8
+  decoder = ContextDecoder(F, targets, num_strides=strides, num_samples=q, latent_dim=latent, hidden_dim=16,
+                           rngs=nnx.Rngs(1))
+  rng = np.random.default_rng(0)
+  moments = jnp.asarray(rng.normal(size=(2 * latent, positions)), jnp.float32).at[latent:latent + 2, :9].set(4.0)
+  noise = decoder.noise(jax.random.key(2), (positions,))
+  values = jnp.asarray(rng.normal(size=(n, strides, targets, positions)), jnp.float32)
+  mask = rng.uniform(size=(n, strides, positions)) < 0.6
+  mask[0] = True
+  mask = jnp.asarray(mask)
+  cotangent = jnp.asarray(rng.normal(size=(strides, positions)), jnp.float32)
+  graph, params = nnx.split(decoder)
+
+  def on_xla(params, moments):
+    x = nnx.merge(graph, params).sample_points_major(moments, jax.random.key(2))  # [Q, C, S, M], the same noise
+    sets = lambda v: v.reshape(v.shape[0], targets, -1)
+    distances = sorted_solver.solve_points_major(sets(x), sets(jnp.swapaxes(values, 1, 2)),
+                                                 mask.reshape(n, 1, -1)).reshape(strides, positions)
+    return jnp.sum(cotangent * distances)
+
+  def on_tpu(params, moments):
+    return jnp.sum(cotangent * head_kernel.distances(nnx.merge(graph, params), moments, noise, values, mask,
+                                                     interpret=True))
+
+  want, want_grads = jax.value_and_grad(on_xla, argnums=(0, 1))(params, moments)
+  got, got_grads = jax.value_and_grad(on_tpu, argnums=(0, 1))(params, moments)
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+  for got_grad, want_grad in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(np.asarray(got_grad), np.asarray(want_grad), rtol=1e-4,
+                               atol=1e-5 * float(np.abs(want_grad).max()))
+  assert float(jnp.abs(got_grads[1][latent:latent + 2, :9]).max()) == 0.0  # clipped: no gradient
+
+
+def test_the_loss_on_a_tpus_path_is_the_loss_on_xlas(monkeypatch):
+  """context_loss with the head's kernels (what a TPU under a mesh runs, here interpreted on a one-device mesh)
+  gives the value and gradients of its XLA path: the kernels' operands are laid out and their distances read back
+  as the XLA path's sets."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from conprediff_jax.context import head_kernel  # pylint: disable=g-import-not-at-top
+  features, targets = jax.random.normal(jax.random.key(3), (3, 6, 6, F)), jax.random.normal(jax.random.key(4),
+                                                                                            (3, 6, 6, C))
+  graph, params = nnx.split(make_decoder())
+  loss = lambda p, f: context_loss(nnx.merge(graph, p), f, targets, jax.random.key(5), strides=STRIDES,
+                                   position_fraction=0.5)
+  gradients = lambda: jax.value_and_grad(loss, argnums=(0, 1))(params, features)
+  want = gradients()
+  monkeypatch.setattr(jax.lax, "platform_dependent", lambda *args, tpu, default: tpu(*args))
+  calls, interpreted = [], functools.partial(head_kernel.distances, interpret=True)
+  monkeypatch.setattr(head_kernel, "distances", lambda *args: calls.append(args) or interpreted(*args))
+  with jax.set_mesh(jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))):
+    got = gradients()
+  assert calls
+  for got_leaf, want_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(got_leaf), np.asarray(want_leaf), rtol=1e-4,
+                               atol=1e-5 * float(np.abs(want_leaf).max()))

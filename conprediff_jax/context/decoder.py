@@ -55,11 +55,14 @@ class ContextDecoder(nnx.Module):
     def sample(mlps, moments, key):
       latent = self.latent_dim
       mu, log_sigma = moments[:latent], jnp.clip(moments[latent:], *LOG_SIGMA_RANGE)  # [L, ...]
-      noise = jax.random.normal(key, (self.num_samples,) + mu.shape, mu.dtype)
-      return mlps(mu + jnp.exp(log_sigma) * noise)  # z [Q, L, ...]
+      return mlps(mu + jnp.exp(log_sigma) * self.noise(key, mu.shape[1:], mu.dtype))  # z [Q, L, ...]
 
     return jax.lax.platform_dependent(moments, key, cpu=functools.partial(sample, self._mlps_as_matmuls),
                                       default=functools.partial(sample, self._mlps_as_einsums))
+
+  def noise(self, key: jax.Array, positions: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """The standard normal draws [Q, L, *positions] that sample_points_major turns into the Q samples."""
+    return jax.random.normal(key, (self.num_samples, self.latent_dim) + tuple(positions), dtype)
 
   def _mlps_as_einsums(self, z: jax.Array) -> jax.Array:
     """Every stride's MLP on z [Q, L, ...] as two einsums over the strides -> [Q, T, S, ...]."""

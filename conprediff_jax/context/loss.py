@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from conprediff_jax.context import decoder as decoder_lib
+from conprediff_jax.context import head_kernel
 from conprediff_jax.context import wasserstein
 # The package re-exports the function under the module's name, so import the function itself.
 from conprediff_jax.context.neighbourhoods import OFFSETS, neighbour_mask, shifted_flat
@@ -69,15 +70,32 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
   present = jnp.any(mask, axis=0)  # [B, S, n]: has at least one neighbour
   # An empty set has no distance: give it one placeholder point (whose value is ignored), then drop its term.
   mask = mask | (~present & (jnp.arange(len(OFFSETS)) == 0)[:, None, None, None])
-  predictions = jnp.moveaxis(decoder.sample_points_major(moments, sample_key), 2, 3)  # [Q, C, B, S, n]
   if solver_options.get("num_projections"):
     solver_options = {"key": solver_key, **solver_options}
-  # The sets flattened example-major, as the batch is split: a split axis inside the flattened one would be
-  # gathered onto every chip.
-  flat = lambda x: x.reshape(x.shape[:2] + (-1,))  # [points, C, B * S * n]
-  distances = wasserstein.wasserstein2_points_major(
-      flat(predictions), flat(values), mask.reshape(len(OFFSETS), -1), solver=solver, **solver_options)
-  distances = distances.reshape(present.shape)
+
+  def on_xla(moments, values, mask):
+    predictions = jnp.moveaxis(decoder.sample_points_major(moments, sample_key), 2, 3)  # [Q, C, B, S, n]
+    # The sets flattened example-major, as the batch is split: a split axis inside the flattened one would be
+    # gathered onto every chip.
+    flat = lambda x: x.reshape(x.shape[:2] + (-1,))  # [points, C, B * S * n]
+    distances = wasserstein.wasserstein2_points_major(
+        flat(predictions), flat(values), mask.reshape(len(OFFSETS), -1), solver=solver, **solver_options)
+    return distances.reshape(present.shape)
+
+  def on_tpu(moments, values, mask):
+    """The decoder and the sorted solver as one pair of kernels (head_kernel.py) where the positions split over the
+    caller's mesh (a Pallas kernel is opaque to XLA's partitioner), XLA's path otherwise."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if solver != "sorted" or solver_options.get("num_projections") or mesh.empty or (batch * sets) % mesh.size:
+      return on_xla(moments, values, mask)
+    by_stride = lambda x, s: jnp.moveaxis(x, s, 1).reshape(x.shape[0], len(strides), *x.shape[1:s - 1], -1)
+    noise = decoder.noise(sample_key, (batch, sets))  # as sample_points_major draws it
+    flat = lambda x: x.reshape(x.shape[:-2] + (-1,))
+    distances = head_kernel.distances(decoder, flat(moments), flat(noise), by_stride(values, 3),
+                                      by_stride(mask, 2))  # [S, B * n]
+    return jnp.moveaxis(distances.reshape(len(strides), batch, sets), 0, 1)
+
+  distances = jax.lax.platform_dependent(moments, values, mask, tpu=on_tpu, default=on_xla)
   if example_weights is not None:
     distances = example_weights.astype(jnp.float32)[:, None, None] * distances
   return jnp.sum(jnp.where(present, distances, 0.0)) / jnp.maximum(jnp.sum(present), 1)

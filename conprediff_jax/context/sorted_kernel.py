@@ -87,21 +87,34 @@ def _call(x, y, mask, interpret):
 
 
 def _cost(q: int, n: int, c: int, sets: int) -> pl.CostEstimate:
-  """What the kernel does, for XLA's cost analysis (which cannot see into it): its element operations per set,
-  counted from _kernel (the overlaps, 4 per pair of points; per coordinate the network's 38, the targets' 2 per
-  pair, the ranks' and the routing's 4 per pair of x's points, and about 6 per point), and its HBM traffic (x, y,
-  the weights in; the distances and the gradient out)."""
-  per_set = 4 * q * n + c * (38 + 2 * q * n + 4 * q * q + 6 * (q + n))
-  return pl.CostEstimate(flops=sets * per_set, transcendentals=0,
+  """What the kernel does, for XLA's cost analysis (which cannot see into it): set_flops per set, and its HBM
+  traffic (x, y, the weights in; the distances and the gradient out)."""
+  return pl.CostEstimate(flops=sets * set_flops(q, n, c), transcendentals=0,
                          bytes_accessed=4 * sets * (2 * q * c + n * c + n + 1))
 
 
+def set_flops(q: int, n: int, c: int) -> int:
+  """distance_and_gradient's element operations per set, counted from its code: the overlaps, 4 per pair of points;
+  per coordinate the network's 38, the targets' 2 per pair, the ranks' and the routing's 4 per pair of x's points,
+  and about 6 per point."""
+  return 4 * q * n + c * (38 + 2 * q * n + 4 * q * q + 6 * (q + n))
+
+
 def _kernel(x_ref, y_ref, w_ref, distances_ref, grad_ref):
-  q, n = x_ref.shape[0], y_ref.shape[0]
-  keep = [w_ref[j:j + 1, :] > 0 for j in range(n)]  # [1, block] each
+  keep = [w_ref[j:j + 1, :] > 0 for j in range(y_ref.shape[0])]  # [1, block] each
+  distances_ref[...], grads = distance_and_gradient([x_ref[j] for j in range(x_ref.shape[0])],
+                                                    [y_ref[j] for j in range(y_ref.shape[0])], keep)
+  for j, grad in enumerate(grads):
+    grad_ref[j] = grad
+
+
+def distance_and_gradient(xs: list[jax.Array], ys: list[jax.Array], keep: list[jax.Array]):
+  """A block of sets inside a kernel: x's Q points and y's N points ([C, block] each), y's mask ([1, block] each) ->
+  (W2^2 [1, block], its gradient in each of x's points [C, block])."""
+  q, n = len(xs), len(ys)
   count = jnp.maximum(sum(k.astype(jnp.float32) for k in keep), 1.0)
   # y sorted, its dropped points last (+inf) and then zeroed; its quantile intervals follow from the count.
-  ys = sorting_network.network_sort_list([jnp.where(keep[j], y_ref[j], jnp.inf) for j in range(n)])
+  ys = sorting_network.network_sort_list([jnp.where(keep[j], ys[j], jnp.inf) for j in range(n)])
   ys = [jnp.where(j < count, v, 0.0) for j, v in enumerate(ys)]
   hi_b = [jnp.minimum(j + 1.0, count) / count for j in range(n)]
   lo_b = [jnp.minimum(float(j), count) / count for j in range(n)]
@@ -111,11 +124,10 @@ def _kernel(x_ref, y_ref, w_ref, distances_ref, grad_ref):
     overlaps = [jnp.maximum(jnp.minimum((i + 1.0) / q, hi_b[j]) - jnp.maximum(i / q, lo_b[j]), 0.0) for j in range(n)]
     targets.append(q * sum(o * v for o, v in zip(overlaps, ys)))
   spread = sum((hi - lo) * v * v for hi, lo, v in zip(hi_b, lo_b, ys)) - sum(t * t for t in targets) / q
-  xs = [x_ref[j] for j in range(q)]
-  fit = 0.0
+  fit, grads = 0.0, []
   for j in range(q):
     rank = sum((xs[k] <= xs[j] if k < j else xs[k] < xs[j]).astype(jnp.int32) for k in range(q) if k != j)
     diff = xs[j] - sum(jnp.where(rank == i, t, 0.0) for i, t in enumerate(targets))
     fit = fit + diff * diff
-    grad_ref[j] = (2.0 / q) * diff
-  distances_ref[...] = jnp.sum(fit / q + jnp.maximum(spread, 0.0), axis=0, keepdims=True)
+    grads.append((2.0 / q) * diff)
+  return jnp.sum(fit / q + jnp.maximum(spread, 0.0), axis=0, keepdims=True), grads
