@@ -370,6 +370,9 @@ def table(r: dict) -> str:
       if profile.get("kernels_not_estimated"):
         rows.append(("", f"(not in the shares: {profile['kernels_not_estimated']} runs of Pallas kernels, which the "
                          "compiler does not estimate)"))
+      if profile.get("unknown_estimates"):
+        rows.append(("", f"(not in the shares: {profile['unknown_estimates']} runs of instructions the compiler "
+                         "estimates as unknown)"))
   s = r["sampler"]
   rows.append((f"sampler memory / chip (batch {s['batch']})",
                f"{gib(s['hbm_peak_bytes'])}: " + ("fits" if s["fits"] else "DOES NOT FIT")))

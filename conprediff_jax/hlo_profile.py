@@ -25,6 +25,9 @@ import re
 PACKAGE = "conprediff_jax/"
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
 _CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
+# An estimate at the int64 limit is the compiler's "unknown" (a VQ codebook's scatter-add on a v5p, 2**63 - 1 cycles),
+# not a figure: summed, it made the whole step one instruction.
+_UNKNOWN_CYCLES = 2**62
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _FRAME = re.compile(r"stack_frame_id=(\d+)")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = ")
@@ -125,16 +128,20 @@ def _runs(computations: dict[str, list[str]], entry: str) -> dict[str, int]:
 
 def profile(hlo_text: str, top: int = 8) -> dict | None:
   """{"total_cycles", "by_op": [[op, share], ...], "by_line": [[file:line (function), share], ...]} of the `top`
-  largest, and "kernels_not_estimated": the runs of Pallas kernels (tpu_custom_call), which the compiler gives no
-  cycle estimate, so they are in neither the total nor the shares; None where the module carries no estimates."""
+  largest, "kernels_not_estimated": the runs of Pallas kernels (tpu_custom_call), which the compiler gives no
+  cycle estimate, and "unknown_estimates": the runs of instructions whose estimate is the compiler's "unknown"; neither
+  is in the total or the shares. None where the module carries no estimates."""
   computations, entry = _computations(hlo_text)
   tables, by_op, by_line, total = _tables(hlo_text), collections.Counter(), collections.Counter(), 0
-  kernels = 0
+  kernels = unknown = 0
   for name, times in _runs(computations, entry).items():
     for line in computations[name]:
       cycles = _CYCLES.search(line)
       if not cycles:
         kernels += times * ('custom_call_target="tpu_custom_call"' in line)
+        continue
+      if int(cycles.group(1)) >= _UNKNOWN_CYCLES:
+        unknown += times
         continue
       spent = int(cycles.group(1)) * times
       total += spent
@@ -146,7 +153,8 @@ def profile(hlo_text: str, top: int = 8) -> dict | None:
   if not total:
     return None
   share = lambda counter: [[k, round(v / total, 4)] for k, v in counter.most_common(top)]
-  return {"total_cycles": total, "by_op": share(by_op), "by_line": share(by_line), "kernels_not_estimated": kernels}
+  return {"total_cycles": total, "by_op": share(by_op), "by_line": share(by_line), "kernels_not_estimated": kernels,
+          "unknown_estimates": unknown}
 
 
 def _bytes(shapes: str) -> int:

@@ -65,6 +65,14 @@ def test_cycles_by_operation_and_line_with_loops_run_as_often_as_they_run():
   assert hlo_profile.profile(MODULE.replace("estimated_cycles", "other")) is None  # a GPU or CPU module
 
 
+def test_an_estimate_the_compiler_gives_as_unknown_is_counted_apart():
+  """A VQ codebook's scatter-add compiled for a v5p carried 2**63 - 1 cycles: summed, it was the whole step."""
+  scatter = ('  %s = f32[8]{0} scatter(%a, %a, %a), metadata={op_name="jit(step)/scatter-add" stack_frame_id=1}, '
+             'backend_config={"estimated_cycles":"9223372036854775807"}\n')
+  profile = hlo_profile.profile(MODULE.replace("  ROOT %d = f32[8]", scatter + "  ROOT %d = f32[8]"))
+  assert profile == {**hlo_profile.profile(MODULE), "unknown_estimates": 1}
+
+
 COLLECTIVES = """HloModule jit_step, is_scheduled=true
 
 %body.2 (t: (s32[], f32[8])) -> (s32[], f32[8]) {
