@@ -137,10 +137,12 @@ class LPIPS(nnx.Module):
                        f"{smallest_side(self.net)} pixels, got {x.shape[1]}x{x.shape[2]}")
     if x.shape[-1] == 1:
       x, y = jnp.repeat(x, 3, axis=-1), jnp.repeat(y, 3, axis=-1)
-    n, total = x.shape[0], 0.0
-    for f, head in zip(self.features(jnp.concatenate([x, y]).astype(jnp.float32)), self.heads):
-      f = f / (jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True)) + EPS)
-      total += jnp.mean(jnp.einsum("nhwc,c->nhw", (f[:n] - f[n:]) ** 2, head[...],
+    # x and y through the network apart: concatenated, a batch split over chips was permuted between them (2.3 GB a
+    # chip and step for paper_kl.py's stage on a v5p-16: docs/scaling.md), and a constant y's half was differentiated.
+    unit = lambda f: f / (jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True)) + EPS)
+    total = 0.0
+    for fx, fy, head in zip(self.features(x.astype(jnp.float32)), self.features(y.astype(jnp.float32)), self.heads):
+      total += jnp.mean(jnp.einsum("nhwc,c->nhw", (unit(fx) - unit(fy)) ** 2, head[...],
                                    precision=jax.lax.Precision.HIGHEST), axis=(1, 2))
     return total
 
