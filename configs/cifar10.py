@@ -9,7 +9,7 @@ attention at 16x16, dropout 0.1, linear betas, 800k steps at batch 128) with the
 
 Sized for a TPU v4-8 (global batch 128; ~36M parameters; bf16 compute with float32 weights, Adam moments and EMA,
 where DDPM computed in float32: on the digits the two train alike, docs/scaling.md; the state split over the four
-chips): the TPU compiler fits its train step in 1.0 GiB of a v4 chip's 30.75 and predicts at least 0.0099 s a step
+chips): the TPU compiler fits its train step in 1.0 GiB of a v4 chip's 30.75 and predicts at least 0.0096 s a step
 (`--mode=compile --topology=v4-8`). The
 ConPreDiff paper reports no CIFAR-10 figure; DDPM's FID 3.17 with this network is the reference to beat. Not run at
 this size here (no accelerator); tests/test_paper_configs.py builds it and runs one train and one sampling step at
