@@ -10,7 +10,7 @@
 The network follows guided-diffusion's 256x256 layout at half its width (128 channels, mults (1, 1, 2, 2, 4, 4), 2
 res blocks, attention at 32, 16 and 8) in diffusers' block form (no scale-shift norm, no learned variance). Sized
 for a TPU v4-32 (global batch 256 in one pass, 16 images per chip, bf16): the TPU compiler fits its train step in
-14.6 GiB of a v4 chip's 30.75 and predicts at least 0.132 s a step (`--mode=compile --topology=v4-32`, at `413913e`;
+13.9 GiB of a v4 chip's 30.75 and predicts at least 0.125 s a step (`--mode=compile --topology=v4-32`;
 docs/scaling.md: four micro-batches of 4 per chip cost 4.4 times as long). Target: the
 paper's CelebA-HQ inpainting LPIPS 0.022: `--mode=eval --config.eval.lpips_weights=lpips_vgg.safetensors` scores the
 held-out faces filled under five generated masks (docs/inpainting.md), beside FID with Inception weights. Not run
