@@ -88,6 +88,7 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
     mesh = jax.sharding.get_abstract_mesh()
     if solver != "sorted" or solver_options.get("num_projections") or mesh.empty or (batch * sets) % mesh.size:
       return on_xla(moments, values, mask)
+    # values [8, C, B, S, n] -> [8, S, C, B * n], mask [8, B, S, n] -> [8, S, B * n]: the stride (axis s) second.
     by_stride = lambda x, s: jnp.moveaxis(x, s, 1).reshape(x.shape[0], len(strides), *x.shape[1:s - 1], -1)
     noise = decoder.noise(sample_key, (batch, sets))  # as sample_points_major draws it
     flat = lambda x: x.reshape(x.shape[:-2] + (-1,))
