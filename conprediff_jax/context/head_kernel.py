@@ -87,15 +87,11 @@ def _sharded(run, params, *arrays, interpret):
 
 
 def _layout(params, moments, noise, values, keep, extra=()):
-  """The kernels' operands: positions padded to a multiple of 128 (padding positions keep one neighbour at 0 and are
-  dropped by the caller), the weights as the kernels multiply them; the block size and the grid's BlockSpecs."""
+  """The kernels' operands: positions padded to a multiple of 128 (sorted_kernel.pad_sets; dropped by the caller),
+  the weights as the kernels multiply them; the block size and the grid's BlockSpecs."""
   w1, b1, w2, b2 = params
-  m = moments.shape[-1]
-  padded = -(-m // BLOCKS[-1]) * BLOCKS[-1]
-  if padded != m:
-    pad = lambda v: jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, padded - m)])
-    moments, noise, values, extra = pad(moments), pad(noise), pad(values), tuple(map(pad, extra))
-    keep = jnp.concatenate([keep, jnp.zeros(keep.shape[:-1] + (padded - m,), keep.dtype).at[0].set(1.0)], axis=-1)
+  keep, (moments, noise, values, *extra) = sorted_kernel.pad_sets(keep, moments, noise, values, *extra)
+  padded = moments.shape[-1]
   q, hidden, c = noise.shape[0], w1.shape[-1], w2.shape[-1]
   fits = lambda b: q * hidden * b <= BLOCK_VALUES and c * b <= sorted_kernel.BLOCK_VALUES
   block = next(b for b in BLOCKS if padded % b == 0 and (fits(b) or b == BLOCKS[-1]))
@@ -181,15 +177,15 @@ def _gelu(pre):
 
 
 def _stride(s, zs, values_ref, keep_ref, w1t_ref, b1_ref, w2t_ref, b2_ref):
-  """Stride s of a block: its Q predictions' hidden layers (before the GELU), distances [1, block] and the gradient
-  of the distances in the predictions ([C, block] each)."""
+  """Stride s of a block: its Q hidden layers (after the GELU, and the GELU's slope: [D, block] each), distances
+  [1, block] and the gradient of the distances in the predictions ([C, block] each)."""
   n = values_ref.shape[0]
-  pres = [_layer(w1t_ref, b1_ref, s, z) for z in zs]
-  xs = [jnp.dot(w2t_ref[s], _gelu(pre)[0], preferred_element_type=jnp.float32) + b2_ref[s] for pre in pres]
+  hidden = [_gelu(_layer(w1t_ref, b1_ref, s, z)) for z in zs]
+  xs = [jnp.dot(w2t_ref[s], act, preferred_element_type=jnp.float32) + b2_ref[s] for act, _ in hidden]
   ys = [values_ref[j, s] for j in range(n)]
   keep = [keep_ref[j, pl.ds(s, 1), :] > 0 for j in range(n)]
   distance, grads = sorted_kernel.distance_and_gradient(xs, ys, keep)
-  return pres, distance, grads
+  return hidden, distance, grads
 
 
 def _forward_kernel(moments_ref, noise_ref, values_ref, keep_ref, w1t_ref, b1_ref, w2t_ref, b2_ref, w1_ref, w2_ref,
@@ -207,12 +203,11 @@ def _backward_kernel(moments_ref, noise_ref, values_ref, keep_ref, cotangent_ref
   nt = (((1,), (1,)), ((), ()))  # a @ b.T: the block's positions summed
   grad_zs = [jnp.zeros_like(z) for z in zs]
   for s in range(strides):
-    pres, _, grads = _stride(s, zs, values_ref, keep_ref, w1t_ref, b1_ref, w2t_ref, b2_ref)
+    hidden, _, grads = _stride(s, zs, values_ref, keep_ref, w1t_ref, b1_ref, w2t_ref, b2_ref)
     weight = cotangent_ref[pl.ds(s, 1), :]
     gw1t, gb1, gw2t, gb2 = (jnp.zeros(r.shape[1:], jnp.float32) for r in (gw1t_ref, gb1_ref, gw2t_ref, gb2_ref))
-    for q, (z, pre, grad) in enumerate(zip(zs, pres, grads)):
+    for q, (z, (act, slope), grad) in enumerate(zip(zs, hidden, grads)):
       grad_x = grad * weight  # [C, block]
-      act, slope = _gelu(pre)
       gw2t = gw2t + jax.lax.dot_general(grad_x, act, nt, preferred_element_type=jnp.float32)
       gb2 = gb2 + jnp.sum(grad_x, axis=1, keepdims=True)
       grad_pre = jnp.dot(w2_ref[s], grad_x, preferred_element_type=jnp.float32) * slope  # [D, block]

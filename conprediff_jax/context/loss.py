@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from conprediff_jax.context import decoder as decoder_lib
 from conprediff_jax.context import head_kernel
+from conprediff_jax.context import sorted_kernel
 from conprediff_jax.context import wasserstein
 # The package re-exports the function under the module's name, so import the function itself.
 from conprediff_jax.context.neighbourhoods import OFFSETS, neighbour_mask, shifted_flat
@@ -85,8 +86,7 @@ def context_loss(decoder: decoder_lib.ContextDecoder, features: jax.Array, targe
   def on_tpu(moments, values, mask):
     """The decoder and the sorted solver as one pair of kernels (head_kernel.py) where the positions split over the
     caller's mesh (a Pallas kernel is opaque to XLA's partitioner), XLA's path otherwise."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if solver != "sorted" or solver_options.get("num_projections") or mesh.empty or (batch * sets) % mesh.size:
+    if solver != "sorted" or solver_options.get("num_projections") or not sorted_kernel.splits(batch * sets):
       return on_xla(moments, values, mask)
     # values [8, C, B, S, n] -> [8, S, C, B * n], mask [8, B, S, n] -> [8, S, B * n]: the stride (axis s) second.
     by_stride = lambda x, s: jnp.moveaxis(x, s, 1).reshape(x.shape[0], len(strides), *x.shape[1:s - 1], -1)

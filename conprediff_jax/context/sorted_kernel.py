@@ -69,12 +69,8 @@ def _call(x, y, mask, interpret):
   """(distances [M], their gradient in x [Q, C, M]) by the kernel over blocks of sets (M padded to 128s)."""
   x, y = x.astype(jnp.float32), jax.lax.stop_gradient(y.astype(jnp.float32))
   (q, c, m), n = x.shape, y.shape[0]
-  padded = -(-m // BLOCKS[-1]) * BLOCKS[-1]
-  weights = mask[:, 0].astype(jnp.float32)  # [N, M]
-  if padded != m:  # padding sets of one point at 0, dropped below
-    pad = padded - m
-    x, y = (jnp.pad(v, ((0, 0), (0, 0), (0, pad))) for v in (x, y))
-    weights = jnp.concatenate([weights, jnp.zeros((n, pad), jnp.float32).at[0].set(1.0)], axis=1)
+  weights, (x, y) = pad_sets(mask[:, 0].astype(jnp.float32), x, y)  # dropped below
+  padded = x.shape[-1]
   block = next(b for b in BLOCKS if padded % b == 0 and (c * b <= BLOCK_VALUES or b == BLOCKS[-1]))
   points = lambda size: pl.BlockSpec((size, c, block), lambda i: (0, 0, i))
   distances, grad_x = pl.pallas_call(
@@ -84,6 +80,24 @@ def _call(x, y, mask, interpret):
       out_shape=[jax.ShapeDtypeStruct((1, padded), jnp.float32), jax.ShapeDtypeStruct((q, c, padded), jnp.float32)],
       cost_estimate=_cost(q, n, c, padded), interpret=interpret)(x, y, weights)
   return distances[0, :m], grad_x[..., :m]
+
+
+def splits(sets: int) -> bool:
+  """Whether a kernel can run on each device's own sets: the caller names a mesh (a Pallas kernel is opaque to XLA's
+  partitioner, which would gather every set onto every chip) and `sets` split over its devices."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return not mesh.empty and sets % mesh.size == 0
+
+
+def pad_sets(weights: jax.Array, *arrays: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+  """The sets (every array's last axis) padded to a multiple of the 128 lanes: a padding set is one point, 0, of
+  weight 1 (`weights` [N, ..., M], point 0 first), for the caller to drop."""
+  m = weights.shape[-1]
+  pad = -(-m // BLOCKS[-1]) * BLOCKS[-1] - m
+  if not pad:
+    return weights, arrays
+  arrays = tuple(jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(0, pad)]) for v in arrays)
+  return jnp.concatenate([weights, jnp.zeros(weights.shape[:-1] + (pad,), weights.dtype).at[0].set(1.0)], -1), arrays
 
 
 def _cost(q: int, n: int, c: int, sets: int) -> pl.CostEstimate:

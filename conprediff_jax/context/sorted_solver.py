@@ -67,10 +67,7 @@ def _on_xla(x: jax.Array, y: jax.Array, b: jax.Array | None) -> jax.Array:
 def _on_tpu(x: jax.Array, y: jax.Array, b: jax.Array | None) -> jax.Array:
   """The kernel where the sets split over the caller's mesh (a Pallas kernel is opaque to XLA's partitioner: it
   needs the mesh named, as the trainer names it with `jax.set_mesh`), XLA's path otherwise."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or x.shape[-1] % mesh.size:
-    return _on_xla(x, y, b)
-  return sorted_kernel.solve(x, y, b)
+  return sorted_kernel.solve(x, y, b) if sorted_kernel.splits(x.shape[-1]) else _on_xla(x, y, b)
 
 
 def _solve(x: jax.Array, y: jax.Array, a: jax.Array | None, b: jax.Array | None) -> jax.Array:
